@@ -1,0 +1,273 @@
+//! The inbound processor chain for caller audio:
+//! encoded payload → [`ByteFramer`] (20 ms) → decode → resample to 16 kHz → in-band DTMF → VAD →
+//! [`Segmenter`] → utterance tap for ASR.
+//!
+//! Synchronous and sans-IO: audio in, [`MediaEvent`]s out as data. Media time is the amount of
+//! caller audio processed, in milliseconds since the leg started (20 ms per frame).
+
+use crate::codec::{AudioDecoder, Codec};
+use crate::dtmf::DtmfDetector;
+use crate::framer::{ByteFramer, SampleFramer};
+use crate::resample::StreamResampler;
+use crate::types::{AudioFrame, SampleRate};
+use crate::vad::{Segment, Segmenter, SegmenterConfig, Vad, VoiceDetector};
+use std::collections::VecDeque;
+
+/// Inbound chain parameters.
+#[derive(Clone, Debug)]
+pub struct InboundConfig {
+    pub segmenter: SegmenterConfig,
+    /// Collect utterances for ASR.
+    pub asr: bool,
+    /// Emit a growing-utterance snapshot for partial results every this many ms of speech
+    /// (0 = no partials).
+    pub partial_interval_ms: u32,
+    /// Audio kept from before the detected speech start, so ASR hears the first phoneme.
+    pub pre_roll_ms: u32,
+    /// Utterances longer than this are cut and finalised (ASR models have a context limit).
+    pub max_utterance_ms: u32,
+    /// Detect in-band DTMF.
+    pub dtmf: bool,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            segmenter: SegmenterConfig::default(),
+            asr: true,
+            partial_interval_ms: 1000,
+            pre_roll_ms: 300,
+            max_utterance_ms: 20_000,
+            dtmf: true,
+        }
+    }
+}
+
+/// What the inbound chain observed. Times are ms of media time since the leg started.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MediaEvent {
+    /// Caller speech started (seed 002 `speaking`).
+    Speaking { start_ms: u64 },
+    /// Caller fell silent at `start_ms` and has been silent for `duration_ms` (seed 002 `silence`).
+    Silence { start_ms: u64, duration_ms: u64 },
+    /// A DTMF key press detected in the audio.
+    Dtmf { digit: char, at_ms: u64 },
+    /// The utterance so far, for a partial transcript (`asrDelta`). Mono 16 kHz f32 samples.
+    UtterancePartial { index: u32, start_ms: u64, end_ms: u64, samples: Vec<f32> },
+    /// A complete utterance for the final transcript (`asrFinal`). Mono 16 kHz f32 samples.
+    UtteranceFinal { index: u32, start_ms: u64, end_ms: u64, samples: Vec<f32> },
+}
+
+/// Per-leg inbound chain.
+pub struct InboundPipeline {
+    cfg: InboundConfig,
+    decoder: AudioDecoder,
+    framer: ByteFramer,
+    resampler: StreamResampler,
+    frames16: SampleFramer,
+    dtmf: DtmfDetector,
+    vad: Vad,
+    seg: Segmenter,
+    now_ms: u64,
+    pre_roll: VecDeque<i16>,
+    utt: Option<Utterance>,
+    next_index: u32,
+}
+
+struct Utterance {
+    index: u32,
+    start_ms: u64,
+    samples: Vec<i16>,
+    last_partial_len: usize,
+}
+
+impl InboundPipeline {
+    /// A chain for caller audio in `codec`, with the given voice detector.
+    pub fn new(codec: Codec, detector: Box<dyn VoiceDetector>, cfg: InboundConfig) -> Self {
+        let rate = codec.sample_rate();
+        let frame_bytes = codec.bytes_in_ms(20);
+        InboundPipeline {
+            decoder: AudioDecoder::new(codec),
+            // At most one second of unprocessed bytes: processing is synchronous, so this only
+            // fills when a client sends faster than real time; then the oldest audio is dropped.
+            framer: ByteFramer::new(frame_bytes, frame_bytes * 50),
+            resampler: StreamResampler::new(rate, SampleRate::HZ_16000).expect("supported rates"),
+            frames16: SampleFramer::new(320),
+            dtmf: DtmfDetector::new(),
+            vad: Vad::new(detector),
+            seg: Segmenter::new(cfg.segmenter.clone()),
+            now_ms: 0,
+            pre_roll: VecDeque::with_capacity(16 * cfg.pre_roll_ms as usize + 320),
+            utt: None,
+            next_index: 1,
+            cfg,
+        }
+    }
+
+    /// Media time processed so far, in ms.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Bytes dropped because the client sent faster than the chain consumes.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.framer.dropped_bytes()
+    }
+
+    /// Length of the caller's current voiced run in ms (for barge-in).
+    pub fn voiced_run_ms(&self) -> u64 {
+        self.seg.voiced_run_ms(self.now_ms)
+    }
+
+    /// Whether the caller is mid-utterance.
+    pub fn in_speech(&self) -> bool {
+        self.seg.in_speech()
+    }
+
+    /// Feeds an encoded payload of any size; processes every whole 20 ms frame it completes.
+    pub fn push_payload(&mut self, payload: &[u8], out: &mut Vec<MediaEvent>) {
+        self.framer.push(payload);
+        let mut pcm16 = Vec::with_capacity(640);
+        while let Some(frame) = self.framer.pop() {
+            let decoded = self.decoder.decode(&frame);
+            pcm16.clear();
+            self.resampler.process(&decoded.samples, &mut pcm16);
+            self.frames16.push(&pcm16);
+            while let Some(f) = self.frames16.pop() {
+                self.process_frame(AudioFrame::mono(SampleRate::HZ_16000, f), out);
+            }
+        }
+    }
+
+    /// Processes one 20 ms, 16 kHz mono frame.
+    pub fn process_frame(&mut self, frame: AudioFrame, out: &mut Vec<MediaEvent>) {
+        let start = self.now_ms;
+        let dur = frame.duration_ms();
+        self.now_ms += dur;
+        if self.cfg.dtmf {
+            if let Some(digit) = self.dtmf.process(&frame) {
+                out.push(MediaEvent::Dtmf { digit, at_ms: start });
+            }
+        }
+        let p = self.vad.process(&frame);
+        let seg = self.seg.process(p, start, dur);
+
+        if self.cfg.asr {
+            let keep = 16 * self.cfg.pre_roll_ms as usize;
+            self.pre_roll.extend(&frame.samples);
+            let excess = self.pre_roll.len().saturating_sub(keep);
+            self.pre_roll.drain(..excess);
+            if let Some(u) = self.utt.as_mut() {
+                u.samples.extend_from_slice(&frame.samples);
+            }
+        }
+        match seg {
+            Some(Segment::SpeechStart { start_ms }) => {
+                out.push(MediaEvent::Speaking { start_ms });
+                if self.cfg.asr {
+                    let samples: Vec<i16> = self.pre_roll.iter().copied().collect();
+                    let start_ms = self.now_ms.saturating_sub(samples.len() as u64 / 16);
+                    self.utt = Some(Utterance { index: self.next_index, start_ms, samples, last_partial_len: 0 });
+                    self.next_index += 1;
+                }
+            }
+            Some(Segment::SpeechEnd { end_ms, silence_ms, .. }) => {
+                out.push(MediaEvent::Silence { start_ms: end_ms, duration_ms: silence_ms });
+                if let Some(mut u) = self.utt.take() {
+                    // Keep 200 ms after the last voiced frame; drop the rest of the silence.
+                    let keep_until = end_ms + 200;
+                    let len = ((keep_until.saturating_sub(u.start_ms)) * 16) as usize;
+                    u.samples.truncate(len);
+                    out.push(MediaEvent::UtteranceFinal {
+                        index: u.index,
+                        start_ms: u.start_ms,
+                        end_ms,
+                        samples: to_f32(&u.samples),
+                    });
+                }
+            }
+            None => {}
+        }
+        if let Some(u) = self.utt.as_mut() {
+            let len_ms = u.samples.len() as u64 / 16;
+            if len_ms >= self.cfg.max_utterance_ms as u64 {
+                // Cut a very long utterance; speech continues in a new one.
+                let u = self.utt.take().expect("checked");
+                out.push(MediaEvent::UtteranceFinal {
+                    index: u.index,
+                    start_ms: u.start_ms,
+                    end_ms: self.now_ms,
+                    samples: to_f32(&u.samples),
+                });
+                self.utt = Some(Utterance { index: self.next_index, start_ms: self.now_ms, samples: Vec::new(), last_partial_len: 0 });
+                self.next_index += 1;
+            } else if self.cfg.partial_interval_ms > 0
+                && self.seg.in_speech()
+                && u.samples.len() - u.last_partial_len >= 16 * self.cfg.partial_interval_ms as usize
+            {
+                u.last_partial_len = u.samples.len();
+                out.push(MediaEvent::UtterancePartial {
+                    index: u.index,
+                    start_ms: u.start_ms,
+                    end_ms: self.now_ms,
+                    samples: to_f32(&u.samples),
+                });
+            }
+        }
+    }
+
+    /// Ends the stream: an utterance in progress is finalised (the caller hung up mid-sentence).
+    pub fn finish(&mut self, out: &mut Vec<MediaEvent>) {
+        if let Some(u) = self.utt.take() {
+            out.push(MediaEvent::UtteranceFinal { index: u.index, start_ms: u.start_ms, end_ms: self.now_ms, samples: to_f32(&u.samples) });
+        }
+    }
+}
+
+fn to_f32(s: &[i16]) -> Vec<f32> {
+    s.iter().map(|&x| x as f32 / 32768.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A detector that calls loud chunks speech: lets the chain be tested without a model.
+    struct Energy;
+    impl VoiceDetector for Energy {
+        fn chunk_len(&self) -> usize {
+            160
+        }
+        fn predict(&mut self, chunk: &[i16]) -> f32 {
+            let e = chunk.iter().map(|&x| (x as f32).abs()).sum::<f32>() / chunk.len() as f32;
+            if e > 500.0 { 1.0 } else { 0.0 }
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn pcmu_speech_burst_gives_speaking_silence_and_one_utterance() {
+        let codec = Codec::Pcmu;
+        let mut enc = crate::codec::AudioEncoder::new(codec);
+        let mut p = InboundPipeline::new(codec, Box::new(Energy), InboundConfig::default());
+        // 1 s silence, 1.5 s of a 300 Hz buzz, 1 s silence, as 8 kHz PCMU in odd-sized messages.
+        let mut pcm = vec![0i16; 8000];
+        pcm.extend((0..12000).map(|i| (6000.0 * (i as f32 * 300.0 * 2.0 * std::f32::consts::PI / 8000.0).sin()) as i16));
+        pcm.extend(vec![0i16; 8000]);
+        let bytes = enc.encode(&AudioFrame::mono(SampleRate::HZ_8000, pcm));
+        let mut ev = Vec::new();
+        for chunk in bytes.chunks(333) {
+            p.push_payload(chunk, &mut ev);
+        }
+        let speaking: Vec<_> = ev.iter().filter(|e| matches!(e, MediaEvent::Speaking { .. })).collect();
+        assert_eq!(speaking.len(), 1);
+        let MediaEvent::Speaking { start_ms } = speaking[0] else { unreachable!() };
+        assert!((1000..1100).contains(start_ms), "{start_ms}");
+        let finals: Vec<_> = ev.iter().filter_map(|e| match e { MediaEvent::UtteranceFinal { samples, start_ms, end_ms, .. } => Some((samples.len(), *start_ms, *end_ms)), _ => None }).collect();
+        assert_eq!(finals.len(), 1);
+        assert!(finals[0].0 >= 16 * 1500, "{:?}", finals[0]);
+        assert!(ev.iter().any(|e| matches!(e, MediaEvent::Silence { duration_ms: 600, .. })));
+        assert!(ev.iter().any(|e| matches!(e, MediaEvent::UtterancePartial { index: 1, .. })));
+        assert_eq!(p.now_ms(), 3500 - 20); // the resampler's delay holds back one frame
+    }
+}
