@@ -91,6 +91,13 @@ impl Player {
         }
     }
 
+    /// Removes a track that will produce nothing (its producer failed). Returns whether it existed.
+    pub fn remove_track(&mut self, track_id: &str) -> bool {
+        let before = self.tracks.len();
+        self.tracks.retain(|t| t.id != track_id);
+        before != self.tracks.len()
+    }
+
     /// Marks a track's input complete (its `trackEnd` follows when its audio has played), and sets
     /// whether the call hangs up after it.
     pub fn finish_track(&mut self, track_id: &str, auto_hangup: bool) {

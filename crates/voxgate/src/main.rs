@@ -1,1 +1,69 @@
-fn main(){}
+//! The `voxgate` binary: `voxgate serve` and the `voxgate call` test client.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use voxgate::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "voxgate", version, about = "Programmable voice-call server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP/WebSocket APIs (default 127.0.0.1:8080).
+    Serve {
+        /// TOML configuration file (default: ./voxgate.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (store, dumps).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Models directory (scripts/fetch-models.sh).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Print the effective configuration (secrets redacted) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Call a voxgate `/call` endpoint: stream a WAV in real time, print events, save replies.
+    Call(voxgate::cli::CallArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,voxgate=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let r = match cli.cmd {
+        Cmd::Serve { config, listen, data_dir, models_dir, print_config } => {
+            let cfg = match Config::load(config.as_deref(), &Overrides { listen, data_dir, models_dir }) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("voxgate: invalid configuration:\n{e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            if print_config {
+                print!("{}", cfg.to_redacted_toml());
+                return std::process::ExitCode::SUCCESS;
+            }
+            rt.block_on(voxgate::server::serve(cfg))
+        }
+        Cmd::Call(args) => rt.block_on(voxgate::cli::call(args)),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voxgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

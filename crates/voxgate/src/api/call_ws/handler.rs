@@ -1,0 +1,165 @@
+//! Socket glue for `/call`: upgrade, spawn the call actor, pump messages both ways, dump.
+
+use super::adapter::{event_json, list_option, parse_command};
+use crate::api::{json_error, AppState};
+use crate::call::actor::{ActorInput, CallActor, Outbound, OUTBOX};
+use crate::call::registry::CallInfo;
+use crate::call::{now_ms, CallCommand, CallEvent, EventKind};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Mutex};
+
+/// Query of `GET /call`: `id` (session id; a UUID when absent) and `dump` (`true`/`false`).
+#[derive(Deserialize)]
+pub struct CallQuery {
+    id: Option<String>,
+    dump: Option<String>,
+}
+
+type DumpFile = Arc<Mutex<tokio::io::BufWriter<tokio::fs::File>>>;
+
+async fn dump_line(dump: &Option<DumpFile>, direction: &str, data: serde_json::Value) {
+    if let Some(d) = dump {
+        let line = serde_json::json!({ "timestamp": now_ms(), "direction": direction, "data": data });
+        let mut f = d.lock().await;
+        let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+    }
+}
+
+/// `GET /call`.
+pub async fn call_ws(ws: WebSocketUpgrade, Query(q): Query<CallQuery>, State(st): State<AppState>) -> Response {
+    let id = q.id.filter(|s| !s.is_empty()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "`id` must be 1-128 characters of A-Z a-z 0-9 - _ . :");
+    }
+    let dump = match q.dump.as_deref() {
+        None => st.config.call.dump_default,
+        Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(other) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`dump` must be true or false, not `{other}`")),
+    };
+    if st.registry.inbox(&id).is_some() {
+        return json_error(StatusCode::CONFLICT, "conflict", &format!("a call with id `{id}` is already active"));
+    }
+    let max = st.config.call.max_binary_bytes;
+    ws.max_message_size(max.max(64 * 1024)).on_upgrade(move |socket| run(socket, id, dump, st)).into_response()
+}
+
+async fn run(socket: WebSocket, id: String, dump: bool, st: AppState) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUTBOX);
+    let (actor, inbox) = CallActor::new(id.clone(), "websocket", st.call_context.clone(), out_tx.clone());
+    let info = CallInfo { id: id.clone(), call_type: "websocket".into(), created_at: chrono::Utc::now().to_rfc3339(), option: serde_json::json!({}) };
+    if !st.registry.insert(info, inbox.clone()) {
+        // Lost a race with another connection using the same id.
+        let (mut sink, _) = socket.split();
+        let e = CallEvent::now(EventKind::Error { track_id: id.clone(), sender: "command".into(), error: format!("a call with id `{id}` is already active"), code: Some(409) });
+        let _ = sink.send(Message::Text(event_json(&e).to_string().into())).await;
+        return;
+    }
+    tracing::info!(call = %id, dump, "call connected");
+    let dump: Option<DumpFile> = if dump {
+        let dir = st.config.data_dir.join("dumps");
+        let path = dir.join(format!("{id}.jsonl"));
+        match tokio::fs::create_dir_all(&dir).await {
+            Ok(()) => match tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
+                Ok(f) => Some(Arc::new(Mutex::new(tokio::io::BufWriter::new(f)))),
+                Err(e) => {
+                    tracing::warn!(call = %id, "cannot open dump {}: {e}", path.display());
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(call = %id, "cannot create {}: {e}", dir.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let registry = st.registry.clone();
+    let actor_id = id.clone();
+    let actor_task = tokio::spawn(async move {
+        actor.run().await;
+        registry.remove(&actor_id);
+    });
+
+    let (mut sink, mut stream) = socket.split();
+    let writer_dump = dump.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = out_rx.recv().await {
+            let msg = match o {
+                Outbound::Event(e) => {
+                    let v = event_json(&e);
+                    dump_line(&writer_dump, "event", v.clone()).await;
+                    Message::Text(v.to_string().into())
+                }
+                Outbound::Audio(b) => Message::Binary(b),
+            };
+            if sink.send(msg).await.is_err() {
+                // The client is gone; keep draining so the actor never blocks on us.
+                while out_rx.recv().await.is_some() {}
+                return;
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+
+    let max = st.config.call.max_binary_bytes;
+    while let Some(msg) = stream.next().await {
+        let input = match msg {
+            Ok(Message::Text(t)) => {
+                let parsed: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_else(|_| serde_json::Value::String(t.to_string()));
+                dump_line(&dump, "command", parsed).await;
+                match parse_command(t.as_str()) {
+                    Ok(cmd) => {
+                        if let CallCommand::Invite(o) | CallCommand::Accept(o) = &cmd {
+                            st.registry.set_option(&id, list_option(o));
+                        }
+                        ActorInput::Command(cmd)
+                    }
+                    Err(e) => {
+                        let ev = CallEvent::now(EventKind::Error { track_id: id.clone(), sender: "command".into(), error: e.0, code: Some(400) });
+                        if out_tx.send(Outbound::Event(ev)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            Ok(Message::Binary(b)) => {
+                if b.len() > max {
+                    let ev = CallEvent::now(EventKind::Error {
+                        track_id: id.clone(),
+                        sender: "media".into(),
+                        error: format!("binary message of {} bytes rejected (limit {max}); send 20 ms frames", b.len()),
+                        code: Some(413),
+                    });
+                    if out_tx.send(Outbound::Event(ev)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                ActorInput::Audio(b)
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        if inbox.send(input).await.is_err() {
+            break;
+        }
+    }
+    drop(out_tx);
+    let _ = inbox.send(ActorInput::LegClosed).await;
+    let _ = actor_task.await;
+    let _ = writer.await;
+    if let Some(d) = dump {
+        let _ = d.lock().await.flush().await;
+    }
+    tracing::info!(call = %id, "call disconnected");
+}

@@ -1,0 +1,85 @@
+//! Seed 002 (`002_f6c4bd0cf22adb87.txt`, "WebSocket Commands"): the JSON commands of `/call`.
+//! The only place this API's command JSON lives. Events are written in `adapter.rs`.
+
+use serde::Deserialize;
+
+/// `option` of `invite` / `accept`. Fields beyond the seed are voxgate extensions, documented in
+/// the README: `sampleRate` (PCM only, Hz), `bargeIn`, `bargeInMs`.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InviteOption {
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+    pub offer: Option<String>,
+    pub codec: Option<String>,
+    #[serde(alias = "samplerate", alias = "sample_rate")]
+    pub sample_rate: Option<u32>,
+    pub asr: Option<EngineOption>,
+    pub tts: Option<EngineOption>,
+    pub barge_in: Option<bool>,
+    pub barge_in_ms: Option<u32>,
+}
+
+/// `asr` / `tts` objects: `provider` picks the engine; `enabled: false` turns ASR off.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EngineOption {
+    pub provider: Option<String>,
+    pub enabled: Option<bool>,
+    pub speaker: Option<String>,
+    pub voice: Option<String>,
+}
+
+/// One command. `command` selects the variant.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "command", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Command {
+    Invite {
+        #[serde(default)]
+        option: Option<InviteOption>,
+    },
+    Accept {
+        #[serde(default)]
+        option: Option<InviteOption>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Tts {
+        text: String,
+        #[serde(default)]
+        speaker: Option<String>,
+        #[serde(default)]
+        play_id: Option<String>,
+        #[serde(default)]
+        auto_hangup: Option<bool>,
+        #[serde(default)]
+        streaming: Option<bool>,
+        #[serde(default)]
+        end_of_stream: Option<bool>,
+        #[serde(default)]
+        option: Option<EngineOption>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Play {
+        url: String,
+        #[serde(default)]
+        auto_hangup: Option<bool>,
+        #[serde(default)]
+        play_id: Option<String>,
+    },
+    Hangup {
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        initiator: Option<String>,
+    },
+    Interrupt {},
+    Pause {},
+    Resume {},
+    Candidate {
+        #[serde(default)]
+        candidates: Vec<String>,
+    },
+}
+
+/// The command names this endpoint knows.
+pub const COMMANDS: [&str; 10] = ["invite", "accept", "tts", "play", "hangup", "interrupt", "pause", "resume", "candidate", ""];

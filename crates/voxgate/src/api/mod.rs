@@ -1,0 +1,38 @@
+//! The HTTP and WebSocket APIs (layer L4 "api"): routes and shared state.
+
+pub mod call_ws;
+pub mod rest;
+
+use crate::call::actor::CallContext;
+use crate::call::registry::Registry;
+use crate::config::Config;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub call_context: CallContext,
+}
+
+/// A JSON error body `{code, message}` with an HTTP status.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "code": code, "message": message }))).into_response()
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/call", get(call_ws::handler::call_ws))
+        .route("/call/lists", get(rest::list_calls))
+        .route("/call/kill/{id}", post(rest::kill_call))
+        .route("/iceservers", get(rest::ice_servers))
+        .route("/health", get(rest::health))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(state)
+}

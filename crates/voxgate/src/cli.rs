@@ -1,0 +1,184 @@
+//! `voxgate call`: a `/call` client for users and tests. Streams a WAV file in real time as 20 ms
+//! frames in the chosen codec, prints every event as one JSON line on stdout, can send `tts`
+//! text, saves the audio it receives as a WAV, and prints the final transcript.
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use voxgate_media::codec::{AudioDecoder, AudioEncoder, Codec};
+use voxgate_media::resample::resample_clip;
+use voxgate_media::{AudioFrame, SampleRate};
+
+/// Arguments of `voxgate call`.
+#[derive(clap::Args, Debug)]
+pub struct CallArgs {
+    /// The endpoint, e.g. ws://127.0.0.1:8080/call (query `id`, `dump` allowed).
+    pub url: String,
+    /// WAV file to stream as the caller's voice (any rate, mono or stereo, 16-bit).
+    #[arg(long)]
+    pub wav: Option<PathBuf>,
+    /// Audio codec: pcm, pcmu, pcma, g722.
+    #[arg(long, default_value = "pcm")]
+    pub codec: String,
+    /// Sample rate for pcm, Hz (default 16000).
+    #[arg(long)]
+    pub sample_rate: Option<u32>,
+    /// Text for the bot to speak (a `tts` command right after `answer`); repeatable.
+    #[arg(long)]
+    pub tts: Vec<String>,
+    /// Save the audio received from voxgate to this WAV file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seconds to wait, once streaming is done, for the call to go quiet before hanging up.
+    #[arg(long, default_value_t = 3.0)]
+    pub wait: f64,
+}
+
+enum Incoming {
+    Event(serde_json::Value),
+    Audio,
+}
+
+/// Runs the client.
+///
+/// # Errors
+/// Connection failures, an unreadable WAV, or a call that is refused.
+pub async fn call(a: CallArgs) -> anyhow::Result<()> {
+    let codec = Codec::from_name(&a.codec, a.sample_rate)?;
+    let (ws, _) = tokio_tungstenite::connect_async(&a.url).await.with_context(|| format!("connecting to {}", a.url))?;
+    let (mut sink, mut stream) = ws.split();
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Incoming>(1024);
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let rx_audio = received.clone();
+    let reader = tokio::spawn(async move {
+        let mut finals = Vec::new();
+        while let Some(Ok(m)) = stream.next().await {
+            match m {
+                Message::Text(t) => {
+                    println!("{t}");
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                    if v["event"] == "asrFinal" {
+                        finals.push(v["text"].as_str().unwrap_or_default().to_string());
+                    }
+                    let _ = ev_tx.send(Incoming::Event(v)).await;
+                }
+                Message::Binary(b) => {
+                    rx_audio.lock().expect("audio lock").extend_from_slice(&b);
+                    let _ = ev_tx.try_send(Incoming::Audio);
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        finals
+    });
+
+    let mut option = serde_json::json!({ "codec": codec.name() });
+    if let Codec::Pcm(r) = codec {
+        option["sampleRate"] = r.hz().into();
+    }
+    sink.send(Message::Text(serde_json::json!({ "command": "invite", "option": option }).to_string().into())).await?;
+    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(i) = ev_rx.recv().await {
+            if let Incoming::Event(v) = i {
+                match v["event"].as_str() {
+                    Some("answer") => return Ok(()),
+                    Some("error") | Some("hangup") => bail!("call refused: {v}"),
+                    _ => {}
+                }
+            }
+        }
+        bail!("connection closed before answer")
+    })
+    .await;
+    answered.context("no answer within 30 s")??;
+
+    for text in &a.tts {
+        sink.send(Message::Text(serde_json::json!({ "command": "tts", "text": text }).to_string().into())).await?;
+    }
+    if let Some(wav) = &a.wav {
+        let frames = wav_frames(wav, codec)?;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for f in frames {
+            tick.tick().await;
+            sink.send(Message::Binary(f.into())).await?;
+        }
+        // One second of silence lets the far end's endpointing close the last utterance.
+        let mut enc = AudioEncoder::new(codec);
+        for _ in 0..50 {
+            tick.tick().await;
+            let silence = enc.encode(&AudioFrame::silence(codec.sample_rate(), 20));
+            sink.send(Message::Binary(silence.into())).await?;
+        }
+    }
+    // Wait until nothing has arrived for `wait` seconds (bot audio counts as activity).
+    let quiet = Duration::from_secs_f64(a.wait);
+    let mut hung_up = false;
+    while let Ok(Some(i)) = tokio::time::timeout(quiet, ev_rx.recv()).await {
+        if let Incoming::Event(v) = i {
+            if v["event"] == "hangup" {
+                hung_up = true;
+                break;
+            }
+        }
+    }
+    if !hung_up {
+        sink.send(Message::Text(r#"{"command":"hangup","reason":"client_done","initiator":"user"}"#.into())).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(i) = ev_rx.recv().await {
+                if matches!(&i, Incoming::Event(v) if v["event"] == "hangup") {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let _ = sink.close().await;
+    let finals = tokio::time::timeout(Duration::from_secs(5), reader).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    if let Some(out) = &a.out {
+        let bytes = received.lock().expect("audio lock").clone();
+        let pcm = AudioDecoder::new(codec).decode(&bytes);
+        let spec = hound::WavSpec { channels: 1, sample_rate: pcm.rate.hz(), bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let mut w = hound::WavWriter::create(out, spec).with_context(|| format!("creating {}", out.display()))?;
+        for s in &pcm.samples {
+            w.write_sample(*s)?;
+        }
+        w.finalize()?;
+        eprintln!("saved {:.1} s of received audio to {}", pcm.duration().as_secs_f32(), out.display());
+    }
+    if !finals.is_empty() {
+        eprintln!("transcript: {}", finals.join(" "));
+    }
+    Ok(())
+}
+
+/// Reads a 16-bit WAV and returns it as encoded 20 ms frames of `codec`.
+///
+/// # Errors
+/// Unreadable files, non-16-bit samples, or unsupported rates.
+pub fn wav_frames(path: &std::path::Path, codec: Codec) -> anyhow::Result<Vec<Vec<u8>>> {
+    let r = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec = r.spec();
+    if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
+        bail!("{}: only 16-bit PCM WAV is supported (convert with sox IN -b 16 OUT.wav)", path.display());
+    }
+    let samples: Vec<i16> = r.into_samples::<i16>().collect::<Result<_, _>>()?;
+    let rate = SampleRate::new(spec.sample_rate)?;
+    let frame = AudioFrame { rate, channels: if spec.channels == 2 { voxgate_media::Channels::Stereo } else { voxgate_media::Channels::Mono }, samples };
+    let mono = frame.into_mono();
+    let target = codec.sample_rate();
+    let pcm = resample_clip(&mono.samples, rate, target)?;
+    let per_frame = target.samples_in_ms(20);
+    let mut enc = AudioEncoder::new(codec);
+    Ok(pcm
+        .chunks(per_frame)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.resize(per_frame, 0);
+            enc.encode(&AudioFrame::mono(target, c))
+        })
+        .collect())
+}

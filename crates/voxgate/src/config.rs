@@ -1,0 +1,273 @@
+//! Layered configuration (DESIGN.md habit 9): defaults < TOML file (`voxgate.toml` in the working
+//! directory, or `--config PATH`) < environment (`VOXGATE_...`, nested keys joined by `__`, e.g.
+//! `VOXGATE_VAD__ENGINE=silero`) < command-line flags. Validated at start-up with every problem
+//! reported at once.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole server configuration. Every field has a default; see the README's Configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to serve HTTP and WebSocket on. Only loopback addresses are accepted until
+    /// authentication exists.
+    pub listen: String,
+    /// Directory for the SQLite store and call dumps (created if missing).
+    pub data_dir: PathBuf,
+    /// Directory holding the models fetched by `scripts/fetch-models.sh`.
+    pub models_dir: PathBuf,
+    /// ICE servers returned by `GET /iceservers` (seed 002).
+    pub ice_servers: Vec<IceServer>,
+    pub call: CallConfig,
+    pub vad: VadConfig,
+    pub asr: AsrConfig,
+    pub tts: TtsConfig,
+    pub store: StoreConfig,
+}
+
+/// One STUN/TURN server, in the seed-002 `/iceservers` shape.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+/// Per-call behaviour.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallConfig {
+    /// `dump` when the `/call` query does not say (seed 002 default: true).
+    pub dump_default: bool,
+    /// Caller speech needed to interrupt bot audio (barge-in), ms.
+    pub barge_in_ms: u32,
+    /// Largest binary WebSocket message accepted, bytes.
+    pub max_binary_bytes: usize,
+    /// Seconds a call may take to finish its pending transcripts after the client disconnects.
+    pub drain_secs: u64,
+}
+
+/// Voice-activity detection.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VadConfig {
+    /// `earshot` (built in, default) or `silero` (ONNX, `models/silero_vad.onnx`).
+    pub engine: String,
+    /// Speech probability threshold, 0..1.
+    pub threshold: f32,
+    /// Voiced time before `speaking`, ms.
+    pub min_speech_ms: u32,
+    /// Silence that ends an utterance (endpointing), ms.
+    pub min_silence_ms: u32,
+}
+
+/// Speech recognition.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AsrConfig {
+    /// `moonshine` (default) or `none`.
+    pub engine: String,
+    /// Model instances shared by all calls (each runs one utterance at a time).
+    pub instances: usize,
+    /// Interval between partial (`asrDelta`) results while the caller speaks, ms; 0 disables.
+    pub partial_interval_ms: u32,
+}
+
+/// Speech synthesis.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtsConfig {
+    /// Default engine: `piper` (default) or `flite`. Both are loaded when available; a `tts`
+    /// command may pick one with `option.provider`.
+    pub engine: String,
+    /// The `espeak-ng` program Piper takes phonemes from.
+    pub espeak_ng: PathBuf,
+    /// The `flite` program.
+    pub flite: PathBuf,
+    /// Piper voice model; default `<models_dir>/piper/en_US-joe-medium.onnx`.
+    pub piper_model: Option<PathBuf>,
+    /// Piper model instances.
+    pub instances: usize,
+}
+
+/// Where calls and transcripts are stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:PATH`; default `sqlite:<data_dir>/voxgate.db`.
+    pub database_url: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "./data".into(),
+            models_dir: "./models".into(),
+            ice_servers: Vec::new(),
+            call: CallConfig::default(),
+            vad: VadConfig::default(),
+            asr: AsrConfig::default(),
+            tts: TtsConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig { dump_default: true, barge_in_ms: 200, max_binary_bytes: 64 * 1024, drain_secs: 15 }
+    }
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        VadConfig { engine: "earshot".into(), threshold: 0.5, min_speech_ms: 60, min_silence_ms: 600 }
+    }
+}
+
+impl Default for AsrConfig {
+    fn default() -> Self {
+        AsrConfig { engine: "moonshine".into(), instances: 2, partial_interval_ms: 1000 }
+    }
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        TtsConfig { engine: "piper".into(), espeak_ng: "espeak-ng".into(), flite: "flite".into(), piper_model: None, instances: 1 }
+    }
+}
+
+/// Command-line overrides (the highest layer).
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the layers. `file`: an explicit TOML file (must exist); otherwise `voxgate.toml` in
+    /// the working directory is used when present.
+    ///
+    /// # Errors
+    /// A message listing every problem (unknown keys, wrong types, invalid values).
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, String> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) if !f.exists() => return Err(format!("config file {} does not exist", f.display())),
+            Some(f) => fig = fig.merge(Toml::file_exact(f)),
+            None => fig = fig.merge(Toml::file("voxgate.toml")),
+        }
+        fig = fig.merge(Env::prefixed("VOXGATE_").split("__")).merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values; returns every problem at once.
+    ///
+    /// # Errors
+    /// The problems, one per line.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        match self.listen.parse::<SocketAddr>() {
+            Err(e) => errs.push(format!("listen: `{}` is not an address:port ({e})", self.listen)),
+            Ok(a) if !a.ip().is_loopback() => errs.push(format!(
+                "listen: refusing to serve on non-loopback address {a}: voxgate has no authentication yet, so it only binds \
+                 127.0.0.0/8 or ::1 (put a reverse proxy with authentication in front, or wait for API keys)"
+            )),
+            Ok(_) => {}
+        }
+        if !["earshot", "silero"].contains(&self.vad.engine.as_str()) {
+            errs.push(format!("vad.engine: `{}` is not one of earshot, silero", self.vad.engine));
+        }
+        if !(0.0..=1.0).contains(&self.vad.threshold) {
+            errs.push(format!("vad.threshold: {} is outside 0..1", self.vad.threshold));
+        }
+        if !["moonshine", "none"].contains(&self.asr.engine.as_str()) {
+            errs.push(format!("asr.engine: `{}` is not one of moonshine, none", self.asr.engine));
+        }
+        if !["piper", "flite"].contains(&self.tts.engine.as_str()) {
+            errs.push(format!("tts.engine: `{}` is not one of piper, flite", self.tts.engine));
+        }
+        if self.asr.instances == 0 || self.tts.instances == 0 {
+            errs.push("asr.instances and tts.instances must be at least 1".into());
+        }
+        if let Some(u) = &self.store.database_url {
+            if !u.starts_with("sqlite:") {
+                errs.push(format!("store.database_url: `{u}` is not supported yet (sqlite:PATH)"));
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs.join("\n")) }
+    }
+
+    /// The effective configuration as TOML, with secrets (TURN credentials) redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for s in &mut c.ice_servers {
+            if s.credential.is_some() {
+                s.credential = Some("<redacted>".into());
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// The SQLite URL in use.
+    pub fn database_url(&self) -> String {
+        self.store.database_url.clone().unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("voxgate.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn every_problem_is_reported_and_public_bind_refused() {
+        let c = Config {
+            listen: "0.0.0.0:8080".into(),
+            vad: VadConfig { engine: "x".into(), ..Default::default() },
+            asr: AsrConfig { engine: "whisper".into(), ..Default::default() },
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("non-loopback") && e.contains("vad.engine") && e.contains("asr.engine"), "{e}");
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("v.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[vad]\nengine = \"silero\"\n[[ice_servers]]\nurls = [\"turn:x\"]\nusername = \"u\"\ncredential = \"secret\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VOXGATE_ASR__PARTIAL_INTERVAL_MS", "500");
+            let c = Config::load(Some(&f), &Overrides { listen: Some("127.0.0.1:9100".into()), ..Default::default() }).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:9100");
+            assert_eq!(c.vad.engine, "silero");
+            assert_eq!(c.asr.partial_interval_ms, 500);
+            let shown = c.to_redacted_toml();
+            assert!(shown.contains("<redacted>") && !shown.contains("secret"));
+            Ok(())
+        });
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "lissten = 1\n").unwrap();
+        assert!(Config::load(Some(&bad), &Overrides::default()).unwrap_err().contains("lissten"));
+    }
+}

@@ -1,0 +1,113 @@
+//! Wiring of the speech engines (loaded once per server, shared by every call).
+
+use crate::config::Config;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use voxgate_media::speech::{Synthesizer, Transcriber};
+use voxgate_media::vad::{Earshot, VoiceDetector};
+use voxgate_speech::silero::{Silero, SileroModel};
+
+/// Which VAD each call gets.
+#[derive(Clone)]
+pub enum VadEngine {
+    Earshot,
+    Silero(Arc<SileroModel>),
+}
+
+/// The server's speech engines.
+#[derive(Clone)]
+pub struct Engines {
+    pub asr: Option<Arc<dyn Transcriber>>,
+    /// TTS engines by name (`piper`, `flite`).
+    pub tts: BTreeMap<String, Arc<dyn Synthesizer>>,
+    pub default_tts: String,
+    pub vad: VadEngine,
+}
+
+impl Engines {
+    /// A fresh per-call voice detector.
+    pub fn new_detector(&self) -> Box<dyn VoiceDetector> {
+        match &self.vad {
+            VadEngine::Earshot => Box::new(Earshot::default()),
+            VadEngine::Silero(m) => Box::new(Silero::new(m.clone())),
+        }
+    }
+
+    /// The TTS engine for a request: `provider` when given, else the call's, else the default.
+    ///
+    /// # Errors
+    /// A message naming the unknown provider and the available ones.
+    pub fn synthesizer(&self, provider: Option<&str>) -> Result<Arc<dyn Synthesizer>, String> {
+        let name = provider.filter(|p| !p.is_empty()).unwrap_or(&self.default_tts);
+        self.tts.get(name).cloned().ok_or_else(|| {
+            format!("tts provider `{name}` is not available (available: {})", self.tts.keys().cloned().collect::<Vec<_>>().join(", "))
+        })
+    }
+
+    /// Loads what the configuration names. Missing model files are reported with the command
+    /// that fetches them.
+    ///
+    /// # Errors
+    /// Every engine that failed to load, one per line.
+    pub fn load(cfg: &Config) -> Result<Engines, String> {
+        let mut errs = Vec::new();
+        let models = &cfg.models_dir;
+        let needs_ort = cfg.asr.engine == "moonshine" || cfg.vad.engine == "silero" || cfg.tts.engine == "piper";
+        let env = if needs_ort {
+            match voxgate_speech::runtime::environment(&models.join("libonnxruntime.so")) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    errs.push(format!("{e} (run `make models` or scripts/fetch-models.sh)"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut asr: Option<Arc<dyn Transcriber>> = None;
+        if cfg.asr.engine == "moonshine" {
+            if let Some(env) = env {
+                match voxgate_speech::moonshine::Moonshine::load(env, &models.join("moonshine-base"), cfg.asr.instances) {
+                    Ok(m) => asr = Some(Arc::new(m)),
+                    Err(e) => errs.push(format!("asr: {e}")),
+                }
+            }
+        }
+        let vad = if cfg.vad.engine == "silero" {
+            match env.map(|env| SileroModel::load(env, &models.join("silero_vad.onnx"), 2)) {
+                Some(Ok(m)) => VadEngine::Silero(m),
+                Some(Err(e)) => {
+                    errs.push(format!("vad: {e}"));
+                    VadEngine::Earshot
+                }
+                None => VadEngine::Earshot,
+            }
+        } else {
+            VadEngine::Earshot
+        };
+        let mut tts: BTreeMap<String, Arc<dyn Synthesizer>> = BTreeMap::new();
+        match voxgate_speech::flite::Flite::new(&cfg.tts.flite, &std::env::temp_dir()) {
+            Ok(f) => {
+                tts.insert("flite".into(), Arc::new(f));
+            }
+            Err(e) if cfg.tts.engine == "flite" => errs.push(format!("tts: {e}")),
+            Err(e) => tracing::warn!("flite TTS unavailable: {e}"),
+        }
+        let piper_model = cfg.tts.piper_model.clone().unwrap_or_else(|| models.join("piper/en_US-joe-medium.onnx"));
+        let piper_env = if cfg.tts.engine == "piper" { env } else { voxgate_speech::runtime::environment(&models.join("libonnxruntime.so")).ok() };
+        if let Some(env) = piper_env {
+            match voxgate_speech::piper::Piper::load(env, &piper_model, &cfg.tts.espeak_ng, cfg.tts.instances) {
+                Ok(p) => {
+                    tts.insert("piper".into(), Arc::new(p));
+                }
+                Err(e) if cfg.tts.engine == "piper" => errs.push(format!("tts: {e}")),
+                Err(e) => tracing::warn!("piper TTS unavailable: {e}"),
+            }
+        }
+        if errs.is_empty() {
+            Ok(Engines { asr, tts, default_tts: cfg.tts.engine.clone(), vad })
+        } else {
+            Err(errs.join("\n"))
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `voxgate serve`: load config and engines, open the store, serve HTTP, shut down gracefully.
+
+use crate::api::{router, AppState};
+use crate::call::actor::{ActorInput, CallContext, CallSettings};
+use crate::call::registry::Registry;
+use crate::config::Config;
+use crate::engines::Engines;
+use crate::store::sqlite::SqliteStore;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use voxgate_media::vad::SegmenterConfig;
+
+/// Runs the server until SIGINT/SIGTERM. Prints `voxgate listening on http://ADDR` on stdout
+/// once it accepts connections (tests and scripts wait for that line).
+///
+/// # Errors
+/// Start-up failures: engines, store, or the listening socket.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let started = std::time::Instant::now();
+    let engines = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || Engines::load(&cfg)
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("speech engines failed to load:\n{e}"))?;
+    tracing::info!(
+        asr = engines.asr.as_ref().map(|a| a.name().to_string()).unwrap_or("none".into()),
+        tts = ?engines.tts.keys().collect::<Vec<_>>(),
+        vad = cfg.vad.engine,
+        "speech engines loaded in {:.1}s",
+        started.elapsed().as_secs_f32()
+    );
+    let store = SqliteStore::open(&cfg.database_url()).await.with_context(|| format!("opening store {}", cfg.database_url()))?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let settings = CallSettings {
+        barge_in_ms: cfg.call.barge_in_ms,
+        segmenter: SegmenterConfig { threshold: cfg.vad.threshold, min_speech_ms: cfg.vad.min_speech_ms, min_silence_ms: cfg.vad.min_silence_ms },
+        partial_interval_ms: cfg.asr.partial_interval_ms,
+        drain: Duration::from_secs(cfg.call.drain_secs),
+    };
+    let registry = Registry::default();
+    let state = AppState {
+        config: Arc::new(cfg.clone()),
+        registry: registry.clone(),
+        call_context: CallContext { engines: Arc::new(engines), store: Arc::new(store), http, settings },
+    };
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    println!("voxgate listening on http://{addr}");
+    tracing::info!("listening on http://{addr}");
+    let drain = Duration::from_secs(cfg.call.drain_secs);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: ending {} calls", registry.len());
+            for inbox in registry.inboxes() {
+                let _ = inbox.send(ActorInput::Shutdown).await;
+            }
+            let deadline = tokio::time::Instant::now() + drain;
+            while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
