@@ -48,7 +48,7 @@ pub async fn call_ws(ws: WebSocketUpgrade, Query(q): Query<CallQuery>, State(st)
         return json_error(StatusCode::CONFLICT, "conflict", &format!("a call with id `{id}` is already active"));
     }
     let max = st.config.call.max_binary_bytes;
-    ws.max_message_size(max.max(64 * 1024)).on_upgrade(move |socket| run(socket, id, dump, st)).into_response()
+    ws.max_message_size(max.max(16 * 1024 * 1024)).on_upgrade(move |socket| run(socket, id, dump, st)).into_response()
 }
 
 async fn run(socket: WebSocket, id: String, dump: bool, st: AppState) {

@@ -1,0 +1,275 @@
+//! Test harness: starts the real `voxgate` binary on an ephemeral loopback port and talks to it as
+//! a WebSocket client, recording every message in arrival order.
+#![allow(dead_code)]
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use voxgate_media::codec::{AudioEncoder, Codec};
+use voxgate_media::resample::resample_clip;
+use voxgate_media::{AudioFrame, SampleRate};
+
+pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// A running server; killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::tempdir().unwrap();
+        let root = repo_root();
+        assert!(root.join("models/libonnxruntime.so").exists(), "models are missing: run `make models` (scripts/fetch-models.sh)");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxgate"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .arg("--models-dir")
+            .arg(root.join("models"))
+            .env("VOXGATE_ASR__INSTANCES", "1")
+            .env("RUST_LOG", "warn,voxgate=info")
+            .current_dir(data_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn voxgate");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(l)) = lines.next() {
+                if let Some(a) = l.strip_prefix("voxgate listening on http://") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("voxgate did not start within 120 s");
+        Server { child, addr, data_dir }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/call{query}", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn db_url(&self) -> String {
+        format!("sqlite:{}", self.data_dir.path().join("voxgate.db").display())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One received message, in arrival order.
+#[derive(Clone, Debug)]
+pub enum Rx {
+    Event(serde_json::Value, Instant),
+    Audio(Vec<u8>, Instant),
+    Closed,
+}
+
+type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+
+pub struct Client {
+    sink: Sink,
+    pub log: Arc<Mutex<Vec<Rx>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let (sink, mut stream) = ws.split();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(m) = stream.next().await {
+                match m {
+                    Ok(Message::Text(t)) => l.lock().unwrap().push(Rx::Event(serde_json::from_str(t.as_str()).unwrap(), Instant::now())),
+                    Ok(Message::Binary(b)) => l.lock().unwrap().push(Rx::Audio(b.to_vec(), Instant::now())),
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    _ => {}
+                }
+            }
+            l.lock().unwrap().push(Rx::Closed);
+        });
+        Client { sink, log, reader }
+    }
+
+    /// Drops the TCP connection without a WebSocket close, like a crashed client.
+    pub fn abort(self) {
+        self.reader.abort();
+        drop(self.sink);
+    }
+
+    pub async fn send(&mut self, v: serde_json::Value) {
+        self.sink.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.sink.send(Message::Text(t.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, b: Vec<u8>) {
+        self.sink.send(Message::Binary(b.into())).await.unwrap();
+    }
+
+    /// Sends frames one per 20 ms, as a real caller would.
+    pub async fn stream_realtime(&mut self, frames: &[Vec<u8>]) {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for f in frames {
+            tick.tick().await;
+            self.sink.send(Message::Binary(f.clone().into())).await.unwrap();
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.sink.close().await;
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.log.lock().unwrap().iter().filter_map(|r| if let Rx::Event(v, _) = r { Some(v.clone()) } else { None }).collect()
+    }
+
+    pub fn events_named(&self, name: &str) -> Vec<serde_json::Value> {
+        self.events().into_iter().filter(|e| e["event"] == name).collect()
+    }
+
+    /// Waits until an event satisfies `pred`; returns it.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; got {:#?}", self.events());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_event(&self, name: &str, timeout: Duration) -> serde_json::Value {
+        self.wait_for(name, timeout, |e| e["event"] == name).await
+    }
+
+    pub fn audio_bytes(&self) -> Vec<u8> {
+        self.log.lock().unwrap().iter().filter_map(|r| if let Rx::Audio(b, _) = r { Some(b.clone()) } else { None }).flatten().collect()
+    }
+}
+
+/// Reads a 16-bit WAV as mono samples at its rate.
+pub fn read_wav(path: &Path) -> (Vec<i16>, SampleRate) {
+    let r = hound::WavReader::open(path).unwrap();
+    let spec = r.spec();
+    let s: Vec<i16> = r.into_samples::<i16>().map(|x| x.unwrap()).collect();
+    let f = AudioFrame { rate: SampleRate::new(spec.sample_rate).unwrap(), channels: if spec.channels == 2 { voxgate_media::Channels::Stereo } else { voxgate_media::Channels::Mono }, samples: s };
+    let m = f.into_mono();
+    (m.samples, m.rate)
+}
+
+/// Encodes samples at `rate` into 20 ms frames of `codec` (resampling first).
+pub fn encode_frames(samples: &[i16], rate: SampleRate, codec: Codec) -> Vec<Vec<u8>> {
+    let target = codec.sample_rate();
+    let pcm = resample_clip(samples, rate, target).unwrap();
+    let n = target.samples_in_ms(20);
+    let mut enc = AudioEncoder::new(codec);
+    pcm.chunks(n)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.resize(n, 0);
+            enc.encode(&AudioFrame::mono(target, c))
+        })
+        .collect()
+}
+
+pub fn silence_frames(ms: u32, codec: Codec) -> Vec<Vec<u8>> {
+    let mut enc = AudioEncoder::new(codec);
+    (0..ms / 20).map(|_| enc.encode(&AudioFrame::silence(codec.sample_rate(), 20))).collect()
+}
+
+/// The LibriVox clips and their reference transcripts.
+pub fn librivox() -> Vec<(PathBuf, String)> {
+    let dir = Path::new(LIBRIVOX);
+    let refs = std::fs::read_to_string(dir.join("transcription")).expect("pocketsphinx-testdata is missing: run `make deps`");
+    refs.lines()
+        .filter_map(|l| {
+            let (text, id) = l.rsplit_once(" (")?;
+            let id = id.trim_end_matches(')');
+            let text = text.replace("<s>", "").replace("</s>", "");
+            Some((dir.join(format!("{id}.wav")), text.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Words for WER: lower case, punctuation and hyphens as spaces, a few spoken forms expanded.
+pub fn words(s: &str) -> Vec<String> {
+    let s: String = s.to_lowercase().chars().map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' }).collect();
+    s.split_whitespace()
+        .map(|w| match w {
+            "mr" => "mister".to_string(),
+            "mrs" => "missus".to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Word-level edit distance.
+pub fn edit_distance(r: &[String], h: &[String]) -> usize {
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()]
+}
+
+/// Word error rate of `hyp` against `reference`.
+pub fn wer(reference: &str, hyp: &str) -> f64 {
+    let r = words(reference);
+    edit_distance(&r, &words(hyp)) as f64 / r.len().max(1) as f64
+}
+
+/// 16 kHz two-tone DTMF audio for `digits`: 120 ms tones, 120 ms gaps.
+pub fn dtmf_audio(digits: &str) -> Vec<i16> {
+    let rows = [697.0f32, 770.0, 852.0, 941.0];
+    let cols = [1209.0f32, 1336.0, 1477.0, 1633.0];
+    let keys = ["123A", "456B", "789C", "*0#D"];
+    let mut out = vec![0i16; 3200];
+    for d in digits.chars() {
+        let (r, c) = keys.iter().enumerate().find_map(|(r, k)| k.find(d).map(|c| (r, c))).unwrap();
+        out.extend((0..1920).map(|i| {
+            let t = i as f32 / 16000.0;
+            (6000.0 * ((2.0 * std::f32::consts::PI * rows[r] * t).sin() + (2.0 * std::f32::consts::PI * cols[c] * t).sin())) as i16
+        }));
+        out.extend(std::iter::repeat_n(0i16, 1920));
+    }
+    out
+}
