@@ -1,0 +1,279 @@
+//! Load benchmark for `/call` (issue 2): N concurrent sessions on loopback, each streaming 20 ms
+//! PCMU frames of real speech (LibriVox clips separated by 1.5 s pauses) in real time.
+//!
+//! Starts the server itself (so that it can read the server's CPU time and RSS from /proc),
+//! ramps the sessions up, measures a steady window, and prints:
+//! - server CPU per session (% of one core) and RSS per session (MB above the idle server);
+//! - `speaking` latency p50/p99: event arrival − the speech start it reports (both epoch ms);
+//! - end of speech → `asrFinal` latency p50/p99 (includes the endpointing silence);
+//! - `tts` → first audio frame latency p50/p99 (for the sessions that send `tts`);
+//! - client lateness p50/p99/max: how late the client sent frames against its 20 ms schedule
+//!   (large values mean the client, not the server, is saturated and the figures are suspect).
+//!
+//! `cargo run --release -p voxgate-bench --bin load -- --sessions 50 --secs 30 [--asr N] [--tts N]`
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+use voxgate_bench::{librivox, percentile};
+use voxgate_media::codec::{AudioEncoder, Codec};
+use voxgate_media::{AudioFrame, SampleRate};
+
+#[derive(Parser)]
+struct Args {
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 50)]
+    sessions: usize,
+    /// Seconds each session streams in the measured window (after ramp-up).
+    #[arg(long, default_value_t = 30)]
+    secs: u64,
+    /// How many of the sessions run ASR (the rest: VAD only).
+    #[arg(long, default_value_t = 0)]
+    asr: usize,
+    /// How many sessions send one `tts` command during the window.
+    #[arg(long, default_value_t = 5)]
+    tts: usize,
+    /// The voxgate binary to start.
+    #[arg(long, default_value = "target/release/voxgate")]
+    server: String,
+    /// Models directory for the server.
+    #[arg(long, default_value = "models")]
+    models_dir: String,
+    /// Port for the server.
+    #[arg(long, default_value_t = 18181)]
+    port: u16,
+}
+
+fn epoch_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+}
+
+#[derive(Default)]
+struct Stats {
+    speaking: Vec<f64>,
+    asr_final: Vec<f64>,
+    tts_first_audio: Vec<f64>,
+    lateness: Vec<f64>,
+    errors: Vec<String>,
+    finals: usize,
+}
+
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn proc_rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    i: usize,
+    url: String,
+    frames: Arc<Vec<Vec<u8>>>,
+    start_at: tokio::time::Instant,
+    measure_from: tokio::time::Instant,
+    stop_at: tokio::time::Instant,
+    asr: bool,
+    tts: bool,
+    stats: Arc<Mutex<Stats>>,
+) {
+    let (ws, _) = match tokio_tungstenite::connect_async(&url).await {
+        Ok(x) => x,
+        Err(e) => {
+            stats.lock().unwrap().errors.push(format!("connect: {e}"));
+            return;
+        }
+    };
+    let (mut sink, mut stream) = ws.split();
+    let mut option = if asr { serde_json::json!({"codec":"pcmu"}) } else { serde_json::json!({"codec":"pcmu","asr":{"enabled":false}}) };
+    if tts {
+        // The caller keeps talking; without this, barge-in would (rightly) cut the reply.
+        option["bargeIn"] = false.into();
+    }
+    let _ = sink.send(Message::Text(serde_json::json!({"command":"invite","option":option}).to_string().into())).await;
+    let tts_sent: Arc<Mutex<Option<f64>>> = Arc::new(Mutex::new(None));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (st, ts, m) = (stats.clone(), tts_sent.clone(), measuring.clone());
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let now = epoch_ms();
+            match msg {
+                Message::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                    let measuring = m.load(std::sync::atomic::Ordering::Relaxed);
+                    match v["event"].as_str() {
+                        Some("speaking") if measuring => st.lock().unwrap().speaking.push(now - v["startTime"].as_f64().unwrap_or(now)),
+                        Some("asrFinal") => {
+                            let mut s = st.lock().unwrap();
+                            s.finals += 1;
+                            if measuring {
+                                s.asr_final.push(now - v["endTime"].as_f64().unwrap_or(now));
+                            }
+                        }
+                        Some("error") => st.lock().unwrap().errors.push(v["error"].as_str().unwrap_or("").to_string()),
+                        _ => {}
+                    }
+                }
+                Message::Binary(_) => {
+                    if let Some(sent) = ts.lock().unwrap().take() {
+                        st.lock().unwrap().tts_first_audio.push(now - sent);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    // Each session starts at a different place in the speech so that onsets are spread out.
+    let offset = (i * 37) % frames.len();
+    tokio::time::sleep_until(start_at).await;
+    let t0 = tokio::time::Instant::now();
+    let mut k: u64 = 0;
+    let mut tts_done = false;
+    let mut late = Vec::new();
+    loop {
+        let due = t0 + Duration::from_millis(20 * k);
+        if due >= stop_at {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
+        let now = tokio::time::Instant::now();
+        if now >= measure_from {
+            measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+            late.push(now.saturating_duration_since(due).as_secs_f64() * 1000.0);
+        }
+        let f = &frames[(offset + k as usize) % frames.len()];
+        if sink.send(Message::Binary(f.clone().into())).await.is_err() {
+            break;
+        }
+        // TTS goes out in the settle period, while every session streams, so that the measured
+        // window holds only the streaming load (VAD) and the TTS latency is taken under it.
+        if tts && !tts_done && now + Duration::from_millis(2500 + 40 * (i as u64 % 50)) >= measure_from {
+            tts_done = true;
+            *tts_sent.lock().unwrap() = Some(epoch_ms());
+            let _ = sink.send(Message::Text(r#"{"command":"tts","text":"Thank you, one moment please.","option":{"provider":"piper"}}"#.into())).await;
+        }
+        k += 1;
+    }
+    let _ = sink.send(Message::Text(r#"{"command":"hangup"}"#.into())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    stats.lock().unwrap().lateness.extend(late);
+}
+
+/// One call that speaks (TTS) and is transcribed (ASR), to load every engine before measuring.
+async fn warm_up(url: &str, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut sink, mut stream) = ws.split();
+    sink.send(Message::Text(r#"{"command":"invite","option":{"codec":"pcmu","bargeIn":false}}"#.into())).await?;
+    sink.send(Message::Text(r#"{"command":"tts","text":"Warming up.","option":{"provider":"piper"}}"#.into())).await?;
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for f in frames.iter().take(400) {
+        tick.tick().await;
+        sink.send(Message::Binary(f.clone().into())).await?;
+    }
+    sink.send(Message::Text(r#"{"command":"hangup"}"#.into())).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(20), reader).await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    rt.block_on(run(a))
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
+    // Speech stream: each clip then 1.5 s of silence, 8 kHz PCMU in 20 ms frames.
+    let mut pcm = Vec::new();
+    for (s, _) in librivox()? {
+        pcm.extend(s);
+        pcm.extend(vec![0i16; 24000]);
+    }
+    let pcm8 = voxgate_media::resample::resample_clip(&pcm, SampleRate::HZ_16000, SampleRate::HZ_8000)?;
+    let mut enc = AudioEncoder::new(Codec::Pcmu);
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(pcm8.chunks_exact(160).map(|c| enc.encode(&AudioFrame::mono(SampleRate::HZ_8000, c.to_vec()))).collect());
+
+    let data = std::env::temp_dir().join(format!("voxgate-bench-{}", std::process::id()));
+    let mut child = std::process::Command::new(&a.server)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", a.port), "--data-dir"])
+        .arg(&data)
+        .args(["--models-dir", &a.models_dir])
+        .env("RUST_LOG", "warn")
+        .env("VOXGATE_CALL__DUMP_DEFAULT", "false")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("voxgate listening") => break,
+                Some(_) => {}
+                None => anyhow::bail!("server exited"),
+            }
+        }
+    }
+    // Warm up once (TTS and ASR allocate their arenas on first use), then take the idle RSS, so
+    // that RSS per session counts what sessions cost, not one-time engine memory.
+    warm_up(&format!("ws://127.0.0.1:{}/call?dump=false", a.port), &frames).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = proc_rss_mb(pid);
+    let url = format!("ws://127.0.0.1:{}/call?dump=false", a.port);
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    // Ramp: sessions connect over 5 s (or 5 ms apart), then 5 s settle, then the measured window.
+    let ramp = Duration::from_millis((a.sessions as u64 * 5).max(2000));
+    let begin = tokio::time::Instant::now();
+    let measure_from = begin + ramp + Duration::from_secs(5);
+    let stop_at = measure_from + Duration::from_secs(a.secs);
+    let mut tasks = Vec::new();
+    for i in 0..a.sessions {
+        let start_at = begin + ramp.mul_f64(i as f64 / a.sessions as f64);
+        tasks.push(tokio::spawn(session(i, url.clone(), frames.clone(), start_at, measure_from, stop_at, i < a.asr, i < a.tts, stats.clone())));
+    }
+    tokio::time::sleep_until(measure_from).await;
+    let cpu0 = proc_cpu_secs(pid);
+    let t0 = Instant::now();
+    let mut rss_samples = Vec::new();
+    while tokio::time::Instant::now() + Duration::from_millis(500) < stop_at {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_samples.push(proc_rss_mb(pid));
+    }
+    let cpu = proc_cpu_secs(pid) - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data);
+
+    let s = stats.lock().unwrap();
+    let n = a.sessions as f64;
+    let rss = rss_samples.iter().cloned().fold(0.0, f64::max);
+    println!("sessions {} (asr on {}, tts {}), window {:.0} s", a.sessions, a.asr.min(a.sessions), a.tts.min(a.sessions), wall);
+    println!("server CPU        {:.3} % of a core per session ({:.1} % total)", cpu / wall / n * 100.0, cpu / wall * 100.0);
+    println!("server RSS        {:.3} MB per session ({:.0} MB peak, {:.0} MB idle)", (rss - idle_rss) / n, rss, idle_rss);
+    println!("speaking latency  p50 {:.0} ms  p99 {:.0} ms  (n={})", percentile(&s.speaking, 50.0), percentile(&s.speaking, 99.0), s.speaking.len());
+    println!("speech end→final  p50 {:.0} ms  p99 {:.0} ms  (n={}, includes the 600 ms endpoint)", percentile(&s.asr_final, 50.0), percentile(&s.asr_final, 99.0), s.asr_final.len());
+    println!("tts→first audio   p50 {:.0} ms  p99 {:.0} ms  (n={})", percentile(&s.tts_first_audio, 50.0), percentile(&s.tts_first_audio, 99.0), s.tts_first_audio.len());
+    println!(
+        "client lateness   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        percentile(&s.lateness, 50.0),
+        percentile(&s.lateness, 99.0),
+        s.lateness.iter().cloned().fold(0.0, f64::max)
+    );
+    if !s.errors.is_empty() {
+        println!("errors            {} (first: {})", s.errors.len(), s.errors[0]);
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Shared helpers for voxgate's benchmarks.
+
+use std::path::Path;
+use voxgate_media::{AudioFrame, Channels, SampleRate};
+
+pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
+
+/// LibriVox clips (16 kHz mono) with their reference transcripts.
+pub fn librivox() -> anyhow::Result<Vec<(Vec<i16>, String)>> {
+    let dir = Path::new(LIBRIVOX);
+    let refs = std::fs::read_to_string(dir.join("transcription"))?;
+    let mut out = Vec::new();
+    for l in refs.lines() {
+        let Some((text, id)) = l.rsplit_once(" (") else { continue };
+        let id = id.trim_end_matches(')');
+        let r = hound::WavReader::open(dir.join(format!("{id}.wav")))?;
+        let spec = r.spec();
+        let s: Vec<i16> = r.into_samples::<i16>().collect::<Result<_, _>>()?;
+        let f = AudioFrame { rate: SampleRate::new(spec.sample_rate)?, channels: if spec.channels == 2 { Channels::Stereo } else { Channels::Mono }, samples: s }.into_mono();
+        let s = voxgate_media::resample::resample_clip(&f.samples, f.rate, SampleRate::HZ_16000)?;
+        out.push((s, text.replace("<s>", "").replace("</s>", "").trim().to_string()));
+    }
+    Ok(out)
+}
+
+/// Lower-case words without punctuation (hyphens split words; `mr` → `mister`).
+pub fn words(s: &str) -> Vec<String> {
+    let s: String = s.to_lowercase().chars().map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' }).collect();
+    s.split_whitespace().map(|w| if w == "mr" { "mister".into() } else { w.to_string() }).collect()
+}
+
+/// Word error rate.
+pub fn wer(reference: &str, hyp: &str) -> f64 {
+    let (r, h) = (words(reference), words(hyp));
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}
+
+/// Percentile (0..=100) of unsorted values; NaN when empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((p / 100.0) * (s.len() - 1) as f64).round() as usize]
+}
