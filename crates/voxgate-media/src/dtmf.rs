@@ -46,8 +46,8 @@ impl DtmfDetector {
         let rate = frame.rate.hz() as f32;
         let n = s.len() as f32;
         let energy: f32 = s.iter().map(|&x| (x as f32) * (x as f32)).sum();
-        let rows: Vec<f32> = ROWS.iter().map(|&f| goertzel(s, f, rate)).collect();
-        let cols: Vec<f32> = COLS.iter().map(|&f| goertzel(s, f, rate)).collect();
+        let rows: [f32; 4] = ROWS.map(|f| goertzel(s, f, rate));
+        let cols: [f32; 4] = COLS.map(|f| goertzel(s, f, rate));
         let best = |v: &[f32]| {
             let (i, &p) = v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).expect("4 filters");
             let second = v.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, &q)| q).fold(0.0, f32::max);

@@ -28,6 +28,8 @@ pub struct InboundConfig {
     pub max_utterance_ms: u32,
     /// Detect in-band DTMF.
     pub dtmf: bool,
+    /// Energy gate of the VAD, dBFS (see [`Vad`]); `f32::NEG_INFINITY` disables it.
+    pub vad_gate_dbfs: f32,
 }
 
 impl Default for InboundConfig {
@@ -39,6 +41,7 @@ impl Default for InboundConfig {
             pre_roll_ms: 300,
             max_utterance_ms: 20_000,
             dtmf: true,
+            vad_gate_dbfs: -55.0,
         }
     }
 }
@@ -94,7 +97,7 @@ impl InboundPipeline {
             resampler: StreamResampler::new(rate, SampleRate::HZ_16000).expect("supported rates"),
             frames16: SampleFramer::new(320),
             dtmf: DtmfDetector::new(),
-            vad: Vad::new(detector),
+            vad: Vad::with_gate(detector, cfg.vad_gate_dbfs),
             seg: Segmenter::new(cfg.segmenter.clone()),
             now_ms: 0,
             pre_roll: VecDeque::with_capacity(16 * cfg.pre_roll_ms as usize + 320),

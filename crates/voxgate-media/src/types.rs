@@ -154,7 +154,7 @@ impl AudioFrame {
         if self.samples.is_empty() {
             return -100.0;
         }
-        let sum: f64 = self.samples.iter().map(|&s| (s as f64) * (s as f64)).sum();
+        let sum = self.samples.iter().map(|&s| (s as i64) * (s as i64)).sum::<i64>() as f64;
         let rms = (sum / self.samples.len() as f64).sqrt() / 32768.0;
         if rms <= 1e-5 { -100.0 } else { (20.0 * rms.log10()) as f32 }
     }

@@ -40,19 +40,53 @@ impl VoiceDetector for Earshot {
 
 /// Feeds 20 ms frames to a [`VoiceDetector`] and reports one probability per frame: the maximum
 /// over the chunks completed during that frame (the last one when none completed).
+///
+/// Energy gate: once the input has stayed below `gate_dbfs` for [`GATE_AFTER_MS`], the model is
+/// not run (probability 0) until a louder frame arrives; the detector is then reset, as for a new
+/// audio sequence. Near-silent stretches (digital silence, comfort noise) are common on calls, and
+/// the model is the most expensive step of the inbound chain.
 pub struct Vad {
     detector: Box<dyn VoiceDetector>,
     buf: Vec<i16>,
     last: f32,
+    gate_dbfs: f32,
+    quiet_ms: u32,
 }
 
+/// Quiet time before the energy gate closes, ms.
+pub const GATE_AFTER_MS: u32 = 200;
+
 impl Vad {
+    /// A VAD with the default energy gate (−55 dBFS).
     pub fn new(detector: Box<dyn VoiceDetector>) -> Self {
-        Vad { detector, buf: Vec::with_capacity(1024), last: 0.0 }
+        Self::with_gate(detector, -55.0)
+    }
+
+    /// A VAD whose gate closes below `gate_dbfs` (use `f32::NEG_INFINITY` to always run the model).
+    pub fn with_gate(detector: Box<dyn VoiceDetector>, gate_dbfs: f32) -> Self {
+        Vad { detector, buf: Vec::with_capacity(1024), last: 0.0, gate_dbfs, quiet_ms: 0 }
+    }
+
+    /// Whether the gate is closed (the model is idle).
+    pub fn gated(&self) -> bool {
+        self.quiet_ms >= GATE_AFTER_MS
     }
 
     /// Speech probability for a 16 kHz mono frame.
     pub fn process(&mut self, frame: &AudioFrame) -> f32 {
+        if frame.level_dbfs() < self.gate_dbfs {
+            self.quiet_ms = self.quiet_ms.saturating_add(frame.duration_ms() as u32);
+            if self.gated() {
+                self.buf.clear();
+                self.last = 0.0;
+                return 0.0;
+            }
+        } else {
+            if self.gated() {
+                self.detector.reset();
+            }
+            self.quiet_ms = 0;
+        }
         self.buf.extend_from_slice(&frame.samples);
         let n = self.detector.chunk_len();
         let mut best: Option<f32> = None;
@@ -180,6 +214,36 @@ mod tests {
                 Segment::SpeechEnd { start_ms: 60, end_ms: 1460, silence_ms: 600 }
             ]
         );
+    }
+
+    /// Counts model runs; calls chunks with any sample above 1000 speech.
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl VoiceDetector for Counting {
+        fn chunk_len(&self) -> usize {
+            160
+        }
+        fn predict(&mut self, chunk: &[i16]) -> f32 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if chunk.iter().any(|&x| x > 1000) { 1.0 } else { 0.0 }
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn energy_gate_idles_the_model_in_silence_only() {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut v = Vad::new(Box::new(Counting(runs.clone())));
+        let silence = AudioFrame::silence(crate::SampleRate::HZ_16000, 20);
+        for _ in 0..50 {
+            assert_eq!(v.process(&silence), 0.0);
+        }
+        // The model runs for the first 180 ms of quiet (9 frames x 2 chunks); the frame that
+        // completes 200 ms closes the gate.
+        assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 18);
+        assert!(v.gated());
+        let loud = AudioFrame::mono(crate::SampleRate::HZ_16000, [3000i16, -3000].repeat(160));
+        assert_eq!(v.process(&loud), 1.0);
+        assert!(!v.gated());
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct VadConfig {
     pub min_speech_ms: u32,
     /// Silence that ends an utterance (endpointing), ms.
     pub min_silence_ms: u32,
+    /// Below this level (dBFS) for 200 ms the VAD model rests until the audio gets louder;
+    /// -200 disables the gate.
+    pub gate_dbfs: f32,
 }
 
 /// Speech recognition.
@@ -128,7 +131,7 @@ impl Default for CallConfig {
 
 impl Default for VadConfig {
     fn default() -> Self {
-        VadConfig { engine: "earshot".into(), threshold: 0.5, min_speech_ms: 60, min_silence_ms: 600 }
+        VadConfig { engine: "earshot".into(), threshold: 0.5, min_speech_ms: 60, min_silence_ms: 600, gate_dbfs: -55.0 }
     }
 }
 

@@ -36,6 +36,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let settings = CallSettings {
         barge_in_ms: cfg.call.barge_in_ms,
+        vad_gate_dbfs: cfg.vad.gate_dbfs,
         segmenter: SegmenterConfig { threshold: cfg.vad.threshold, min_speech_ms: cfg.vad.min_speech_ms, min_silence_ms: cfg.vad.min_silence_ms },
         partial_interval_ms: cfg.asr.partial_interval_ms,
         drain: Duration::from_secs(cfg.call.drain_secs),

@@ -80,6 +80,7 @@ pub enum Outbound {
 #[derive(Clone)]
 pub struct CallSettings {
     pub barge_in_ms: u32,
+    pub vad_gate_dbfs: f32,
     pub segmenter: SegmenterConfig,
     pub partial_interval_ms: u32,
     pub drain: Duration,
@@ -293,6 +294,7 @@ impl CallActor {
             segmenter: self.ctx.settings.segmenter.clone(),
             asr: o.asr && self.ctx.engines.asr.is_some(),
             partial_interval_ms: self.ctx.settings.partial_interval_ms,
+            vad_gate_dbfs: self.ctx.settings.vad_gate_dbfs,
             ..InboundConfig::default()
         };
         self.pipeline = Some(InboundPipeline::new(o.codec, self.ctx.engines.new_detector(), cfg));
