@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages voxgate needs, only those missing (idempotent, ~0.1 s when done).
-#   scripts/install-deps.sh run   what `make run` needs: espeak-ng (Piper phonemes), flite (TTS)
-#   scripts/install-deps.sh test  plus what the tests use: pocketsphinx-testdata (LibriVox speech)
+#   scripts/install-deps.sh run   what `make run` needs: espeak-ng (Piper phonemes), flite (TTS),
+#                                 pocketsphinx-testdata (LibriVox recordings for "Try it")
+#   scripts/install-deps.sh test  what the tests use (today the same set)
 # The Rust toolchain and python3/pip (for scripts/fetch-models.sh) are expected on the machine.
 set -euo pipefail
 what="${1:-run}"
-pkgs=(espeak-ng flite)
+pkgs=(espeak-ng flite pocketsphinx-testdata)
 if [ "$what" = "test" ]; then
-  pkgs+=(pocketsphinx-testdata)
+  : # the tests need nothing more than `run` yet (LibriVox speech is in both)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

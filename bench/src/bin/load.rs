@@ -225,7 +225,18 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     // Warm up once (TTS and ASR allocate their arenas on first use), then take the idle RSS, so
     // that RSS per session counts what sessions cost, not one-time engine memory.
-    warm_up(&format!("ws://127.0.0.1:{}/call?dump=false", a.port), &frames).await?;
+    // As many warm-up calls at once as sessions will send TTS, so that the TTS arenas are as large
+    // as they will get.
+    let warm: Vec<_> = (0..a.tts.max(1))
+        .map(|_| {
+            let url = format!("ws://127.0.0.1:{}/call?dump=false", a.port);
+            let f = frames.clone();
+            tokio::spawn(async move { warm_up(&url, &f).await })
+        })
+        .collect();
+    for w in warm {
+        w.await??;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = proc_rss_mb(pid);
     let url = format!("ws://127.0.0.1:{}/call?dump=false", a.port);

@@ -18,6 +18,9 @@ pub enum VadEngine {
 #[derive(Clone)]
 pub struct Engines {
     pub asr: Option<Arc<dyn Transcriber>>,
+    /// One permit per ASR model instance. Final transcripts wait for a permit; partial ones run
+    /// only when a permit is free at once, so that partials never delay finals under load.
+    pub asr_slots: Arc<tokio::sync::Semaphore>,
     /// TTS engines by name (`piper`, `flite`).
     pub tts: BTreeMap<String, Arc<dyn Synthesizer>>,
     pub default_tts: String,
@@ -105,7 +108,8 @@ impl Engines {
             }
         }
         if errs.is_empty() {
-            Ok(Engines { asr, tts, default_tts: cfg.tts.engine.clone(), vad })
+            let asr_slots = Arc::new(tokio::sync::Semaphore::new(cfg.asr.instances.max(1)));
+            Ok(Engines { asr, asr_slots, tts, default_tts: cfg.tts.engine.clone(), vad })
         } else {
             Err(errs.join("\n"))
         }

@@ -92,6 +92,7 @@ async fn tts_audio_round_trips_through_asr_and_auto_hangs_up() {
     let end = c.wait_event("trackEnd", SECS(30)).await;
     let hangup = c.wait_event("hangup", SECS(10)).await;
     assert_eq!(hangup["reason"], "autohangup");
+    c.wait_closed(SECS(5)).await;
     let audio = c.audio_bytes();
     let pcm = AudioDecoder::new(Codec::Pcm(SampleRate::HZ_16000)).decode(&audio);
     let secs = pcm.samples.len() as f64 / 16000.0;
@@ -174,6 +175,7 @@ async fn kill_lists_iceservers_and_health() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!(true));
     let h = c.wait_event("hangup", SECS(10)).await;
     assert_eq!((h["reason"].as_str(), h["initiator"].as_str()), (Some("killed"), Some("system")));
+    c.wait_closed(SECS(5)).await;
     let r = http.post(server.http("/call/kill/kill-me")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();

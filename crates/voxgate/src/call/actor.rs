@@ -368,11 +368,28 @@ impl CallActor {
             return;
         }
         let Some(asr) = self.ctx.engines.asr.clone() else { return };
-        let Some(job) = self.asr_queue.pop_front() else { return };
+        let slots = self.ctx.engines.asr_slots.clone();
+        let (job, permit) = loop {
+            let Some(job) = self.asr_queue.pop_front() else { return };
+            if !job.partial {
+                break (job, None);
+            }
+            // A partial result is worth computing only with an idle model.
+            if let Ok(p) = slots.clone().try_acquire_owned() {
+                break (job, Some(p));
+            }
+        };
         self.asr_busy = true;
         let tx = self.self_tx.clone();
         tokio::spawn(async move {
             let AsrJob { index, partial, start_ms, end_ms, samples, queued_at } = job;
+            let _permit = match permit {
+                Some(p) => p,
+                None => match slots.acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
             let r = tokio::task::spawn_blocking(move || {
                 let t = Instant::now();
                 (asr.transcribe(&samples), t.elapsed().as_millis() as u64)

@@ -177,6 +177,15 @@ impl Client {
         self.wait_for(name, timeout, |e| e["event"] == name).await
     }
 
+    /// Waits until the server has closed the WebSocket.
+    pub async fn wait_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log.lock().unwrap().iter().any(|r| matches!(r, Rx::Closed)) {
+            assert!(Instant::now() < deadline, "the server did not close the WebSocket");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn audio_bytes(&self) -> Vec<u8> {
         self.log.lock().unwrap().iter().filter_map(|r| if let Rx::Audio(b, _) = r { Some(b.clone()) } else { None }).flatten().collect()
     }

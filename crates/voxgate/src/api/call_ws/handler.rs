@@ -116,7 +116,21 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState) {
     });
 
     let max = st.config.call.max_binary_bytes;
-    while let Some(msg) = stream.next().await {
+    let mut actor_task = actor_task;
+    let mut actor_done = false;
+    loop {
+        // The call can end on its own (hangup, autoHangup, kill): stop reading then, so that the
+        // writer can close the socket.
+        let msg = tokio::select! {
+            m = stream.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = &mut actor_task => {
+                actor_done = true;
+                break;
+            }
+        };
         let input = match msg {
             Ok(Message::Text(t)) => {
                 let parsed: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_else(|_| serde_json::Value::String(t.to_string()));
@@ -160,8 +174,10 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState) {
         }
     }
     drop(out_tx);
-    let _ = inbox.send(ActorInput::LegClosed).await;
-    let _ = actor_task.await;
+    if !actor_done {
+        let _ = inbox.send(ActorInput::LegClosed).await;
+        let _ = actor_task.await;
+    }
     let _ = writer.await;
     if let Some(d) = dump {
         let _ = d.lock().await.flush().await;
