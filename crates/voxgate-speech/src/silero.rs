@@ -84,8 +84,3 @@ impl VoiceDetector for Silero {
         self.context.iter_mut().for_each(|x| *x = 0.0);
     }
 }
-
-/// Loads the model only to check it, for callers that report configuration problems early.
-pub fn check(env: &ort::environment::Environment, path: &Path) -> Result<(), SpeechError> {
-    load(env, path, 1).map(|_| ())
-}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use voxgate_media::codec::{AudioEncoder, Codec};
+use voxgate_media::codec::AudioEncoder;
 use voxgate_media::pipeline::{InboundConfig, InboundPipeline, MediaEvent};
 use voxgate_media::player::{Player, PlayerEvent};
 use voxgate_media::resample::{resample_clip, StreamResampler};
@@ -628,9 +628,4 @@ async fn produce_tts(
         }
     }
     let _ = tx.send(ActorInput::TrackDone { track_id }).await;
-}
-
-/// Codec helper for adapters: the codec's name in the store and `/call/lists`.
-pub fn codec_name(c: Codec) -> &'static str {
-    c.name()
 }

@@ -23,8 +23,8 @@ pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
         Some(_) => return Err(BadCommand("`command` must be a string".into())),
         None => return Err(BadCommand("missing `command` field".into())),
     };
-    if !COMMANDS[..9].contains(&name.as_str()) {
-        return Err(BadCommand(format!("unknown command `{name}` (expected one of: {})", COMMANDS[..9].join(", "))));
+    if !COMMANDS.contains(&name.as_str()) {
+        return Err(BadCommand(format!("unknown command `{name}` (expected one of: {})", COMMANDS.join(", "))));
     }
     let cmd: Command = serde_json::from_value(v).map_err(|e| BadCommand(format!("invalid `{name}` command: {e}")))?;
     Ok(match cmd {
