@@ -62,6 +62,17 @@ fn call_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CallRecord, sqlx::Error>
     })
 }
 
+fn transcript_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TranscriptRecord, sqlx::Error> {
+    Ok(TranscriptRecord {
+        call_id: r.try_get("call_id")?,
+        index: r.try_get("idx")?,
+        start_ms: r.try_get("start_ms")?,
+        end_ms: r.try_get("end_ms")?,
+        text: r.try_get("text")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn call_created(&self, c: &CallRecord) -> Result<(), StoreError> {
@@ -124,19 +135,7 @@ impl Store for SqliteStore {
 
     async fn transcript(&self, id: &str) -> Result<Vec<TranscriptRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM transcripts WHERE call_id = ? ORDER BY idx").bind(id).fetch_all(&self.pool).await.map_err(err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(TranscriptRecord {
-                    call_id: r.try_get("call_id")?,
-                    index: r.try_get("idx")?,
-                    start_ms: r.try_get("start_ms")?,
-                    end_ms: r.try_get("end_ms")?,
-                    text: r.try_get("text")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(err)
+        rows.iter().map(transcript_from_row).collect::<Result<_, sqlx::Error>>().map_err(err)
     }
 }
 
