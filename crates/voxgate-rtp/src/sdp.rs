@@ -1,0 +1,444 @@
+//! SDP offer/answer for one audio stream over plain RTP (RFC 3264 on RFC 4566/8866 descriptions,
+//! parsed and written with `sdp-types`).
+//!
+//! - The answerer picks the first payload format of the offer that it supports (the offerer's
+//!   order, RFC 3264 §6.1), keeps the offerer's payload type numbers, adds telephone-event at the
+//!   chosen codec's RTP clock rate when offered (RFC 4733 §7.1.1), and answers other or
+//!   unusable media lines with port 0 (§6).
+//! - Direction is mirrored: sendonly ↔ recvonly, inactive stays inactive (§6.1); a connection
+//!   address of 0.0.0.0 is the old (RFC 2543) way to say "hold" and is treated as inactive.
+//! - ptime (ms) is honoured when within 10–60, else 20.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Why an SDP cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("SDP does not parse: {0}")]
+    Parse(String),
+    #[error("SDP has no RTP/AVP audio stream")]
+    NoAudio,
+    #[error("SDP has no usable connection address for the audio stream")]
+    NoAddress,
+    #[error("no codec in common: offered {0}")]
+    NoCommonCodec(String),
+}
+
+/// Media direction attribute (RFC 3264 §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// The answer's direction for an offer's.
+    pub fn reverse(self) -> Self {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+
+    /// Whether we send media in this direction (ours).
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// Whether we receive media in this direction (ours).
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+}
+
+/// One payload format: `a=rtpmap:<pt> <name>/<clock_rate>[/<channels>]` plus `a=fmtp`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadFormat {
+    pub pt: u8,
+    /// Encoding name as written in SDP (compared case-insensitively).
+    pub name: String,
+    /// RTP clock rate, Hz (8000 for G.722 although it samples at 16 kHz, RFC 3551 §4.5.2).
+    pub clock_rate: u32,
+    pub channels: u8,
+    pub fmtp: Option<String>,
+}
+
+impl PayloadFormat {
+    pub fn new(pt: u8, name: &str, clock_rate: u32, channels: u8, fmtp: Option<&str>) -> Self {
+        PayloadFormat { pt, name: name.into(), clock_rate, channels, fmtp: fmtp.map(str::to_string) }
+    }
+
+    /// Same codec (name, clock rate, channels), whatever the payload type number.
+    pub fn same_codec(&self, other: &PayloadFormat) -> bool {
+        self.name.eq_ignore_ascii_case(&other.name) && self.clock_rate == other.clock_rate && self.channels.max(1) == other.channels.max(1)
+    }
+
+    pub fn is_telephone_event(&self) -> bool {
+        self.name.eq_ignore_ascii_case("telephone-event")
+    }
+
+    /// The static payload types of RFC 3551 Table 4 that voxgate knows.
+    fn from_static(pt: u8) -> Option<PayloadFormat> {
+        match pt {
+            0 => Some(PayloadFormat::new(0, "PCMU", 8000, 1, None)),
+            8 => Some(PayloadFormat::new(8, "PCMA", 8000, 1, None)),
+            9 => Some(PayloadFormat::new(9, "G722", 8000, 1, None)),
+            _ => None,
+        }
+    }
+}
+
+/// The audio stream of a remote description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteAudio {
+    /// Where to send RTP (port 0 = stream rejected/disabled).
+    pub rtp: SocketAddr,
+    /// Where to send RTCP (`a=rtcp`, else RTP port + 1; the RTP address with `a=rtcp-mux`).
+    pub rtcp: SocketAddr,
+    pub rtcp_mux: bool,
+    /// Payload formats in the sender's order of preference.
+    pub formats: Vec<PayloadFormat>,
+    pub ptime_ms: Option<u32>,
+    /// Direction as the remote wrote it (its view).
+    pub direction: Direction,
+    /// Index of the audio m-line in the description.
+    pub index: usize,
+}
+
+/// What we offer or answer with.
+#[derive(Clone, Debug)]
+pub struct LocalMedia {
+    /// Address written in `c=` and `o=`.
+    pub address: IpAddr,
+    /// RTP port (RTCP on port + 1).
+    pub port: u16,
+    /// Codecs we can use, in our order of preference; payload types are used when we offer.
+    pub formats: Vec<PayloadFormat>,
+    /// Offer telephone-event at each distinct clock rate of `formats`, with these payload types
+    /// (`(clock_rate, pt)`).
+    pub telephone_events: Vec<(u32, u8)>,
+    pub ptime_ms: u32,
+    pub direction: Direction,
+    /// `o=` session id and version (bump the version for every new offer/answer in a dialog).
+    pub session_id: u64,
+    pub session_version: u64,
+}
+
+/// The result of a negotiation: how to run the RTP stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub remote_rtp: SocketAddr,
+    pub remote_rtcp: SocketAddr,
+    /// The codec both sides send, with the payload type to put on the wire.
+    pub codec: PayloadFormat,
+    /// telephone-event payload type, when both support it at the codec's clock rate.
+    pub telephone_event: Option<u8>,
+    pub ptime_ms: u32,
+    /// Our direction.
+    pub direction: Direction,
+}
+
+fn parse_session(sdp: &str) -> Result<sdp_types::Session, SdpError> {
+    sdp_types::Session::parse(sdp.as_bytes()).map_err(|e| SdpError::Parse(e.to_string()))
+}
+
+fn conn_ip(c: &sdp_types::Connection) -> Option<IpAddr> {
+    c.connection_address.split('/').next()?.trim().parse().ok()
+}
+
+fn direction_of(attrs: &[sdp_types::Attribute]) -> Option<Direction> {
+    attrs.iter().find_map(|a| match a.attribute.as_str() {
+        "sendrecv" => Some(Direction::SendRecv),
+        "sendonly" => Some(Direction::SendOnly),
+        "recvonly" => Some(Direction::RecvOnly),
+        "inactive" => Some(Direction::Inactive),
+        _ => None,
+    })
+}
+
+fn is_plain_rtp_audio(m: &sdp_types::Media) -> bool {
+    m.media == "audio" && (m.proto.eq_ignore_ascii_case("RTP/AVP") || m.proto.eq_ignore_ascii_case("RTP/AVPF"))
+}
+
+fn formats_of(m: &sdp_types::Media) -> Vec<PayloadFormat> {
+    let mut out = Vec::new();
+    for fmt in m.fmt.split_whitespace() {
+        let Ok(pt) = fmt.parse::<u8>() else { continue };
+        if pt > 127 {
+            continue;
+        }
+        let rtpmap = m.attributes.iter().filter(|a| a.attribute == "rtpmap").filter_map(|a| a.value.as_deref()).find_map(|v| {
+            let (p, rest) = v.split_once(' ')?;
+            (p.trim().parse::<u8>().ok()? == pt).then_some(rest.trim())
+        });
+        let fmtp = m.attributes.iter().filter(|a| a.attribute == "fmtp").filter_map(|a| a.value.as_deref()).find_map(|v| {
+            let (p, rest) = v.split_once(' ')?;
+            (p.trim().parse::<u8>().ok()? == pt).then(|| rest.trim().to_string())
+        });
+        let f = match rtpmap {
+            Some(map) => {
+                let mut parts = map.split('/');
+                let name = parts.next().unwrap_or_default().to_string();
+                let Some(Ok(clock_rate)) = parts.next().map(|r| r.trim().parse::<u32>()) else { continue };
+                let channels = parts.next().and_then(|c| c.trim().parse().ok()).unwrap_or(1);
+                PayloadFormat { pt, name, clock_rate, channels, fmtp }
+            }
+            None => match PayloadFormat::from_static(pt) {
+                Some(mut f) => {
+                    f.fmtp = fmtp;
+                    f
+                }
+                None => continue,
+            },
+        };
+        out.push(f);
+    }
+    out
+}
+
+/// Finds and reads the first plain-RTP audio stream of a description.
+pub fn parse_audio(sdp: &str) -> Result<RemoteAudio, SdpError> {
+    let s = parse_session(sdp)?;
+    let (index, m) = s.medias.iter().enumerate().find(|(_, m)| is_plain_rtp_audio(m)).ok_or(SdpError::NoAudio)?;
+    let conn = m.connections.first().or(s.connection.as_ref()).ok_or(SdpError::NoAddress)?;
+    let ip = conn_ip(conn).ok_or(SdpError::NoAddress)?;
+    let rtcp_mux = m.attributes.iter().any(|a| a.attribute == "rtcp-mux");
+    let rtcp_port = m
+        .attributes
+        .iter()
+        .find(|a| a.attribute == "rtcp")
+        .and_then(|a| a.value.as_deref())
+        .and_then(|v| v.split_whitespace().next()?.parse::<u16>().ok());
+    let rtcp = if rtcp_mux { SocketAddr::new(ip, m.port) } else { SocketAddr::new(ip, rtcp_port.unwrap_or(m.port.wrapping_add(1))) };
+    let mut direction = direction_of(&m.attributes).or_else(|| direction_of(&s.attributes)).unwrap_or_default();
+    if ip.is_unspecified() && direction != Direction::Inactive {
+        // RFC 2543 hold: c=0.0.0.0.
+        direction = Direction::Inactive;
+    }
+    let ptime_ms = m.attributes.iter().find(|a| a.attribute == "ptime").and_then(|a| a.value.as_deref()).and_then(|v| v.trim().parse().ok());
+    Ok(RemoteAudio { rtp: SocketAddr::new(ip, m.port), rtcp, rtcp_mux, formats: formats_of(m), ptime_ms, direction, index })
+}
+
+fn clamp_ptime(p: Option<u32>, default: u32) -> u32 {
+    match p {
+        Some(p) if (10..=60).contains(&p) => p,
+        _ => default,
+    }
+}
+
+fn origin(local: &LocalMedia) -> sdp_types::Origin {
+    sdp_types::Origin {
+        username: Some("voxgate".into()),
+        sess_id: local.session_id.to_string(),
+        sess_version: local.session_version,
+        nettype: sdp_types::NetType::In,
+        addrtype: if local.address.is_ipv4() { sdp_types::AddrType::Ip4 } else { sdp_types::AddrType::Ip6 },
+        unicast_address: local.address.to_string(),
+    }
+}
+
+fn audio_media(local: &LocalMedia, formats: &[PayloadFormat], ptime: u32, direction: Direction) -> sdp_types::Media {
+    let fmt = formats.iter().map(|f| f.pt.to_string()).collect::<Vec<_>>().join(" ");
+    let mut attributes = Vec::new();
+    for f in formats {
+        let map = if f.channels > 1 { format!("{} {}/{}/{}", f.pt, f.name, f.clock_rate, f.channels) } else { format!("{} {}/{}", f.pt, f.name, f.clock_rate) };
+        attributes.push(sdp_types::Attribute::with_value("rtpmap", map));
+        if let Some(p) = &f.fmtp {
+            attributes.push(sdp_types::Attribute::with_value("fmtp", format!("{} {}", f.pt, p)));
+        }
+    }
+    attributes.push(sdp_types::Attribute::with_value("ptime", ptime));
+    attributes.push(sdp_types::Attribute::new(direction.as_str()));
+    sdp_types::Media {
+        media: "audio".into(),
+        port: local.port,
+        num_ports: None,
+        proto: "RTP/AVP".into(),
+        fmt,
+        media_title: None,
+        connections: Vec::new(),
+        bandwidths: Vec::new(),
+        key: None,
+        attributes,
+    }
+}
+
+fn session(local: &LocalMedia, medias: Vec<sdp_types::Media>) -> String {
+    let mut s = sdp_types::Session::new(origin(local), "voxgate");
+    s.connection = Some(sdp_types::Connection::from_ip_addr(local.address));
+    s.times = vec![sdp_types::Time::new(0, 0)];
+    s.medias = medias;
+    s.to_string()
+}
+
+/// Our offer (for an outbound INVITE, or a late-offer INVITE's 200 OK).
+pub fn build_offer(local: &LocalMedia) -> String {
+    let mut formats = local.formats.clone();
+    for &(rate, pt) in &local.telephone_events {
+        formats.push(PayloadFormat::new(pt, "telephone-event", rate, 1, Some("0-16")));
+    }
+    session(local, vec![audio_media(local, &formats, local.ptime_ms, local.direction)])
+}
+
+/// Answers a remote offer: returns the answer SDP and the negotiated stream, or
+/// [`SdpError::NoCommonCodec`] (SIP 488) / a parse error (SIP 400).
+pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), SdpError> {
+    let s = parse_session(offer)?;
+    let remote = parse_audio(offer)?;
+    let codec = remote
+        .formats
+        .iter()
+        .find(|f| !f.is_telephone_event() && local.formats.iter().any(|l| l.same_codec(f)))
+        .cloned()
+        .ok_or_else(|| SdpError::NoCommonCodec(remote.formats.iter().map(|f| format!("{}/{}", f.name, f.clock_rate)).collect::<Vec<_>>().join(", ")))?;
+    let telephone_event = if local.telephone_events.is_empty() {
+        None
+    } else {
+        remote.formats.iter().find(|f| f.is_telephone_event() && f.clock_rate == codec.clock_rate).cloned()
+    };
+    let ptime = clamp_ptime(remote.ptime_ms, local.ptime_ms);
+    let direction = if local.direction == Direction::SendRecv { remote.direction.reverse() } else { local.direction };
+    let mut answer_formats = vec![codec.clone()];
+    if let Some(te) = &telephone_event {
+        answer_formats.push(te.clone());
+    }
+    let medias = s
+        .medias
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if i == remote.index {
+                audio_media(local, &answer_formats, ptime, direction)
+            } else {
+                // Rejected stream: same media, proto and formats, port 0 (RFC 3264 §6).
+                sdp_types::Media { media: m.media.clone(), port: 0, num_ports: None, proto: m.proto.clone(), fmt: m.fmt.clone(), media_title: None, connections: Vec::new(), bandwidths: Vec::new(), key: None, attributes: Vec::new() }
+            }
+        })
+        .collect();
+    let neg = Negotiated { remote_rtp: remote.rtp, remote_rtcp: remote.rtcp, codec, telephone_event: telephone_event.map(|t| t.pt), ptime_ms: ptime, direction };
+    Ok((session(local, medias), neg))
+}
+
+/// Reads the answer to our offer.
+pub fn read_answer(answer: &str, local: &LocalMedia) -> Result<Negotiated, SdpError> {
+    let remote = parse_audio(answer)?;
+    if remote.rtp.port() == 0 {
+        return Err(SdpError::NoCommonCodec("the answer rejected the audio stream (port 0)".into()));
+    }
+    let codec = remote
+        .formats
+        .iter()
+        .find(|f| !f.is_telephone_event() && local.formats.iter().any(|l| l.same_codec(f)))
+        .cloned()
+        .ok_or_else(|| SdpError::NoCommonCodec(remote.formats.iter().map(|f| format!("{}/{}", f.name, f.clock_rate)).collect::<Vec<_>>().join(", ")))?;
+    let telephone_event = remote.formats.iter().find(|f| f.is_telephone_event() && f.clock_rate == codec.clock_rate).map(|f| f.pt);
+    let direction = if local.direction == Direction::SendRecv { remote.direction.reverse() } else { local.direction };
+    Ok(Negotiated {
+        remote_rtp: remote.rtp,
+        remote_rtcp: remote.rtcp,
+        codec,
+        telephone_event,
+        ptime_ms: clamp_ptime(remote.ptime_ms, local.ptime_ms),
+        direction,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalMedia {
+        LocalMedia {
+            address: "127.0.0.1".parse().unwrap(),
+            port: 40000,
+            formats: vec![PayloadFormat::new(9, "G722", 8000, 1, None), PayloadFormat::new(0, "PCMU", 8000, 1, None), PayloadFormat::new(8, "PCMA", 8000, 1, None), PayloadFormat::new(111, "opus", 48000, 2, Some("minptime=10;useinbandfec=1"))],
+            telephone_events: vec![(8000, 101), (48000, 110)],
+            ptime_ms: 20,
+            direction: Direction::SendRecv,
+            session_id: 1,
+            session_version: 1,
+        }
+    }
+
+    const LINPHONE: &str = "v=0\r\no=bob 123 456 IN IP4 127.0.0.1\r\ns=Talk\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 7078 RTP/AVP 96 97 98 0 8 101 99 100\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1\r\n\
+a=rtpmap:97 speex/16000\r\na=rtpmap:98 speex/8000\r\na=rtpmap:101 telephone-event/48000\r\n\
+a=rtpmap:99 telephone-event/16000\r\na=rtpmap:100 telephone-event/8000\r\n\
+m=video 9078 RTP/AVP 102\r\na=rtpmap:102 VP8/90000\r\n";
+
+    #[test]
+    fn answer_takes_the_offerers_first_common_codec_and_matching_telephone_event() {
+        let (sdp, n) = answer(LINPHONE, &local()).unwrap();
+        assert_eq!(n.codec.name, "opus");
+        assert_eq!(n.codec.pt, 96, "offerer's payload type");
+        assert_eq!(n.telephone_event, Some(101), "telephone-event at 48 kHz for Opus");
+        assert_eq!(n.remote_rtp, "127.0.0.1:7078".parse().unwrap());
+        assert_eq!(n.remote_rtcp, "127.0.0.1:7079".parse().unwrap());
+        assert!(sdp.contains("m=audio 40000 RTP/AVP 96 101\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:96 opus/48000/2\r\n"), "{sdp}");
+        assert!(sdp.contains("m=video 0 RTP/AVP 102\r\n"), "rejected stream keeps its line with port 0: {sdp}");
+        assert!(sdp.contains("a=sendrecv"));
+        // Our answer is itself a valid description.
+        let back = parse_audio(&sdp).unwrap();
+        assert_eq!(back.formats.len(), 2);
+    }
+
+    #[test]
+    fn static_payload_types_without_rtpmap_and_telephone_event_rate() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8 0 101\r\nc=IN IP4 127.0.0.2\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:30\r\na=sendonly\r\n";
+        let (sdp, n) = answer(offer, &local()).unwrap();
+        assert_eq!((n.codec.name.as_str(), n.codec.pt), ("PCMA", 8));
+        assert_eq!(n.telephone_event, Some(101));
+        assert_eq!(n.ptime_ms, 30);
+        assert_eq!(n.direction, Direction::RecvOnly, "hold: we only receive");
+        assert_eq!(n.remote_rtp, "127.0.0.2:5000".parse().unwrap(), "media-level c= wins");
+        assert!(sdp.contains("a=recvonly"));
+        assert!(sdp.contains("a=ptime:30"));
+    }
+
+    #[test]
+    fn unsupported_codecs_and_bad_descriptions() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 18 3\r\n";
+        assert!(matches!(answer(offer, &local()), Err(SdpError::NoCommonCodec(_))));
+        let srtp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\n";
+        assert_eq!(answer(srtp, &local()).unwrap_err(), SdpError::NoAudio);
+        let no_c = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+        assert_eq!(answer(no_c, &local()).unwrap_err(), SdpError::NoAddress);
+        for garbage in ["", "hello", "v=0\r\nm=audio x RTP/AVP 0\r\n", "v=0\r\nm=audio 5000 RTP/AVP 0 rtpmap\r\na=rtpmap:0\r\n"] {
+            assert!(answer(garbage, &local()).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn hold_with_zero_address_and_offer_answer_round_trip() {
+        let hold = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+        let (_, n) = answer(hold, &local()).unwrap();
+        assert_eq!(n.direction, Direction::Inactive);
+        // Our offer answered by a peer that picked PCMU.
+        let offer = build_offer(&local());
+        assert!(offer.contains("m=audio 40000 RTP/AVP 9 0 8 111 101 110\r\n"), "{offer}");
+        let mut peer = local();
+        peer.port = 6000;
+        peer.formats = vec![PayloadFormat::new(0, "PCMU", 8000, 1, None)];
+        peer.telephone_events = vec![(8000, 101)];
+        let (ans, peer_side) = answer(&offer, &peer).unwrap();
+        assert_eq!(peer_side.codec.name, "PCMU");
+        let ours = read_answer(&ans, &local()).unwrap();
+        assert_eq!(ours.codec.pt, 0);
+        assert_eq!(ours.telephone_event, Some(101));
+        assert_eq!(ours.remote_rtp.port(), 6000);
+    }
+}
