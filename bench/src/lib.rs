@@ -11,22 +11,57 @@ pub fn librivox() -> anyhow::Result<Vec<(Vec<i16>, String)>> {
     let refs = std::fs::read_to_string(dir.join("transcription"))?;
     let mut out = Vec::new();
     for l in refs.lines() {
-        let Some((text, id)) = l.rsplit_once(" (") else { continue };
+        let Some((text, id)) = l.rsplit_once(" (") else {
+            continue;
+        };
         let id = id.trim_end_matches(')');
         let r = hound::WavReader::open(dir.join(format!("{id}.wav")))?;
         let spec = r.spec();
         let s: Vec<i16> = r.into_samples::<i16>().collect::<Result<_, _>>()?;
-        let f = AudioFrame { rate: SampleRate::new(spec.sample_rate)?, channels: if spec.channels == 2 { Channels::Stereo } else { Channels::Mono }, samples: s }.into_mono();
+        let f = AudioFrame {
+            rate: SampleRate::new(spec.sample_rate)?,
+            channels: if spec.channels == 2 {
+                Channels::Stereo
+            } else {
+                Channels::Mono
+            },
+            samples: s,
+        }
+        .into_mono();
         let s = voxgate_media::resample::resample_clip(&f.samples, f.rate, SampleRate::HZ_16000)?;
-        out.push((s, text.replace("<s>", "").replace("</s>", "").trim().to_string()));
+        out.push((
+            s,
+            text.replace("<s>", "")
+                .replace("</s>", "")
+                .trim()
+                .to_string(),
+        ));
     }
     Ok(out)
 }
 
 /// Lower-case words without punctuation (hyphens split words; `mr` → `mister`).
 pub fn words(s: &str) -> Vec<String> {
-    let s: String = s.to_lowercase().chars().map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' }).collect();
-    s.split_whitespace().map(|w| if w == "mr" { "mister".into() } else { w.to_string() }).collect()
+    let s: String = s
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    s.split_whitespace()
+        .map(|w| {
+            if w == "mr" {
+                "mister".into()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Word error rate.
@@ -36,7 +71,9 @@ pub fn wer(reference: &str, hyp: &str) -> f64 {
     for (i, rw) in r.iter().enumerate() {
         let mut cur = vec![i + 1; h.len() + 1];
         for (j, hw) in h.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(rw != hw))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

@@ -47,7 +47,11 @@ struct Args {
 }
 
 fn epoch_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
 }
 
 #[derive(Default)]
@@ -64,13 +68,18 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
 fn proc_rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -93,12 +102,22 @@ async fn session(
         }
     };
     let (mut sink, mut stream) = ws.split();
-    let mut option = if asr { serde_json::json!({"codec":"pcmu"}) } else { serde_json::json!({"codec":"pcmu","asr":{"enabled":false}}) };
+    let mut option = if asr {
+        serde_json::json!({"codec":"pcmu"})
+    } else {
+        serde_json::json!({"codec":"pcmu","asr":{"enabled":false}})
+    };
     if tts {
         // The caller keeps talking; without this, barge-in would (rightly) cut the reply.
         option["bargeIn"] = false.into();
     }
-    let _ = sink.send(Message::Text(serde_json::json!({"command":"invite","option":option}).to_string().into())).await;
+    let _ = sink
+        .send(Message::Text(
+            serde_json::json!({"command":"invite","option":option})
+                .to_string()
+                .into(),
+        ))
+        .await;
     let tts_sent: Arc<Mutex<Option<f64>>> = Arc::new(Mutex::new(None));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (st, ts, m) = (stats.clone(), tts_sent.clone(), measuring.clone());
@@ -110,7 +129,11 @@ async fn session(
                     let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
                     let measuring = m.load(std::sync::atomic::Ordering::Relaxed);
                     match v["event"].as_str() {
-                        Some("speaking") if measuring => st.lock().unwrap().speaking.push(now - v["startTime"].as_f64().unwrap_or(now)),
+                        Some("speaking") if measuring => st
+                            .lock()
+                            .unwrap()
+                            .speaking
+                            .push(now - v["startTime"].as_f64().unwrap_or(now)),
                         Some("asrFinal") => {
                             let mut s = st.lock().unwrap();
                             s.finals += 1;
@@ -118,7 +141,11 @@ async fn session(
                                 s.asr_final.push(now - v["endTime"].as_f64().unwrap_or(now));
                             }
                         }
-                        Some("error") => st.lock().unwrap().errors.push(v["error"].as_str().unwrap_or("").to_string()),
+                        Some("error") => st
+                            .lock()
+                            .unwrap()
+                            .errors
+                            .push(v["error"].as_str().unwrap_or("").to_string()),
                         _ => {}
                     }
                 }
@@ -155,14 +182,19 @@ async fn session(
         }
         // TTS goes out in the settle period, while every session streams, so that the measured
         // window holds only the streaming load (VAD) and the TTS latency is taken under it.
-        if tts && !tts_done && now + Duration::from_millis(2500 + 40 * (i as u64 % 50)) >= measure_from {
+        if tts
+            && !tts_done
+            && now + Duration::from_millis(2500 + 40 * (i as u64 % 50)) >= measure_from
+        {
             tts_done = true;
             *tts_sent.lock().unwrap() = Some(epoch_ms());
             let _ = sink.send(Message::Text(r#"{"command":"tts","text":"Thank you, one moment please.","option":{"provider":"piper"}}"#.into())).await;
         }
         k += 1;
     }
-    let _ = sink.send(Message::Text(r#"{"command":"hangup"}"#.into())).await;
+    let _ = sink
+        .send(Message::Text(r#"{"command":"hangup"}"#.into()))
+        .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
     stats.lock().unwrap().lateness.extend(late);
 }
@@ -171,22 +203,32 @@ async fn session(
 async fn warm_up(url: &str, frames: &[Vec<u8>]) -> anyhow::Result<()> {
     let (ws, _) = tokio_tungstenite::connect_async(url).await?;
     let (mut sink, mut stream) = ws.split();
-    sink.send(Message::Text(r#"{"command":"invite","option":{"codec":"pcmu","bargeIn":false}}"#.into())).await?;
-    sink.send(Message::Text(r#"{"command":"tts","text":"Warming up.","option":{"provider":"piper"}}"#.into())).await?;
+    sink.send(Message::Text(
+        r#"{"command":"invite","option":{"codec":"pcmu","bargeIn":false}}"#.into(),
+    ))
+    .await?;
+    sink.send(Message::Text(
+        r#"{"command":"tts","text":"Warming up.","option":{"provider":"piper"}}"#.into(),
+    ))
+    .await?;
     let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     for f in frames.iter().take(400) {
         tick.tick().await;
         sink.send(Message::Binary(f.clone().into())).await?;
     }
-    sink.send(Message::Text(r#"{"command":"hangup"}"#.into())).await?;
+    sink.send(Message::Text(r#"{"command":"hangup"}"#.into()))
+        .await?;
     let _ = tokio::time::timeout(Duration::from_secs(20), reader).await;
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     rt.block_on(run(a))
 }
 
@@ -197,13 +239,23 @@ async fn run(a: Args) -> anyhow::Result<()> {
         pcm.extend(s);
         pcm.extend(vec![0i16; 24000]);
     }
-    let pcm8 = voxgate_media::resample::resample_clip(&pcm, SampleRate::HZ_16000, SampleRate::HZ_8000)?;
+    let pcm8 =
+        voxgate_media::resample::resample_clip(&pcm, SampleRate::HZ_16000, SampleRate::HZ_8000)?;
     let mut enc = AudioEncoder::new(Codec::Pcmu);
-    let frames: Arc<Vec<Vec<u8>>> = Arc::new(pcm8.chunks_exact(160).map(|c| enc.encode(&AudioFrame::mono(SampleRate::HZ_8000, c.to_vec()))).collect());
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        pcm8.chunks_exact(160)
+            .map(|c| enc.encode(&AudioFrame::mono(SampleRate::HZ_8000, c.to_vec())))
+            .collect(),
+    );
 
     let data = std::env::temp_dir().join(format!("voxgate-bench-{}", std::process::id()));
     let mut child = std::process::Command::new(&a.server)
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", a.port), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", a.port),
+            "--data-dir",
+        ])
         .arg(&data)
         .args(["--models-dir", &a.models_dir])
         .env("RUST_LOG", "warn")
@@ -249,7 +301,17 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for i in 0..a.sessions {
         let start_at = begin + ramp.mul_f64(i as f64 / a.sessions as f64);
-        tasks.push(tokio::spawn(session(i, url.clone(), frames.clone(), start_at, measure_from, stop_at, i < a.asr, i < a.tts, stats.clone())));
+        tasks.push(tokio::spawn(session(
+            i,
+            url.clone(),
+            frames.clone(),
+            start_at,
+            measure_from,
+            stop_at,
+            i < a.asr,
+            i < a.tts,
+            stats.clone(),
+        )));
     }
     tokio::time::sleep_until(measure_from).await;
     let cpu0 = proc_cpu_secs(pid);
@@ -271,12 +333,42 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let s = stats.lock().unwrap();
     let n = a.sessions as f64;
     let rss = rss_samples.iter().cloned().fold(0.0, f64::max);
-    println!("sessions {} (asr on {}, tts {}), window {:.0} s", a.sessions, a.asr.min(a.sessions), a.tts.min(a.sessions), wall);
-    println!("server CPU        {:.3} % of a core per session ({:.1} % total)", cpu / wall / n * 100.0, cpu / wall * 100.0);
-    println!("server RSS        {:.3} MB per session ({:.0} MB peak, {:.0} MB idle)", (rss - idle_rss) / n, rss, idle_rss);
-    println!("speaking latency  p50 {:.0} ms  p99 {:.0} ms  (n={})", percentile(&s.speaking, 50.0), percentile(&s.speaking, 99.0), s.speaking.len());
-    println!("speech end→final  p50 {:.0} ms  p99 {:.0} ms  (n={}, includes the 600 ms endpoint)", percentile(&s.asr_final, 50.0), percentile(&s.asr_final, 99.0), s.asr_final.len());
-    println!("tts→first audio   p50 {:.0} ms  p99 {:.0} ms  (n={})", percentile(&s.tts_first_audio, 50.0), percentile(&s.tts_first_audio, 99.0), s.tts_first_audio.len());
+    println!(
+        "sessions {} (asr on {}, tts {}), window {:.0} s",
+        a.sessions,
+        a.asr.min(a.sessions),
+        a.tts.min(a.sessions),
+        wall
+    );
+    println!(
+        "server CPU        {:.3} % of a core per session ({:.1} % total)",
+        cpu / wall / n * 100.0,
+        cpu / wall * 100.0
+    );
+    println!(
+        "server RSS        {:.3} MB per session ({:.0} MB peak, {:.0} MB idle)",
+        (rss - idle_rss) / n,
+        rss,
+        idle_rss
+    );
+    println!(
+        "speaking latency  p50 {:.0} ms  p99 {:.0} ms  (n={})",
+        percentile(&s.speaking, 50.0),
+        percentile(&s.speaking, 99.0),
+        s.speaking.len()
+    );
+    println!(
+        "speech end→final  p50 {:.0} ms  p99 {:.0} ms  (n={}, includes the 600 ms endpoint)",
+        percentile(&s.asr_final, 50.0),
+        percentile(&s.asr_final, 99.0),
+        s.asr_final.len()
+    );
+    println!(
+        "tts→first audio   p50 {:.0} ms  p99 {:.0} ms  (n={})",
+        percentile(&s.tts_first_audio, 50.0),
+        percentile(&s.tts_first_audio, 99.0),
+        s.tts_first_audio.len()
+    );
     println!(
         "client lateness   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         percentile(&s.lateness, 50.0),
@@ -284,7 +376,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
         s.lateness.iter().cloned().fold(0.0, f64::max)
     );
     if !s.errors.is_empty() {
-        println!("errors            {} (first: {})", s.errors.len(), s.errors[0]);
+        println!(
+            "errors            {} (first: {})",
+            s.errors.len(),
+            s.errors[0]
+        );
     }
     Ok(())
 }

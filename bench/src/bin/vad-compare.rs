@@ -52,11 +52,22 @@ fn main() -> anyhow::Result<()> {
         stream.extend(vec![0i16; 24000]);
     }
     let audio_secs = stream.len() as f64 / 16000.0;
-    println!("{:<8} {:<12} {:>10} {:>8} {:>10}", "engine", "condition", "utterances", "WER %", "VAD RTF");
-    for (cond, snr_db) in [("clean", None), ("noise 10dB", Some(10.0f64)), ("noise 3dB", Some(3.0))] {
+    println!(
+        "{:<8} {:<12} {:>10} {:>8} {:>10}",
+        "engine", "condition", "utterances", "WER %", "VAD RTF"
+    );
+    for (cond, snr_db) in [
+        ("clean", None),
+        ("noise 10dB", Some(10.0f64)),
+        ("noise 3dB", Some(3.0)),
+    ] {
         let mut s = stream.clone();
         if let Some(snr) = snr_db {
-            let speech_rms = (clips.iter().flat_map(|(c, _)| c.iter()).map(|&x| (x as f64).powi(2)).sum::<f64>()
+            let speech_rms = (clips
+                .iter()
+                .flat_map(|(c, _)| c.iter())
+                .map(|&x| (x as f64).powi(2))
+                .sum::<f64>()
                 / clips.iter().map(|(c, _)| c.len()).sum::<usize>() as f64)
                 .sqrt();
             let noise_rms = speech_rms / 10f64.powf(snr / 20.0);
@@ -70,18 +81,31 @@ fn main() -> anyhow::Result<()> {
                     x ^= x << 17;
                     g += (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
                 }
-                *v = (*v as f64 + g / (4.0f64 / 12.0).sqrt() * noise_rms).clamp(-32768.0, 32767.0) as i16;
+                *v = (*v as f64 + g / (4.0f64 / 12.0).sqrt() * noise_rms).clamp(-32768.0, 32767.0)
+                    as i16;
             }
         }
-        let pcm8 = voxgate_media::resample::resample_clip(&s, SampleRate::HZ_16000, SampleRate::HZ_8000)?;
-        let payload = AudioEncoder::new(Codec::Pcmu).encode(&AudioFrame::mono(SampleRate::HZ_8000, pcm8));
+        let pcm8 =
+            voxgate_media::resample::resample_clip(&s, SampleRate::HZ_16000, SampleRate::HZ_8000)?;
+        let payload =
+            AudioEncoder::new(Codec::Pcmu).encode(&AudioFrame::mono(SampleRate::HZ_8000, pcm8));
         for engine in ["earshot", "silero"] {
             let spent = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
             let det: Box<dyn VoiceDetector> = match engine {
-                "earshot" => Box::new(Timed { inner: Earshot::default(), spent: spent.clone() }),
-                _ => Box::new(Timed { inner: Silero::new(silero.clone()), spent: spent.clone() }),
+                "earshot" => Box::new(Timed {
+                    inner: Earshot::default(),
+                    spent: spent.clone(),
+                }),
+                _ => Box::new(Timed {
+                    inner: Silero::new(silero.clone()),
+                    spent: spent.clone(),
+                }),
             };
-            let cfg = InboundConfig { partial_interval_ms: 0, dtmf: false, ..InboundConfig::default() };
+            let cfg = InboundConfig {
+                partial_interval_ms: 0,
+                dtmf: false,
+                ..InboundConfig::default()
+            };
             let mut p = InboundPipeline::new(Codec::Pcmu, det, cfg);
             let mut ev = Vec::new();
             for chunk in payload.chunks(160) {
@@ -95,7 +119,14 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let rtf = spent.lock().unwrap().as_secs_f64() / audio_secs;
-            println!("{:<8} {:<12} {:>10} {:>8.1} {:>10.5}", engine, cond, hyp.len(), wer(&reference.join(" "), &hyp.join(" ")) * 100.0, rtf);
+            println!(
+                "{:<8} {:<12} {:>10} {:>8.1} {:>10.5}",
+                engine,
+                cond,
+                hyp.len(),
+                wer(&reference.join(" "), &hyp.join(" ")) * 100.0,
+                rtf
+            );
         }
     }
     Ok(())

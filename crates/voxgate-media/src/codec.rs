@@ -9,7 +9,6 @@
 
 use crate::types::{AudioFrame, SampleRate};
 
-
 /// A codec negotiated for a leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
@@ -105,7 +104,10 @@ impl AudioDecoder {
     pub fn decode(&mut self, payload: &[u8]) -> AudioFrame {
         let rate = self.codec.sample_rate();
         let samples = match &mut self.inner {
-            None => payload.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(),
+            None => payload
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect(),
             Some(d) => d.decode(payload),
         };
         AudioFrame::mono(rate, samples)
@@ -151,22 +153,40 @@ mod tests {
     use super::*;
 
     fn tone(rate: SampleRate, hz: f32, n: usize) -> Vec<i16> {
-        (0..n).map(|i| (8000.0 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate.hz() as f32).sin()) as i16).collect()
+        (0..n)
+            .map(|i| {
+                (8000.0 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate.hz() as f32).sin())
+                    as i16
+            })
+            .collect()
     }
 
     fn snr_db(a: &[i16], b: &[i16]) -> f64 {
         let sig: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum();
-        let noise: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+        let noise: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+            .sum();
         10.0 * (sig / noise.max(1e-9)).log10()
     }
 
     #[test]
     fn names_parse() {
         assert_eq!(Codec::from_name("PCMU", None), Ok(Codec::Pcmu));
-        assert_eq!(Codec::from_name("pcm", Some(8000)), Ok(Codec::Pcm(SampleRate::HZ_8000)));
+        assert_eq!(
+            Codec::from_name("pcm", Some(8000)),
+            Ok(Codec::Pcm(SampleRate::HZ_8000))
+        );
         assert_eq!(Codec::from_name("pcm", None).unwrap().bytes_in_ms(20), 640);
-        assert!(matches!(Codec::from_name("gsm", None), Err(CodecError::Unknown(_))));
-        assert!(matches!(Codec::from_name("pcm", Some(11025)), Err(CodecError::Rate(_))));
+        assert!(matches!(
+            Codec::from_name("gsm", None),
+            Err(CodecError::Unknown(_))
+        ));
+        assert!(matches!(
+            Codec::from_name("pcm", Some(11025)),
+            Err(CodecError::Rate(_))
+        ));
     }
 
     #[test]
@@ -196,6 +216,10 @@ mod tests {
         // G.722 has a codec delay; compare energies after the start-up.
         let e_in: f64 = src[1600..].iter().map(|&x| (x as f64).powi(2)).sum();
         let e_out: f64 = out[1600..].iter().map(|&x| (x as f64).powi(2)).sum();
-        assert!((e_out / e_in - 1.0).abs() < 0.2, "energy ratio {}", e_out / e_in);
+        assert!(
+            (e_out / e_in - 1.0).abs() < 0.2,
+            "energy ratio {}",
+            e_out / e_in
+        );
     }
 }

@@ -12,7 +12,12 @@ use crate::types::AudioFrame;
 
 const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
 const COLS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
-const DIGITS: [[char; 4]; 4] = [['1', '2', '3', 'A'], ['4', '5', '6', 'B'], ['7', '8', '9', 'C'], ['*', '0', '#', 'D']];
+const DIGITS: [[char; 4]; 4] = [
+    ['1', '2', '3', 'A'],
+    ['4', '5', '6', 'B'],
+    ['7', '8', '9', 'C'],
+    ['*', '0', '#', 'D'],
+];
 
 /// Streaming DTMF detector; keep one per caller track.
 #[derive(Default)]
@@ -49,8 +54,17 @@ impl DtmfDetector {
         let rows: [f32; 4] = ROWS.map(|f| goertzel(s, f, rate));
         let cols: [f32; 4] = COLS.map(|f| goertzel(s, f, rate));
         let best = |v: &[f32]| {
-            let (i, &p) = v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).expect("4 filters");
-            let second = v.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, &q)| q).fold(0.0, f32::max);
+            let (i, &p) = v
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .expect("4 filters");
+            let second = v
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, &q)| q)
+                .fold(0.0, f32::max);
             (i, p, second)
         };
         let (ri, rp, r2) = best(&rows);
@@ -92,15 +106,23 @@ mod tests {
 
     /// `ms` of the digit's two tones at −9 dBFS each, then `gap` ms of silence, at 16 kHz.
     pub fn digit_audio(d: char, ms: u32, gap: u32) -> Vec<i16> {
-        let (r, c) = (0..16).map(|i| (i / 4, i % 4)).find(|&(r, c)| DIGITS[r][c] == d).unwrap();
+        let (r, c) = (0..16)
+            .map(|i| (i / 4, i % 4))
+            .find(|&(r, c)| DIGITS[r][c] == d)
+            .unwrap();
         let n = SampleRate::HZ_16000.samples_in_ms(ms);
         let mut v: Vec<i16> = (0..n)
             .map(|i| {
                 let t = i as f32 / 16000.0;
-                (8000.0 * ((2.0 * std::f32::consts::PI * ROWS[r] * t).sin() + (2.0 * std::f32::consts::PI * COLS[c] * t).sin())) as i16
+                (8000.0
+                    * ((2.0 * std::f32::consts::PI * ROWS[r] * t).sin()
+                        + (2.0 * std::f32::consts::PI * COLS[c] * t).sin())) as i16
             })
             .collect();
-        v.extend(std::iter::repeat_n(0, SampleRate::HZ_16000.samples_in_ms(gap)));
+        v.extend(std::iter::repeat_n(
+            0,
+            SampleRate::HZ_16000.samples_in_ms(gap),
+        ));
         v
     }
 
@@ -112,14 +134,20 @@ mod tests {
         for k in keys.chars() {
             audio.extend(digit_audio(k, 100, 60));
         }
-        let got: String =
-            audio.chunks(320).filter_map(|c| det.process(&AudioFrame::mono(SampleRate::HZ_16000, c.to_vec()))).collect();
+        let got: String = audio
+            .chunks(320)
+            .filter_map(|c| det.process(&AudioFrame::mono(SampleRate::HZ_16000, c.to_vec())))
+            .collect();
         assert_eq!(got, keys);
     }
 
     #[test]
     fn single_tone_and_noise_are_not_digits() {
-        let tone: Vec<i16> = (0..3200).map(|i| (8000.0 * (2.0 * std::f32::consts::PI * 697.0 * i as f32 / 16000.0).sin()) as i16).collect();
+        let tone: Vec<i16> = (0..3200)
+            .map(|i| {
+                (8000.0 * (2.0 * std::f32::consts::PI * 697.0 * i as f32 / 16000.0).sin()) as i16
+            })
+            .collect();
         let mut x: u32 = 1;
         let noise: Vec<i16> = (0..3200)
             .map(|_| {
@@ -129,7 +157,10 @@ mod tests {
             .collect();
         let mut det = DtmfDetector::new();
         for c in tone.chunks(320).chain(noise.chunks(320)) {
-            assert_eq!(det.process(&AudioFrame::mono(SampleRate::HZ_16000, c.to_vec())), None);
+            assert_eq!(
+                det.process(&AudioFrame::mono(SampleRate::HZ_16000, c.to_vec())),
+                None
+            );
         }
     }
 }

@@ -20,7 +20,12 @@ impl ByteFramer {
     /// `frame_bytes` per frame (e.g. 160 for 20 ms of PCMU); buffer bound `max_buffered` bytes.
     pub fn new(frame_bytes: usize, max_buffered: usize) -> Self {
         assert!(frame_bytes > 0 && max_buffered >= frame_bytes);
-        ByteFramer { frame_bytes, max_buffered, buf: VecDeque::new(), dropped_bytes: 0 }
+        ByteFramer {
+            frame_bytes,
+            max_buffered,
+            buf: VecDeque::new(),
+            dropped_bytes: 0,
+        }
     }
 
     /// Appends bytes; returns how many old bytes had to be dropped to stay within the bound.
@@ -60,7 +65,10 @@ pub struct SampleFramer {
 
 impl SampleFramer {
     pub fn new(frame_len: usize) -> Self {
-        SampleFramer { frame_len, buf: Vec::with_capacity(frame_len * 2) }
+        SampleFramer {
+            frame_len,
+            buf: Vec::with_capacity(frame_len * 2),
+        }
     }
 
     pub fn push(&mut self, samples: &[i16]) {

@@ -56,9 +56,19 @@ pub enum MediaEvent {
     /// A DTMF key press detected in the audio.
     Dtmf { digit: char, at_ms: u64 },
     /// The utterance so far, for a partial transcript (`asrDelta`). Mono 16 kHz f32 samples.
-    UtterancePartial { index: u32, start_ms: u64, end_ms: u64, samples: Vec<f32> },
+    UtterancePartial {
+        index: u32,
+        start_ms: u64,
+        end_ms: u64,
+        samples: Vec<f32>,
+    },
     /// A complete utterance for the final transcript (`asrFinal`). Mono 16 kHz f32 samples.
-    UtteranceFinal { index: u32, start_ms: u64, end_ms: u64, samples: Vec<f32> },
+    UtteranceFinal {
+        index: u32,
+        start_ms: u64,
+        end_ms: u64,
+        samples: Vec<f32>,
+    },
 }
 
 /// Per-leg inbound chain.
@@ -149,7 +159,10 @@ impl InboundPipeline {
         self.now_ms += dur;
         if self.cfg.dtmf {
             if let Some(digit) = self.dtmf.process(&frame) {
-                out.push(MediaEvent::Dtmf { digit, at_ms: start });
+                out.push(MediaEvent::Dtmf {
+                    digit,
+                    at_ms: start,
+                });
             }
         }
         let p = self.vad.process(&frame);
@@ -170,12 +183,22 @@ impl InboundPipeline {
                 if self.cfg.asr {
                     let samples: Vec<i16> = self.pre_roll.iter().copied().collect();
                     let start_ms = self.now_ms.saturating_sub(samples.len() as u64 / 16);
-                    self.utt = Some(Utterance { index: self.next_index, start_ms, samples, last_partial_len: 0 });
+                    self.utt = Some(Utterance {
+                        index: self.next_index,
+                        start_ms,
+                        samples,
+                        last_partial_len: 0,
+                    });
                     self.next_index += 1;
                 }
             }
-            Some(Segment::SpeechEnd { end_ms, silence_ms, .. }) => {
-                out.push(MediaEvent::Silence { start_ms: end_ms, duration_ms: silence_ms });
+            Some(Segment::SpeechEnd {
+                end_ms, silence_ms, ..
+            }) => {
+                out.push(MediaEvent::Silence {
+                    start_ms: end_ms,
+                    duration_ms: silence_ms,
+                });
                 if let Some(mut u) = self.utt.take() {
                     // Keep 200 ms after the last voiced frame; drop the rest of the silence.
                     let keep_until = end_ms + 200;
@@ -202,11 +225,17 @@ impl InboundPipeline {
                     end_ms: self.now_ms,
                     samples: to_f32(&u.samples),
                 });
-                self.utt = Some(Utterance { index: self.next_index, start_ms: self.now_ms, samples: Vec::new(), last_partial_len: 0 });
+                self.utt = Some(Utterance {
+                    index: self.next_index,
+                    start_ms: self.now_ms,
+                    samples: Vec::new(),
+                    last_partial_len: 0,
+                });
                 self.next_index += 1;
             } else if self.cfg.partial_interval_ms > 0
                 && self.seg.in_speech()
-                && u.samples.len() - u.last_partial_len >= 16 * self.cfg.partial_interval_ms as usize
+                && u.samples.len() - u.last_partial_len
+                    >= 16 * self.cfg.partial_interval_ms as usize
             {
                 u.last_partial_len = u.samples.len();
                 out.push(MediaEvent::UtterancePartial {
@@ -222,7 +251,12 @@ impl InboundPipeline {
     /// Ends the stream: an utterance in progress is finalised (the caller hung up mid-sentence).
     pub fn finish(&mut self, out: &mut Vec<MediaEvent>) {
         if let Some(u) = self.utt.take() {
-            out.push(MediaEvent::UtteranceFinal { index: u.index, start_ms: u.start_ms, end_ms: self.now_ms, samples: to_f32(&u.samples) });
+            out.push(MediaEvent::UtteranceFinal {
+                index: u.index,
+                start_ms: u.start_ms,
+                end_ms: self.now_ms,
+                samples: to_f32(&u.samples),
+            });
         }
     }
 }
@@ -243,7 +277,11 @@ mod tests {
         }
         fn predict(&mut self, chunk: &[i16]) -> f32 {
             let e = chunk.iter().map(|&x| (x as f32).abs()).sum::<f32>() / chunk.len() as f32;
-            if e > 500.0 { 1.0 } else { 0.0 }
+            if e > 500.0 {
+                1.0
+            } else {
+                0.0
+            }
         }
         fn reset(&mut self) {}
     }
@@ -255,22 +293,48 @@ mod tests {
         let mut p = InboundPipeline::new(codec, Box::new(Energy), InboundConfig::default());
         // 1 s silence, 1.5 s of a 300 Hz buzz, 1 s silence, as 8 kHz PCMU in odd-sized messages.
         let mut pcm = vec![0i16; 8000];
-        pcm.extend((0..12000).map(|i| (6000.0 * (i as f32 * 300.0 * 2.0 * std::f32::consts::PI / 8000.0).sin()) as i16));
+        pcm.extend((0..12000).map(|i| {
+            (6000.0 * (i as f32 * 300.0 * 2.0 * std::f32::consts::PI / 8000.0).sin()) as i16
+        }));
         pcm.extend(vec![0i16; 8000]);
         let bytes = enc.encode(&AudioFrame::mono(SampleRate::HZ_8000, pcm));
         let mut ev = Vec::new();
         for chunk in bytes.chunks(333) {
             p.push_payload(chunk, &mut ev);
         }
-        let speaking: Vec<_> = ev.iter().filter(|e| matches!(e, MediaEvent::Speaking { .. })).collect();
+        let speaking: Vec<_> = ev
+            .iter()
+            .filter(|e| matches!(e, MediaEvent::Speaking { .. }))
+            .collect();
         assert_eq!(speaking.len(), 1);
-        let MediaEvent::Speaking { start_ms } = speaking[0] else { unreachable!() };
+        let MediaEvent::Speaking { start_ms } = speaking[0] else {
+            unreachable!()
+        };
         assert!((1000..1100).contains(start_ms), "{start_ms}");
-        let finals: Vec<_> = ev.iter().filter_map(|e| match e { MediaEvent::UtteranceFinal { samples, start_ms, end_ms, .. } => Some((samples.len(), *start_ms, *end_ms)), _ => None }).collect();
+        let finals: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::UtteranceFinal {
+                    samples,
+                    start_ms,
+                    end_ms,
+                    ..
+                } => Some((samples.len(), *start_ms, *end_ms)),
+                _ => None,
+            })
+            .collect();
         assert_eq!(finals.len(), 1);
         assert!(finals[0].0 >= 16 * 1500, "{:?}", finals[0]);
-        assert!(ev.iter().any(|e| matches!(e, MediaEvent::Silence { duration_ms: 600, .. })));
-        assert!(ev.iter().any(|e| matches!(e, MediaEvent::UtterancePartial { index: 1, .. })));
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            MediaEvent::Silence {
+                duration_ms: 600,
+                ..
+            }
+        )));
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, MediaEvent::UtterancePartial { index: 1, .. })));
         assert_eq!(p.now_ms(), 3500);
     }
 }

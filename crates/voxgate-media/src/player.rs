@@ -30,9 +30,17 @@ struct Track {
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlayerEvent {
     /// The track's first frame went out.
-    TrackStart { track_id: String, play_id: Option<String> },
+    TrackStart {
+        track_id: String,
+        play_id: Option<String>,
+    },
     /// The track played to its end; `duration_ms` of audio were played.
-    TrackEnd { track_id: String, play_id: Option<String>, duration_ms: u64, auto_hangup: bool },
+    TrackEnd {
+        track_id: String,
+        play_id: Option<String>,
+        duration_ms: u64,
+        auto_hangup: bool,
+    },
 }
 
 /// What [`Player::interrupt`] stopped.
@@ -76,7 +84,10 @@ impl Player {
 
     /// The track id the given `playId` is using, if it is queued or playing.
     pub fn track_for_play_id(&self, play_id: &str) -> Option<&str> {
-        self.tracks.iter().find(|t| t.play_id.as_deref() == Some(play_id)).map(|t| t.id.as_str())
+        self.tracks
+            .iter()
+            .find(|t| t.play_id.as_deref() == Some(play_id))
+            .map(|t| t.id.as_str())
     }
 
     /// Appends 16 kHz mono samples to a track. Unknown track ids (already interrupted) are ignored
@@ -114,7 +125,11 @@ impl Player {
 
     /// Whether bot audio is actually going out (a started track with samples): barge-in applies.
     pub fn is_playing(&self) -> bool {
-        !self.paused && self.tracks.front().is_some_and(|t| t.started || !t.samples.is_empty())
+        !self.paused
+            && self
+                .tracks
+                .front()
+                .is_some_and(|t| t.started || !t.samples.is_empty())
     }
 
     pub fn pause(&mut self) {
@@ -133,7 +148,11 @@ impl Player {
     pub fn interrupt(&mut self) -> Option<Interrupted> {
         let first = self.tracks.pop_front()?;
         self.tracks.clear();
-        Some(Interrupted { track_id: first.id, play_id: first.play_id, position_ms: first.played * 1000 / 16_000 })
+        Some(Interrupted {
+            track_id: first.id,
+            play_id: first.play_id,
+            position_ms: first.played * 1000 / 16_000,
+        })
     }
 
     /// Produces the next 20 ms frame at 16 kHz (the last frame of a track is padded with silence),
@@ -156,8 +175,16 @@ impl Player {
                         });
                     } else {
                         // A track that never produced audio still ends (e.g. TTS of punctuation).
-                        events.push(PlayerEvent::TrackStart { track_id: t.id.clone(), play_id: t.play_id.clone() });
-                        events.push(PlayerEvent::TrackEnd { track_id: t.id, play_id: t.play_id, duration_ms: 0, auto_hangup: t.auto_hangup });
+                        events.push(PlayerEvent::TrackStart {
+                            track_id: t.id.clone(),
+                            play_id: t.play_id.clone(),
+                        });
+                        events.push(PlayerEvent::TrackEnd {
+                            track_id: t.id,
+                            play_id: t.play_id,
+                            duration_ms: 0,
+                            auto_hangup: t.auto_hangup,
+                        });
                     }
                     continue;
                 }
@@ -165,7 +192,10 @@ impl Player {
             }
             if !t.started {
                 t.started = true;
-                events.push(PlayerEvent::TrackStart { track_id: t.id.clone(), play_id: t.play_id.clone() });
+                events.push(PlayerEvent::TrackStart {
+                    track_id: t.id.clone(),
+                    play_id: t.play_id.clone(),
+                });
             }
             let n = t.samples.len().min(FRAME_SAMPLES);
             let mut out: Vec<i16> = t.samples.drain(..n).collect();
@@ -195,8 +225,16 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                PlayerEvent::TrackStart { track_id: "t1".into(), play_id: Some("a".into()) },
-                PlayerEvent::TrackEnd { track_id: "t1".into(), play_id: Some("a".into()), duration_ms: 43, auto_hangup: true }
+                PlayerEvent::TrackStart {
+                    track_id: "t1".into(),
+                    play_id: Some("a".into())
+                },
+                PlayerEvent::TrackEnd {
+                    track_id: "t1".into(),
+                    play_id: Some("a".into()),
+                    duration_ms: 43,
+                    auto_hangup: true
+                }
             ]
         );
         assert!(!p.is_active());

@@ -34,12 +34,24 @@ impl StreamResampler {
         } else {
             let chunk = from.samples_in_ms(20);
             Some(
-                Fft::<f32>::new(from.hz() as usize, to.hz() as usize, chunk, 1, FixedSync::Input)
-                    .map_err(|e| ResampleError(e.to_string()))?,
+                Fft::<f32>::new(
+                    from.hz() as usize,
+                    to.hz() as usize,
+                    chunk,
+                    1,
+                    FixedSync::Input,
+                )
+                .map_err(|e| ResampleError(e.to_string()))?,
             )
         };
         let out_max = inner.as_ref().map(|r| r.output_frames_max()).unwrap_or(0);
-        Ok(StreamResampler { from, to, inner, pending: Vec::new(), out_buf: vec![0.0; out_max] })
+        Ok(StreamResampler {
+            from,
+            to,
+            inner,
+            pending: Vec::new(),
+            out_buf: vec![0.0; out_max],
+        })
     }
 
     /// Source rate.
@@ -58,7 +70,8 @@ impl StreamResampler {
             out.extend_from_slice(input);
             return;
         };
-        self.pending.extend(input.iter().map(|&s| s as f32 / 32768.0));
+        self.pending
+            .extend(input.iter().map(|&s| s as f32 / 32768.0));
         let mut consumed = 0;
         loop {
             let need = r.input_frames_next();
@@ -68,9 +81,12 @@ impl StreamResampler {
             let slice = &self.pending[consumed..consumed + need];
             let inp = InterleavedSlice::new(slice, 1, need).expect("sized input");
             let out_frames = r.output_frames_next();
-            let mut outp = InterleavedSlice::new_mut(&mut self.out_buf[..], 1, out_frames).expect("sized output");
+            let mut outp = InterleavedSlice::new_mut(&mut self.out_buf[..], 1, out_frames)
+                .expect("sized output");
             match r.process_into_buffer(&inp, &mut outp, None) {
-                Ok((_, produced)) => out.extend(self.out_buf[..produced].iter().map(|&x| to_i16(x))),
+                Ok((_, produced)) => {
+                    out.extend(self.out_buf[..produced].iter().map(|&x| to_i16(x)))
+                }
                 Err(_) => break,
             }
             consumed += need;
@@ -95,17 +111,29 @@ fn to_i16(x: f32) -> i16 {
 ///
 /// # Errors
 /// [`ResampleError`] if rubato fails (an invariant failure for [`SampleRate`] values).
-pub fn resample_clip(samples: &[i16], from: SampleRate, to: SampleRate) -> Result<Vec<i16>, ResampleError> {
+pub fn resample_clip(
+    samples: &[i16],
+    from: SampleRate,
+    to: SampleRate,
+) -> Result<Vec<i16>, ResampleError> {
     if from == to || samples.is_empty() {
         return Ok(samples.to_vec());
     }
     let input: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
-    let mut r = Fft::<f32>::new(from.hz() as usize, to.hz() as usize, 1024, 1, FixedSync::Input)
-        .map_err(|e| ResampleError(e.to_string()))?;
+    let mut r = Fft::<f32>::new(
+        from.hz() as usize,
+        to.hz() as usize,
+        1024,
+        1,
+        FixedSync::Input,
+    )
+    .map_err(|e| ResampleError(e.to_string()))?;
     let needed = r.process_all_needed_output_len(input.len());
     let mut out = vec![0.0f32; needed];
-    let inp = InterleavedSlice::new(&input[..], 1, input.len()).map_err(|e| ResampleError(e.to_string()))?;
-    let mut outp = InterleavedSlice::new_mut(&mut out[..], 1, needed).map_err(|e| ResampleError(e.to_string()))?;
+    let inp = InterleavedSlice::new(&input[..], 1, input.len())
+        .map_err(|e| ResampleError(e.to_string()))?;
+    let mut outp = InterleavedSlice::new_mut(&mut out[..], 1, needed)
+        .map_err(|e| ResampleError(e.to_string()))?;
     let (_, produced) = r
         .process_all_into_buffer(&inp, &mut outp, input.len(), None)
         .map_err(|e| ResampleError(e.to_string()))?;
@@ -117,7 +145,12 @@ mod tests {
     use super::*;
 
     fn tone(rate: SampleRate, hz: f32, n: usize) -> Vec<i16> {
-        (0..n).map(|i| (8000.0 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate.hz() as f32).sin()) as i16).collect()
+        (0..n)
+            .map(|i| {
+                (8000.0 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate.hz() as f32).sin())
+                    as i16
+            })
+            .collect()
     }
 
     /// Dominant frequency by zero crossings.
@@ -139,7 +172,11 @@ mod tests {
             let src = tone(from, 440.0, from.hz() as usize);
             let out = resample_clip(&src, from, to).unwrap();
             let want = to.hz() as usize;
-            assert!(out.len().abs_diff(want) <= want / 100, "{from}->{to}: {} samples", out.len());
+            assert!(
+                out.len().abs_diff(want) <= want / 100,
+                "{from}->{to}: {} samples",
+                out.len()
+            );
             let f = freq(&out[want / 10..want * 9 / 10], to);
             assert!((f - 440.0).abs() < 5.0, "{from}->{to}: {f} Hz");
         }

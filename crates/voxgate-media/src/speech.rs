@@ -96,6 +96,9 @@ mod tests {
         assert_eq!(take_sentences(&mut b, true), vec!["Fine"]);
         assert!(b.is_empty());
         let mut c = String::from("It costs 3.50 dollars.");
-        assert_eq!(take_sentences(&mut c, false), vec!["It costs 3.50 dollars."]);
+        assert_eq!(
+            take_sentences(&mut c, false),
+            vec!["It costs 3.50 dollars."]
+        );
     }
 }

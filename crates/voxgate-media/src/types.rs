@@ -111,7 +111,11 @@ pub struct AudioFrame {
 impl AudioFrame {
     /// Mono frame at `rate`.
     pub fn mono(rate: SampleRate, samples: Vec<i16>) -> Self {
-        AudioFrame { rate, channels: Channels::Mono, samples }
+        AudioFrame {
+            rate,
+            channels: Channels::Mono,
+            samples,
+        }
     }
 
     /// `ms` milliseconds of mono silence at `rate`.
@@ -154,9 +158,17 @@ impl AudioFrame {
         if self.samples.is_empty() {
             return -100.0;
         }
-        let sum = self.samples.iter().map(|&s| (s as i64) * (s as i64)).sum::<i64>() as f64;
+        let sum = self
+            .samples
+            .iter()
+            .map(|&s| (s as i64) * (s as i64))
+            .sum::<i64>() as f64;
         let rms = (sum / self.samples.len() as f64).sqrt() / 32768.0;
-        if rms <= 1e-5 { -100.0 } else { (20.0 * rms.log10()) as f32 }
+        if rms <= 1e-5 {
+            -100.0
+        } else {
+            (20.0 * rms.log10()) as f32
+        }
     }
 }
 
@@ -173,7 +185,11 @@ mod tests {
 
     #[test]
     fn frame_duration_and_downmix() {
-        let f = AudioFrame { rate: SampleRate::HZ_16000, channels: Channels::Stereo, samples: [100i16, 300].repeat(320) };
+        let f = AudioFrame {
+            rate: SampleRate::HZ_16000,
+            channels: Channels::Stereo,
+            samples: [100i16, 300].repeat(320),
+        };
         assert_eq!(f.duration_ms(), 20);
         let m = f.into_mono();
         assert_eq!(m.samples.len(), 320);

@@ -64,7 +64,13 @@ impl Vad {
 
     /// A VAD whose gate closes below `gate_dbfs` (use `f32::NEG_INFINITY` to always run the model).
     pub fn with_gate(detector: Box<dyn VoiceDetector>, gate_dbfs: f32) -> Self {
-        Vad { detector, buf: Vec::with_capacity(1024), last: 0.0, gate_dbfs, quiet_ms: 0 }
+        Vad {
+            detector,
+            buf: Vec::with_capacity(1024),
+            last: 0.0,
+            gate_dbfs,
+            quiet_ms: 0,
+        }
     }
 
     /// Whether the gate is closed (the model is idle).
@@ -117,7 +123,11 @@ pub struct SegmenterConfig {
 
 impl Default for SegmenterConfig {
     fn default() -> Self {
-        SegmenterConfig { threshold: 0.5, min_speech_ms: 60, min_silence_ms: 600 }
+        SegmenterConfig {
+            threshold: 0.5,
+            min_speech_ms: 60,
+            min_silence_ms: 600,
+        }
     }
 }
 
@@ -128,7 +138,11 @@ pub enum Segment {
     SpeechStart { start_ms: u64 },
     /// The utterance that began at `start_ms` ended at `end_ms` (last voiced frame's end), and
     /// the caller has been silent since then for `silence_ms`.
-    SpeechEnd { start_ms: u64, end_ms: u64, silence_ms: u64 },
+    SpeechEnd {
+        start_ms: u64,
+        end_ms: u64,
+        silence_ms: u64,
+    },
 }
 
 /// State machine over per-frame voiced/unvoiced decisions.
@@ -142,7 +156,13 @@ pub struct Segmenter {
 
 impl Segmenter {
     pub fn new(cfg: SegmenterConfig) -> Self {
-        Segmenter { cfg, in_speech: false, run_start_ms: None, speech_start_ms: 0, last_voiced_end_ms: 0 }
+        Segmenter {
+            cfg,
+            in_speech: false,
+            run_start_ms: None,
+            speech_start_ms: 0,
+            last_voiced_end_ms: 0,
+        }
     }
 
     pub fn config(&self) -> &SegmenterConfig {
@@ -169,11 +189,14 @@ impl Segmenter {
             if !self.in_speech && end_ms - run_start >= self.cfg.min_speech_ms as u64 {
                 self.in_speech = true;
                 self.speech_start_ms = run_start;
-                return Some(Segment::SpeechStart { start_ms: run_start });
+                return Some(Segment::SpeechStart {
+                    start_ms: run_start,
+                });
             }
         } else {
             self.run_start_ms = None;
-            if self.in_speech && end_ms - self.last_voiced_end_ms >= self.cfg.min_silence_ms as u64 {
+            if self.in_speech && end_ms - self.last_voiced_end_ms >= self.cfg.min_silence_ms as u64
+            {
                 self.in_speech = false;
                 return Some(Segment::SpeechEnd {
                     start_ms: self.speech_start_ms,
@@ -201,7 +224,15 @@ mod tests {
         let mut s = Segmenter::new(SegmenterConfig::default());
         let mut out = Vec::new();
         // 20 ms blip (ignored), 40 ms gap, 1 s of speech, 200 ms pause (kept), 200 ms speech, 1 s silence.
-        let pattern: Vec<f32> = [vec![0.9], vec![0.1; 2], vec![0.9; 50], vec![0.1; 10], vec![0.9; 10], vec![0.1; 50]].concat();
+        let pattern: Vec<f32> = [
+            vec![0.9],
+            vec![0.1; 2],
+            vec![0.9; 50],
+            vec![0.1; 10],
+            vec![0.9; 10],
+            vec![0.1; 50],
+        ]
+        .concat();
         for (i, p) in pattern.iter().enumerate() {
             if let Some(seg) = s.process(*p, i as u64 * 20, 20) {
                 out.push(seg);
@@ -211,7 +242,11 @@ mod tests {
             out,
             vec![
                 Segment::SpeechStart { start_ms: 60 },
-                Segment::SpeechEnd { start_ms: 60, end_ms: 1460, silence_ms: 600 }
+                Segment::SpeechEnd {
+                    start_ms: 60,
+                    end_ms: 1460,
+                    silence_ms: 600
+                }
             ]
         );
     }
@@ -224,7 +259,11 @@ mod tests {
         }
         fn predict(&mut self, chunk: &[i16]) -> f32 {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if chunk.iter().any(|&x| x > 1000) { 1.0 } else { 0.0 }
+            if chunk.iter().any(|&x| x > 1000) {
+                1.0
+            } else {
+                0.0
+            }
         }
         fn reset(&mut self) {}
     }

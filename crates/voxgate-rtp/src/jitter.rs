@@ -51,7 +51,11 @@ impl Default for JitterConfig {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Playout<T> {
     /// The next packet, due now.
-    Packet { ext_seq: u64, timestamp: u32, payload: T },
+    Packet {
+        ext_seq: u64,
+        timestamp: u32,
+        payload: T,
+    },
     /// `count` packets starting at `first_seq` never arrived (or arrived too late) and a later
     /// packet is due: conceal them.
     Lost { first_seq: u64, count: u64 },
@@ -122,7 +126,11 @@ impl<T> JitterBuffer<T> {
         let (t0, ts0) = self.base.expect("anchored before use");
         let diff = ts.wrapping_sub(ts0) as i32 as i64;
         let offset_us = diff * 1_000_000 / self.cfg.clock_rate.max(1) as i64;
-        let t = if offset_us >= 0 { t0 + Duration::from_micros(offset_us as u64) } else { t0.saturating_sub(Duration::from_micros((-offset_us) as u64)) };
+        let t = if offset_us >= 0 {
+            t0 + Duration::from_micros(offset_us as u64)
+        } else {
+            t0.saturating_sub(Duration::from_micros((-offset_us) as u64))
+        };
         t + self.delay
     }
 
@@ -136,7 +144,9 @@ impl<T> JitterBuffer<T> {
             // Too late: its turn has passed. Give the next packets more room.
             self.stats.late += 1;
             let lateness = now.saturating_sub(due);
-            self.delay = (self.delay + lateness.min(Duration::from_millis(60)) + Duration::from_millis(10)).min(self.cfg.max_delay);
+            self.delay =
+                (self.delay + lateness.min(Duration::from_millis(60)) + Duration::from_millis(10))
+                    .min(self.cfg.max_delay);
             self.window_count = 0;
             self.window_min_slack = Duration::MAX;
             return;
@@ -149,7 +159,10 @@ impl<T> JitterBuffer<T> {
         self.window_count += 1;
         if self.window_count >= WINDOW {
             if self.window_min_slack >= Duration::from_millis(20) {
-                self.delay = self.delay.saturating_sub(Duration::from_millis(10)).max(self.cfg.min_delay);
+                self.delay = self
+                    .delay
+                    .saturating_sub(Duration::from_millis(10))
+                    .max(self.cfg.min_delay);
             }
             self.window_count = 0;
             self.window_min_slack = Duration::MAX;
@@ -177,17 +190,28 @@ impl<T> JitterBuffer<T> {
             let (t0, ts0) = self.base.expect("anchored");
             let diff = timestamp.wrapping_sub(ts0) as i32 as i64;
             let us = diff * 1_000_000 / self.cfg.clock_rate.max(1) as i64;
-            let t = if us >= 0 { t0 + Duration::from_micros(us as u64) } else { t0.saturating_sub(Duration::from_micros((-us) as u64)) };
+            let t = if us >= 0 {
+                t0 + Duration::from_micros(us as u64)
+            } else {
+                t0.saturating_sub(Duration::from_micros((-us) as u64))
+            };
             self.base = Some((t, timestamp));
             self.stats.played += 1;
-            return Some(Playout::Packet { ext_seq: next, timestamp, payload });
+            return Some(Playout::Packet {
+                ext_seq: next,
+                timestamp,
+                payload,
+            });
         }
         // `first > next`: packets next..first are missing and a later one is due.
         let gap = first - next;
         let count = if gap <= SMALL_GAP { 1 } else { gap };
         self.next_seq = Some(next + count);
         self.stats.lost += count;
-        Some(Playout::Lost { first_seq: next, count })
+        Some(Playout::Lost {
+            first_seq: next,
+            count,
+        })
     }
 
     /// Forgets everything (new SSRC); counters are kept.
@@ -195,12 +219,18 @@ impl<T> JitterBuffer<T> {
         self.packets.clear();
         self.next_seq = None;
         self.base = None;
-        self.delay = self.cfg.initial_delay.clamp(self.cfg.min_delay, self.cfg.max_delay);
+        self.delay = self
+            .cfg
+            .initial_delay
+            .clamp(self.cfg.min_delay, self.cfg.max_delay);
     }
 
     /// Removes and returns every waiting packet in order, ignoring playout times (end of stream).
     pub fn drain(&mut self) -> Vec<(u64, T)> {
-        let out = std::mem::take(&mut self.packets).into_iter().map(|(k, (_, p))| (k, p)).collect();
+        let out = std::mem::take(&mut self.packets)
+            .into_iter()
+            .map(|(k, (_, p))| (k, p))
+            .collect();
         self.next_seq = None;
         out
     }
@@ -246,7 +276,11 @@ mod tests {
             }
             let sent = Duration::from_millis(20 * i);
             let delay = Duration::from_micros(((30.0 + rng.unit() * jitter_ms) * 1000.0) as u64);
-            arrivals.push((sent + delay, start_seq.wrapping_add(i as u16), start_ts.wrapping_add(160 * i as u32)));
+            arrivals.push((
+                sent + delay,
+                start_seq.wrapping_add(i as u16),
+                start_ts.wrapping_add(160 * i as u32),
+            ));
         }
         arrivals.sort_by_key(|a| a.0);
         let mut stats = crate::stats::ReceiveStats::new(8000);
@@ -265,7 +299,9 @@ mod tests {
             }
             while let Some(p) = jb.pop(now) {
                 match p {
-                    Playout::Packet { payload, ext_seq, .. } => {
+                    Playout::Packet {
+                        payload, ext_seq, ..
+                    } => {
                         assert_eq!(payload, ext_seq);
                         played.push(ext_seq)
                     }
@@ -274,7 +310,14 @@ mod tests {
             }
             now += Duration::from_millis(10);
         }
-        Outcome { played, lost, stats: jb.stats(), delay: jb.delay(), sent: n, dropped_by_network: dropped }
+        Outcome {
+            played,
+            lost,
+            stats: jb.stats(),
+            delay: jb.delay(),
+            sent: n,
+            dropped_by_network: dropped,
+        }
     }
 
     #[test]
@@ -294,12 +337,28 @@ mod tests {
         assert!(o.played.windows(2).all(|w| w[1] > w[0]), "playout order");
         let accounted = o.played.len() as u64 + o.lost;
         // Everything is either played or reported lost; the head/tail may differ by a packet.
-        assert!(accounted >= o.sent - 2 && accounted <= o.sent, "{accounted} of {}", o.sent);
+        assert!(
+            accounted >= o.sent - 2 && accounted <= o.sent,
+            "{accounted} of {}",
+            o.sent
+        );
         // Network loss is reported; lateness adds a little while the delay adapts.
-        assert!(o.lost >= o.dropped_by_network, "{} < {}", o.lost, o.dropped_by_network);
+        assert!(
+            o.lost >= o.dropped_by_network,
+            "{} < {}",
+            o.lost,
+            o.dropped_by_network
+        );
         assert!(o.stats.late < 30, "late {}", o.stats.late);
-        assert!(o.delay >= Duration::from_millis(60) && o.delay <= Duration::from_millis(200), "{:?}", o.delay);
-        assert!(o.played.iter().any(|&s| s > 65536), "extended sequence wrapped");
+        assert!(
+            o.delay >= Duration::from_millis(60) && o.delay <= Duration::from_millis(200),
+            "{:?}",
+            o.delay
+        );
+        assert!(
+            o.played.iter().any(|&s| s > 65536),
+            "extended sequence wrapped"
+        );
     }
 
     #[test]
@@ -308,17 +367,39 @@ mod tests {
         let t = Duration::from_millis;
         jb.push(t(0), 1, 0, 1);
         jb.push(t(5), 50, 49 * 160, 2);
-        assert_eq!(jb.pop(t(40)), Some(Playout::Packet { ext_seq: 1, timestamp: 0, payload: 1 }));
+        assert_eq!(
+            jb.pop(t(40)),
+            Some(Playout::Packet {
+                ext_seq: 1,
+                timestamp: 0,
+                payload: 1
+            })
+        );
         assert_eq!(jb.pop(t(40)), None);
-        assert_eq!(jb.pop(t(49 * 20 + 40)), Some(Playout::Lost { first_seq: 2, count: 48 }));
-        assert!(matches!(jb.pop(t(49 * 20 + 40)), Some(Playout::Packet { ext_seq: 50, .. })));
+        assert_eq!(
+            jb.pop(t(49 * 20 + 40)),
+            Some(Playout::Lost {
+                first_seq: 2,
+                count: 48
+            })
+        );
+        assert!(matches!(
+            jb.pop(t(49 * 20 + 40)),
+            Some(Playout::Packet { ext_seq: 50, .. })
+        ));
         jb.push(t(2000), 7, 123, 3);
         assert_eq!(jb.stats().late, 1);
         jb.reset();
         jb.push(t(2000), 7, 123, 3);
-        assert!(matches!(jb.pop(t(2040)), Some(Playout::Packet { ext_seq: 7, .. })));
+        assert!(matches!(
+            jb.pop(t(2040)),
+            Some(Playout::Packet { ext_seq: 7, .. })
+        ));
         // Overflow drops the oldest.
-        let mut jb: JitterBuffer<u8> = JitterBuffer::new(JitterConfig { max_packets: 4, ..Default::default() });
+        let mut jb: JitterBuffer<u8> = JitterBuffer::new(JitterConfig {
+            max_packets: 4,
+            ..Default::default()
+        });
         for i in 0..6u64 {
             jb.push(t(0), i, i as u32 * 160, 0);
         }

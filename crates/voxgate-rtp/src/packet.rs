@@ -87,7 +87,10 @@ impl<'a> RtpPacket<'a> {
             }
             end -= pad as usize;
         }
-        Ok(RtpPacket { header, payload: &buf[start..end] })
+        Ok(RtpPacket {
+            header,
+            payload: &buf[start..end],
+        })
     }
 }
 
@@ -110,7 +113,13 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let h = RtpHeader { marker: true, payload_type: 8, sequence: 65535, timestamp: 0xdead_beef, ssrc: 42 };
+        let h = RtpHeader {
+            marker: true,
+            payload_type: 8,
+            sequence: 65535,
+            timestamp: 0xdead_beef,
+            ssrc: 42,
+        };
         let mut buf = Vec::new();
         h.write(&[1, 2, 3], &mut buf);
         let p = RtpPacket::parse(&buf).unwrap();
@@ -138,7 +147,10 @@ mod tests {
         assert_eq!(RtpPacket::parse(&pad), Err(RtpError::BadPadding(200)));
         pad[13] = 0;
         assert_eq!(RtpPacket::parse(&pad), Err(RtpError::BadPadding(0)));
-        assert_eq!(RtpPacket::parse(&[0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(RtpError::BadExtension));
+        assert_eq!(
+            RtpPacket::parse(&[0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(RtpError::BadExtension)
+        );
         assert!(RtpPacket::parse(&[0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         // Every prefix of a valid packet parses or errors, never panics.
         let mut buf = Vec::new();

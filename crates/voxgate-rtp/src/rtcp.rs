@@ -104,7 +104,8 @@ pub fn parse(buf: &[u8]) -> Result<Compound, RtcpError> {
                     out.reports.push(ReportBlock {
                         ssrc: be32(&b[0..4]),
                         fraction_lost: b[4],
-                        cumulative_lost: (u32::from_be_bytes([0, b[5], b[6], b[7]]) & 0x7f_ffff) * (b[5] >> 7 == 0) as u32,
+                        cumulative_lost: (u32::from_be_bytes([0, b[5], b[6], b[7]]) & 0x7f_ffff)
+                            * (b[5] >> 7 == 0) as u32,
                         highest_seq: be32(&b[8..12]),
                         jitter: be32(&b[12..16]),
                         last_sr: be32(&b[16..20]),
@@ -125,7 +126,13 @@ fn be32(b: &[u8]) -> u32 {
 }
 
 /// Builds a compound packet: an SR (when `sender` is given) or an RR, then SDES with `cname`.
-pub fn build(ssrc: u32, sender: Option<SenderInfo>, reports: &[ReportBlock], cname: &str, out: &mut Vec<u8>) {
+pub fn build(
+    ssrc: u32,
+    sender: Option<SenderInfo>,
+    reports: &[ReportBlock],
+    cname: &str,
+    out: &mut Vec<u8>,
+) {
     let reports = &reports[..reports.len().min(31)];
     let pt = if sender.is_some() { 200 } else { 201 };
     let words = 1 + if sender.is_some() { 5 } else { 0 } + 6 * reports.len();
@@ -169,7 +176,9 @@ pub fn round_trip(block: &ReportBlock, now_ntp: u64) -> Option<Duration> {
         return None;
     }
     let a = ntp_short(now_ntp);
-    let rtt = a.wrapping_sub(block.last_sr).wrapping_sub(block.delay_since_last_sr);
+    let rtt = a
+        .wrapping_sub(block.last_sr)
+        .wrapping_sub(block.delay_since_last_sr);
     if rtt > 0x8000_0000 {
         return None; // clock confusion: negative
     }
@@ -185,7 +194,12 @@ mod tests {
         let t0 = Duration::from_secs(1_700_000_000);
         let sr_ntp = ntp_from_unix(t0);
         let mut buf = Vec::new();
-        let info = SenderInfo { ntp: sr_ntp, rtp_timestamp: 160, packets: 50, octets: 8000 };
+        let info = SenderInfo {
+            ntp: sr_ntp,
+            rtp_timestamp: 160,
+            packets: 50,
+            octets: 8000,
+        };
         build(0x1234, Some(info), &[], "voxgate@127.0.0.1", &mut buf);
         assert_eq!(buf.len() % 4, 0);
         let c = parse(&buf).unwrap();
@@ -193,7 +207,15 @@ mod tests {
         assert_eq!(c.sender_info, Some(info));
 
         // The peer answers 30 ms later with DLSR = 30 ms, received 80 ms after our SR: RTT 50 ms.
-        let block = ReportBlock { ssrc: 0x1234, fraction_lost: 12, cumulative_lost: 7, highest_seq: 70000, jitter: 80, last_sr: ntp_short(sr_ntp), delay_since_last_sr: 65536 * 30 / 1000 };
+        let block = ReportBlock {
+            ssrc: 0x1234,
+            fraction_lost: 12,
+            cumulative_lost: 7,
+            highest_seq: 70000,
+            jitter: 80,
+            last_sr: ntp_short(sr_ntp),
+            delay_since_last_sr: 65536 * 30 / 1000,
+        };
         let mut rr = Vec::new();
         build(0x9999, None, &[block], "peer", &mut rr);
         let c = parse(&rr).unwrap();
@@ -206,8 +228,14 @@ mod tests {
     fn malformed_compounds_are_errors_not_panics() {
         assert_eq!(parse(&[0x80, 200]), Err(RtcpError::TooShort));
         assert_eq!(parse(&[0x40, 200, 0, 0]), Err(RtcpError::BadVersion));
-        assert_eq!(parse(&[0x80, 200, 0, 9, 0, 0, 0, 0]), Err(RtcpError::BadLength));
-        assert_eq!(parse(&[0x80, 200, 0, 1, 0, 0, 0, 0]), Err(RtcpError::TooShort));
+        assert_eq!(
+            parse(&[0x80, 200, 0, 9, 0, 0, 0, 0]),
+            Err(RtcpError::BadLength)
+        );
+        assert_eq!(
+            parse(&[0x80, 200, 0, 1, 0, 0, 0, 0]),
+            Err(RtcpError::TooShort)
+        );
         let mut buf = Vec::new();
         build(1, None, &[ReportBlock::default(); 2], "x", &mut buf);
         for n in 0..buf.len() {

@@ -78,12 +78,20 @@ pub struct PayloadFormat {
 
 impl PayloadFormat {
     pub fn new(pt: u8, name: &str, clock_rate: u32, channels: u8, fmtp: Option<&str>) -> Self {
-        PayloadFormat { pt, name: name.into(), clock_rate, channels, fmtp: fmtp.map(str::to_string) }
+        PayloadFormat {
+            pt,
+            name: name.into(),
+            clock_rate,
+            channels,
+            fmtp: fmtp.map(str::to_string),
+        }
     }
 
     /// Same codec (name, clock rate, channels), whatever the payload type number.
     pub fn same_codec(&self, other: &PayloadFormat) -> bool {
-        self.name.eq_ignore_ascii_case(&other.name) && self.clock_rate == other.clock_rate && self.channels.max(1) == other.channels.max(1)
+        self.name.eq_ignore_ascii_case(&other.name)
+            && self.clock_rate == other.clock_rate
+            && self.channels.max(1) == other.channels.max(1)
     }
 
     pub fn is_telephone_event(&self) -> bool {
@@ -170,7 +178,8 @@ fn direction_of(attrs: &[sdp_types::Attribute]) -> Option<Direction> {
 }
 
 fn is_plain_rtp_audio(m: &sdp_types::Media) -> bool {
-    m.media == "audio" && (m.proto.eq_ignore_ascii_case("RTP/AVP") || m.proto.eq_ignore_ascii_case("RTP/AVPF"))
+    m.media == "audio"
+        && (m.proto.eq_ignore_ascii_case("RTP/AVP") || m.proto.eq_ignore_ascii_case("RTP/AVPF"))
 }
 
 fn formats_of(m: &sdp_types::Media) -> Vec<PayloadFormat> {
@@ -180,21 +189,42 @@ fn formats_of(m: &sdp_types::Media) -> Vec<PayloadFormat> {
         if pt > 127 {
             continue;
         }
-        let rtpmap = m.attributes.iter().filter(|a| a.attribute == "rtpmap").filter_map(|a| a.value.as_deref()).find_map(|v| {
-            let (p, rest) = v.split_once(' ')?;
-            (p.trim().parse::<u8>().ok()? == pt).then_some(rest.trim())
-        });
-        let fmtp = m.attributes.iter().filter(|a| a.attribute == "fmtp").filter_map(|a| a.value.as_deref()).find_map(|v| {
-            let (p, rest) = v.split_once(' ')?;
-            (p.trim().parse::<u8>().ok()? == pt).then(|| rest.trim().to_string())
-        });
+        let rtpmap = m
+            .attributes
+            .iter()
+            .filter(|a| a.attribute == "rtpmap")
+            .filter_map(|a| a.value.as_deref())
+            .find_map(|v| {
+                let (p, rest) = v.split_once(' ')?;
+                (p.trim().parse::<u8>().ok()? == pt).then_some(rest.trim())
+            });
+        let fmtp = m
+            .attributes
+            .iter()
+            .filter(|a| a.attribute == "fmtp")
+            .filter_map(|a| a.value.as_deref())
+            .find_map(|v| {
+                let (p, rest) = v.split_once(' ')?;
+                (p.trim().parse::<u8>().ok()? == pt).then(|| rest.trim().to_string())
+            });
         let f = match rtpmap {
             Some(map) => {
                 let mut parts = map.split('/');
                 let name = parts.next().unwrap_or_default().to_string();
-                let Some(Ok(clock_rate)) = parts.next().map(|r| r.trim().parse::<u32>()) else { continue };
-                let channels = parts.next().and_then(|c| c.trim().parse().ok()).unwrap_or(1);
-                PayloadFormat { pt, name, clock_rate, channels, fmtp }
+                let Some(Ok(clock_rate)) = parts.next().map(|r| r.trim().parse::<u32>()) else {
+                    continue;
+                };
+                let channels = parts
+                    .next()
+                    .and_then(|c| c.trim().parse().ok())
+                    .unwrap_or(1);
+                PayloadFormat {
+                    pt,
+                    name,
+                    clock_rate,
+                    channels,
+                    fmtp,
+                }
             }
             None => match PayloadFormat::from_static(pt) {
                 Some(mut f) => {
@@ -212,8 +242,17 @@ fn formats_of(m: &sdp_types::Media) -> Vec<PayloadFormat> {
 /// Finds and reads the first plain-RTP audio stream of a description.
 pub fn parse_audio(sdp: &str) -> Result<RemoteAudio, SdpError> {
     let s = parse_session(sdp)?;
-    let (index, m) = s.medias.iter().enumerate().find(|(_, m)| is_plain_rtp_audio(m)).ok_or(SdpError::NoAudio)?;
-    let conn = m.connections.first().or(s.connection.as_ref()).ok_or(SdpError::NoAddress)?;
+    let (index, m) = s
+        .medias
+        .iter()
+        .enumerate()
+        .find(|(_, m)| is_plain_rtp_audio(m))
+        .ok_or(SdpError::NoAudio)?;
+    let conn = m
+        .connections
+        .first()
+        .or(s.connection.as_ref())
+        .ok_or(SdpError::NoAddress)?;
     let ip = conn_ip(conn).ok_or(SdpError::NoAddress)?;
     let rtcp_mux = m.attributes.iter().any(|a| a.attribute == "rtcp-mux");
     let rtcp_port = m
@@ -222,14 +261,33 @@ pub fn parse_audio(sdp: &str) -> Result<RemoteAudio, SdpError> {
         .find(|a| a.attribute == "rtcp")
         .and_then(|a| a.value.as_deref())
         .and_then(|v| v.split_whitespace().next()?.parse::<u16>().ok());
-    let rtcp = if rtcp_mux { SocketAddr::new(ip, m.port) } else { SocketAddr::new(ip, rtcp_port.unwrap_or(m.port.wrapping_add(1))) };
-    let mut direction = direction_of(&m.attributes).or_else(|| direction_of(&s.attributes)).unwrap_or_default();
+    let rtcp = if rtcp_mux {
+        SocketAddr::new(ip, m.port)
+    } else {
+        SocketAddr::new(ip, rtcp_port.unwrap_or(m.port.wrapping_add(1)))
+    };
+    let mut direction = direction_of(&m.attributes)
+        .or_else(|| direction_of(&s.attributes))
+        .unwrap_or_default();
     if ip.is_unspecified() && direction != Direction::Inactive {
         // RFC 2543 hold: c=0.0.0.0.
         direction = Direction::Inactive;
     }
-    let ptime_ms = m.attributes.iter().find(|a| a.attribute == "ptime").and_then(|a| a.value.as_deref()).and_then(|v| v.trim().parse().ok());
-    Ok(RemoteAudio { rtp: SocketAddr::new(ip, m.port), rtcp, rtcp_mux, formats: formats_of(m), ptime_ms, direction, index })
+    let ptime_ms = m
+        .attributes
+        .iter()
+        .find(|a| a.attribute == "ptime")
+        .and_then(|a| a.value.as_deref())
+        .and_then(|v| v.trim().parse().ok());
+    Ok(RemoteAudio {
+        rtp: SocketAddr::new(ip, m.port),
+        rtcp,
+        rtcp_mux,
+        formats: formats_of(m),
+        ptime_ms,
+        direction,
+        index,
+    })
 }
 
 fn clamp_ptime(p: Option<u32>, default: u32) -> u32 {
@@ -245,19 +303,39 @@ fn origin(local: &LocalMedia) -> sdp_types::Origin {
         sess_id: local.session_id.to_string(),
         sess_version: local.session_version,
         nettype: sdp_types::NetType::In,
-        addrtype: if local.address.is_ipv4() { sdp_types::AddrType::Ip4 } else { sdp_types::AddrType::Ip6 },
+        addrtype: if local.address.is_ipv4() {
+            sdp_types::AddrType::Ip4
+        } else {
+            sdp_types::AddrType::Ip6
+        },
         unicast_address: local.address.to_string(),
     }
 }
 
-fn audio_media(local: &LocalMedia, formats: &[PayloadFormat], ptime: u32, direction: Direction) -> sdp_types::Media {
-    let fmt = formats.iter().map(|f| f.pt.to_string()).collect::<Vec<_>>().join(" ");
+fn audio_media(
+    local: &LocalMedia,
+    formats: &[PayloadFormat],
+    ptime: u32,
+    direction: Direction,
+) -> sdp_types::Media {
+    let fmt = formats
+        .iter()
+        .map(|f| f.pt.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut attributes = Vec::new();
     for f in formats {
-        let map = if f.channels > 1 { format!("{} {}/{}/{}", f.pt, f.name, f.clock_rate, f.channels) } else { format!("{} {}/{}", f.pt, f.name, f.clock_rate) };
+        let map = if f.channels > 1 {
+            format!("{} {}/{}/{}", f.pt, f.name, f.clock_rate, f.channels)
+        } else {
+            format!("{} {}/{}", f.pt, f.name, f.clock_rate)
+        };
         attributes.push(sdp_types::Attribute::with_value("rtpmap", map));
         if let Some(p) = &f.fmtp {
-            attributes.push(sdp_types::Attribute::with_value("fmtp", format!("{} {}", f.pt, p)));
+            attributes.push(sdp_types::Attribute::with_value(
+                "fmtp",
+                format!("{} {}", f.pt, p),
+            ));
         }
     }
     attributes.push(sdp_types::Attribute::with_value("ptime", ptime));
@@ -288,9 +366,23 @@ fn session(local: &LocalMedia, medias: Vec<sdp_types::Media>) -> String {
 pub fn build_offer(local: &LocalMedia) -> String {
     let mut formats = local.formats.clone();
     for &(rate, pt) in &local.telephone_events {
-        formats.push(PayloadFormat::new(pt, "telephone-event", rate, 1, Some("0-16")));
+        formats.push(PayloadFormat::new(
+            pt,
+            "telephone-event",
+            rate,
+            1,
+            Some("0-16"),
+        ));
     }
-    session(local, vec![audio_media(local, &formats, local.ptime_ms, local.direction)])
+    session(
+        local,
+        vec![audio_media(
+            local,
+            &formats,
+            local.ptime_ms,
+            local.direction,
+        )],
+    )
 }
 
 /// Answers a remote offer: returns the answer SDP and the negotiated stream, or
@@ -303,14 +395,31 @@ pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), S
         .iter()
         .find(|f| !f.is_telephone_event() && local.formats.iter().any(|l| l.same_codec(f)))
         .cloned()
-        .ok_or_else(|| SdpError::NoCommonCodec(remote.formats.iter().map(|f| format!("{}/{}", f.name, f.clock_rate)).collect::<Vec<_>>().join(", ")))?;
+        .ok_or_else(|| {
+            SdpError::NoCommonCodec(
+                remote
+                    .formats
+                    .iter()
+                    .map(|f| format!("{}/{}", f.name, f.clock_rate))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })?;
     let telephone_event = if local.telephone_events.is_empty() {
         None
     } else {
-        remote.formats.iter().find(|f| f.is_telephone_event() && f.clock_rate == codec.clock_rate).cloned()
+        remote
+            .formats
+            .iter()
+            .find(|f| f.is_telephone_event() && f.clock_rate == codec.clock_rate)
+            .cloned()
     };
     let ptime = clamp_ptime(remote.ptime_ms, local.ptime_ms);
-    let direction = if local.direction == Direction::SendRecv { remote.direction.reverse() } else { local.direction };
+    let direction = if local.direction == Direction::SendRecv {
+        remote.direction.reverse()
+    } else {
+        local.direction
+    };
     let mut answer_formats = vec![codec.clone()];
     if let Some(te) = &telephone_event {
         answer_formats.push(te.clone());
@@ -324,11 +433,29 @@ pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), S
                 audio_media(local, &answer_formats, ptime, direction)
             } else {
                 // Rejected stream: same media, proto and formats, port 0 (RFC 3264 §6).
-                sdp_types::Media { media: m.media.clone(), port: 0, num_ports: None, proto: m.proto.clone(), fmt: m.fmt.clone(), media_title: None, connections: Vec::new(), bandwidths: Vec::new(), key: None, attributes: Vec::new() }
+                sdp_types::Media {
+                    media: m.media.clone(),
+                    port: 0,
+                    num_ports: None,
+                    proto: m.proto.clone(),
+                    fmt: m.fmt.clone(),
+                    media_title: None,
+                    connections: Vec::new(),
+                    bandwidths: Vec::new(),
+                    key: None,
+                    attributes: Vec::new(),
+                }
             }
         })
         .collect();
-    let neg = Negotiated { remote_rtp: remote.rtp, remote_rtcp: remote.rtcp, codec, telephone_event: telephone_event.map(|t| t.pt), ptime_ms: ptime, direction };
+    let neg = Negotiated {
+        remote_rtp: remote.rtp,
+        remote_rtcp: remote.rtcp,
+        codec,
+        telephone_event: telephone_event.map(|t| t.pt),
+        ptime_ms: ptime,
+        direction,
+    };
     Ok((session(local, medias), neg))
 }
 
@@ -336,16 +463,35 @@ pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), S
 pub fn read_answer(answer: &str, local: &LocalMedia) -> Result<Negotiated, SdpError> {
     let remote = parse_audio(answer)?;
     if remote.rtp.port() == 0 {
-        return Err(SdpError::NoCommonCodec("the answer rejected the audio stream (port 0)".into()));
+        return Err(SdpError::NoCommonCodec(
+            "the answer rejected the audio stream (port 0)".into(),
+        ));
     }
     let codec = remote
         .formats
         .iter()
         .find(|f| !f.is_telephone_event() && local.formats.iter().any(|l| l.same_codec(f)))
         .cloned()
-        .ok_or_else(|| SdpError::NoCommonCodec(remote.formats.iter().map(|f| format!("{}/{}", f.name, f.clock_rate)).collect::<Vec<_>>().join(", ")))?;
-    let telephone_event = remote.formats.iter().find(|f| f.is_telephone_event() && f.clock_rate == codec.clock_rate).map(|f| f.pt);
-    let direction = if local.direction == Direction::SendRecv { remote.direction.reverse() } else { local.direction };
+        .ok_or_else(|| {
+            SdpError::NoCommonCodec(
+                remote
+                    .formats
+                    .iter()
+                    .map(|f| format!("{}/{}", f.name, f.clock_rate))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })?;
+    let telephone_event = remote
+        .formats
+        .iter()
+        .find(|f| f.is_telephone_event() && f.clock_rate == codec.clock_rate)
+        .map(|f| f.pt);
+    let direction = if local.direction == Direction::SendRecv {
+        remote.direction.reverse()
+    } else {
+        local.direction
+    };
     Ok(Negotiated {
         remote_rtp: remote.rtp,
         remote_rtcp: remote.rtcp,
@@ -364,7 +510,12 @@ mod tests {
         LocalMedia {
             address: "127.0.0.1".parse().unwrap(),
             port: 40000,
-            formats: vec![PayloadFormat::new(9, "G722", 8000, 1, None), PayloadFormat::new(0, "PCMU", 8000, 1, None), PayloadFormat::new(8, "PCMA", 8000, 1, None), PayloadFormat::new(111, "opus", 48000, 2, Some("minptime=10;useinbandfec=1"))],
+            formats: vec![
+                PayloadFormat::new(9, "G722", 8000, 1, None),
+                PayloadFormat::new(0, "PCMU", 8000, 1, None),
+                PayloadFormat::new(8, "PCMA", 8000, 1, None),
+                PayloadFormat::new(111, "opus", 48000, 2, Some("minptime=10;useinbandfec=1")),
+            ],
             telephone_events: vec![(8000, 101), (48000, 110)],
             ptime_ms: 20,
             direction: Direction::SendRecv,
@@ -384,12 +535,19 @@ m=video 9078 RTP/AVP 102\r\na=rtpmap:102 VP8/90000\r\n";
         let (sdp, n) = answer(LINPHONE, &local()).unwrap();
         assert_eq!(n.codec.name, "opus");
         assert_eq!(n.codec.pt, 96, "offerer's payload type");
-        assert_eq!(n.telephone_event, Some(101), "telephone-event at 48 kHz for Opus");
+        assert_eq!(
+            n.telephone_event,
+            Some(101),
+            "telephone-event at 48 kHz for Opus"
+        );
         assert_eq!(n.remote_rtp, "127.0.0.1:7078".parse().unwrap());
         assert_eq!(n.remote_rtcp, "127.0.0.1:7079".parse().unwrap());
         assert!(sdp.contains("m=audio 40000 RTP/AVP 96 101\r\n"), "{sdp}");
         assert!(sdp.contains("a=rtpmap:96 opus/48000/2\r\n"), "{sdp}");
-        assert!(sdp.contains("m=video 0 RTP/AVP 102\r\n"), "rejected stream keeps its line with port 0: {sdp}");
+        assert!(
+            sdp.contains("m=video 0 RTP/AVP 102\r\n"),
+            "rejected stream keeps its line with port 0: {sdp}"
+        );
         assert!(sdp.contains("a=sendrecv"));
         // Our answer is itself a valid description.
         let back = parse_audio(&sdp).unwrap();
@@ -404,7 +562,11 @@ m=video 9078 RTP/AVP 102\r\na=rtpmap:102 VP8/90000\r\n";
         assert_eq!(n.telephone_event, Some(101));
         assert_eq!(n.ptime_ms, 30);
         assert_eq!(n.direction, Direction::RecvOnly, "hold: we only receive");
-        assert_eq!(n.remote_rtp, "127.0.0.2:5000".parse().unwrap(), "media-level c= wins");
+        assert_eq!(
+            n.remote_rtp,
+            "127.0.0.2:5000".parse().unwrap(),
+            "media-level c= wins"
+        );
         assert!(sdp.contains("a=recvonly"));
         assert!(sdp.contains("a=ptime:30"));
     }
@@ -412,12 +574,20 @@ m=video 9078 RTP/AVP 102\r\na=rtpmap:102 VP8/90000\r\n";
     #[test]
     fn unsupported_codecs_and_bad_descriptions() {
         let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 18 3\r\n";
-        assert!(matches!(answer(offer, &local()), Err(SdpError::NoCommonCodec(_))));
+        assert!(matches!(
+            answer(offer, &local()),
+            Err(SdpError::NoCommonCodec(_))
+        ));
         let srtp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\n";
         assert_eq!(answer(srtp, &local()).unwrap_err(), SdpError::NoAudio);
         let no_c = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
         assert_eq!(answer(no_c, &local()).unwrap_err(), SdpError::NoAddress);
-        for garbage in ["", "hello", "v=0\r\nm=audio x RTP/AVP 0\r\n", "v=0\r\nm=audio 5000 RTP/AVP 0 rtpmap\r\na=rtpmap:0\r\n"] {
+        for garbage in [
+            "",
+            "hello",
+            "v=0\r\nm=audio x RTP/AVP 0\r\n",
+            "v=0\r\nm=audio 5000 RTP/AVP 0 rtpmap\r\na=rtpmap:0\r\n",
+        ] {
             assert!(answer(garbage, &local()).is_err(), "{garbage:?}");
         }
     }
@@ -429,7 +599,10 @@ m=video 9078 RTP/AVP 102\r\na=rtpmap:102 VP8/90000\r\n";
         assert_eq!(n.direction, Direction::Inactive);
         // Our offer answered by a peer that picked PCMU.
         let offer = build_offer(&local());
-        assert!(offer.contains("m=audio 40000 RTP/AVP 9 0 8 111 101 110\r\n"), "{offer}");
+        assert!(
+            offer.contains("m=audio 40000 RTP/AVP 9 0 8 111 101 110\r\n"),
+            "{offer}"
+        );
         let mut peer = local();
         peer.port = 6000;
         peer.formats = vec![PayloadFormat::new(0, "PCMU", 8000, 1, None)];

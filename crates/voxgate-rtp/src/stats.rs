@@ -81,7 +81,11 @@ impl ReceiveStats {
         }
         if delta < MAX_DROPOUT {
             // In order, possibly with a gap; a wrap adds a cycle.
-            let cycles = if seq < max_seq { cycles + 0x1_0000 } else { cycles };
+            let cycles = if seq < max_seq {
+                cycles + 0x1_0000
+            } else {
+                cycles
+            };
             self.max_ext_seq = cycles | seq as u64;
             self.received += 1;
             self.max_ext_seq
@@ -94,7 +98,11 @@ impl ReceiveStats {
             self.extend(seq)
         } else {
             // Late (reordered) packet: it belongs to this or the previous cycle.
-            let ext = if seq > max_seq { cycles.wrapping_sub(0x1_0000) | seq as u64 } else { cycles | seq as u64 };
+            let ext = if seq > max_seq {
+                cycles.wrapping_sub(0x1_0000) | seq as u64
+            } else {
+                cycles | seq as u64
+            };
             if ext < self.base_seq {
                 self.duplicates += 1;
             } else {

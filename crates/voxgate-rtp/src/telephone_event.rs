@@ -35,7 +35,12 @@ impl TelephoneEvent {
 
     pub fn to_bytes(self) -> [u8; 4] {
         let d = self.duration.to_be_bytes();
-        [self.event, ((self.end as u8) << 7) | (self.volume & 0x3f), d[0], d[1]]
+        [
+            self.event,
+            ((self.end as u8) << 7) | (self.volume & 0x3f),
+            d[0],
+            d[1],
+        ]
     }
 }
 
@@ -83,7 +88,12 @@ impl EventReceiver {
 
 /// The packets that send one key press, one per `ptime`: `(marker, payload)` in order. All use the
 /// event's start timestamp. `duration_ms` of tone, then three end packets.
-pub fn key_press_packets(digit: char, duration_ms: u32, ptime_ms: u32, clock_rate: u32) -> Option<Vec<(bool, [u8; 4])>> {
+pub fn key_press_packets(
+    digit: char,
+    duration_ms: u32,
+    ptime_ms: u32,
+    clock_rate: u32,
+) -> Option<Vec<(bool, [u8; 4])>> {
     let event = digit_to_event(digit)?;
     let ptime_ms = ptime_ms.clamp(10, 60);
     let step = clock_rate / 1000 * ptime_ms;
@@ -91,11 +101,21 @@ pub fn key_press_packets(digit: char, duration_ms: u32, ptime_ms: u32, clock_rat
     let mut out = Vec::new();
     let mut d = step;
     while d < total {
-        let ev = TelephoneEvent { event, end: false, volume: 10, duration: d as u16 };
+        let ev = TelephoneEvent {
+            event,
+            end: false,
+            volume: 10,
+            duration: d as u16,
+        };
         out.push((out.is_empty(), ev.to_bytes()));
         d += step;
     }
-    let end = TelephoneEvent { event, end: true, volume: 10, duration: total as u16 };
+    let end = TelephoneEvent {
+        event,
+        end: true,
+        volume: 10,
+        duration: total as u16,
+    };
     for _ in 0..3 {
         out.push((out.is_empty(), end.to_bytes()));
     }

@@ -23,11 +23,22 @@ impl Flite {
     /// # Errors
     /// [`SpeechError::Unavailable`] when flite cannot run.
     pub fn new(binary: &Path, tmp: &Path) -> Result<Self, SpeechError> {
-        let ok = Command::new(binary).arg("-lv").output().map(|o| o.status.success()).unwrap_or(false);
+        let ok = Command::new(binary)
+            .arg("-lv")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if !ok {
-            return Err(SpeechError::Unavailable(format!("{} cannot run (install flite)", binary.display())));
+            return Err(SpeechError::Unavailable(format!(
+                "{} cannot run (install flite)",
+                binary.display()
+            )));
         }
-        Ok(Flite { binary: binary.to_path_buf(), tmp: tmp.to_path_buf(), seq: AtomicU64::new(0) })
+        Ok(Flite {
+            binary: binary.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+            seq: AtomicU64::new(0),
+        })
     }
 }
 
@@ -37,11 +48,20 @@ impl Synthesizer for Flite {
     }
 
     fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<AudioFrame, SpeechError> {
-        let voice = voice.filter(|v| !v.is_empty() && *v != "default").unwrap_or("slt");
+        let voice = voice
+            .filter(|v| !v.is_empty() && *v != "default")
+            .unwrap_or("slt");
         if !VOICES.contains(&voice) {
-            return Err(SpeechError::BadInput(format!("unknown flite voice `{voice}` (available: {})", VOICES.join(", "))));
+            return Err(SpeechError::BadInput(format!(
+                "unknown flite voice `{voice}` (available: {})",
+                VOICES.join(", ")
+            )));
         }
-        let path = self.tmp.join(format!("flite-{}-{}.wav", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed)));
+        let path = self.tmp.join(format!(
+            "flite-{}-{}.wav",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
         let out = Command::new(&self.binary)
             .args(["-voice", voice, "-o"])
             .arg(&path)
@@ -51,7 +71,10 @@ impl Synthesizer for Flite {
         let result = if out.status.success() {
             read_wav(&path)
         } else {
-            Err(SpeechError::Engine(format!("flite failed: {}", String::from_utf8_lossy(&out.stderr))))
+            Err(SpeechError::Engine(format!(
+                "flite failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
         };
         let _ = std::fs::remove_file(&path);
         result
@@ -59,10 +82,22 @@ impl Synthesizer for Flite {
 }
 
 fn read_wav(path: &Path) -> Result<AudioFrame, SpeechError> {
-    let r = hound::WavReader::open(path).map_err(|e| SpeechError::Engine(format!("flite output: {e}")))?;
+    let r = hound::WavReader::open(path)
+        .map_err(|e| SpeechError::Engine(format!("flite output: {e}")))?;
     let spec = r.spec();
     let rate = SampleRate::new(spec.sample_rate).map_err(|e| SpeechError::Engine(e.to_string()))?;
-    let samples: Vec<i16> = r.into_samples::<i16>().collect::<Result<_, _>>().map_err(|e| SpeechError::Engine(e.to_string()))?;
-    let frame = AudioFrame { rate, channels: if spec.channels == 2 { voxgate_media::Channels::Stereo } else { voxgate_media::Channels::Mono }, samples };
+    let samples: Vec<i16> = r
+        .into_samples::<i16>()
+        .collect::<Result<_, _>>()
+        .map_err(|e| SpeechError::Engine(e.to_string()))?;
+    let frame = AudioFrame {
+        rate,
+        channels: if spec.channels == 2 {
+            voxgate_media::Channels::Stereo
+        } else {
+            voxgate_media::Channels::Mono
+        },
+        samples,
+    };
     Ok(frame.into_mono())
 }

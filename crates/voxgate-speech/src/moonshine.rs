@@ -40,7 +40,11 @@ impl Moonshine {
     ///
     /// # Errors
     /// [`SpeechError::Unavailable`] when a file is missing or unreadable.
-    pub fn load(env: &ort::environment::Environment, dir: &Path, instances: usize) -> Result<Self, SpeechError> {
+    pub fn load(
+        env: &ort::environment::Environment,
+        dir: &Path,
+        instances: usize,
+    ) -> Result<Self, SpeechError> {
         let mut models = Vec::new();
         for _ in 0..instances.max(1) {
             models.push(Model {
@@ -48,9 +52,13 @@ impl Moonshine {
                 decoder: load(env, &dir.join("decoder_model_merged.ort"), 1)?,
             });
         }
-        let tok = std::fs::read(dir.join("tokenizer.bin"))
-            .map_err(|e| SpeechError::Unavailable(format!("{}: {e}", dir.join("tokenizer.bin").display())))?;
-        Ok(Moonshine { pool: Pool::new(models), vocab: parse_vocab(&tok)? })
+        let tok = std::fs::read(dir.join("tokenizer.bin")).map_err(|e| {
+            SpeechError::Unavailable(format!("{}: {e}", dir.join("tokenizer.bin").display()))
+        })?;
+        Ok(Moonshine {
+            pool: Pool::new(models),
+            vocab: parse_vocab(&tok)?,
+        })
     }
 
     fn detokenize(&self, ids: &[i64]) -> String {
@@ -65,7 +73,10 @@ impl Moonshine {
                 }
             }
         }
-        String::from_utf8_lossy(&bytes).replace('▁', " ").trim().to_string()
+        String::from_utf8_lossy(&bytes)
+            .replace('▁', " ")
+            .trim()
+            .to_string()
     }
 }
 
@@ -76,7 +87,9 @@ fn parse_vocab(d: &[u8]) -> Result<Vec<Vec<u8>>, SpeechError> {
         let mut len = 0usize;
         let mut shift = 0;
         loop {
-            let b = *d.get(i).ok_or_else(|| SpeechError::Unavailable("truncated tokenizer.bin".into()))?;
+            let b = *d
+                .get(i)
+                .ok_or_else(|| SpeechError::Unavailable("truncated tokenizer.bin".into()))?;
             i += 1;
             len |= ((b & 0x7f) as usize) << shift;
             shift += 7;
@@ -84,7 +97,9 @@ fn parse_vocab(d: &[u8]) -> Result<Vec<Vec<u8>>, SpeechError> {
                 break;
             }
         }
-        let t = d.get(i..i + len).ok_or_else(|| SpeechError::Unavailable("truncated tokenizer.bin".into()))?;
+        let t = d
+            .get(i..i + len)
+            .ok_or_else(|| SpeechError::Unavailable("truncated tokenizer.bin".into()))?;
         out.push(t.to_vec());
         i += len;
     }
@@ -108,9 +123,15 @@ fn is_looping(ids: &[i64]) -> bool {
 }
 
 fn decode(m: &mut Model, samples: &[f32]) -> Result<Vec<i64>, SpeechError> {
-    let input = Tensor::from_array(([1usize, samples.len()], samples.to_vec())).map_err(engine_err)?;
-    let mut enc_out = m.encoder.run(ort::inputs!["input_values" => input]).map_err(engine_err)?;
-    let hidden: DynValue = enc_out.remove("last_hidden_state").ok_or_else(|| engine_err("encoder gave no output"))?;
+    let input =
+        Tensor::from_array(([1usize, samples.len()], samples.to_vec())).map_err(engine_err)?;
+    let mut enc_out = m
+        .encoder
+        .run(ort::inputs!["input_values" => input])
+        .map_err(engine_err)?;
+    let hidden: DynValue = enc_out
+        .remove("last_hidden_state")
+        .ok_or_else(|| engine_err("encoder gave no output"))?;
     drop(enc_out);
 
     let max_tokens = ((samples.len() as f32 / 16_000.0) * 6.5).ceil() as usize + 4;
@@ -119,7 +140,9 @@ fn decode(m: &mut Model, samples: &[f32]) -> Result<Vec<i64>, SpeechError> {
     for l in 0..LAYERS {
         for part in ["decoder", "encoder"] {
             for kv in ["key", "value"] {
-                let empty = Tensor::<f32>::from_array(([1usize, HEADS, 0, HEAD_DIM], Vec::<f32>::new())).map_err(engine_err)?;
+                let empty =
+                    Tensor::<f32>::from_array(([1usize, HEADS, 0, HEAD_DIM], Vec::<f32>::new()))
+                        .map_err(engine_err)?;
                 past.push((format!("past_key_values.{l}.{part}.{kv}"), empty.into_dyn()));
             }
         }
@@ -137,10 +160,17 @@ fn decode(m: &mut Model, samples: &[f32]) -> Result<Vec<i64>, SpeechError> {
             inputs.push((name.as_str().into(), v.into()));
         }
         let mut out = m.decoder.run(inputs).map_err(engine_err)?;
-        let (shape, logits) = out["logits"].try_extract_tensor::<f32>().map_err(engine_err)?;
+        let (shape, logits) = out["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(engine_err)?;
         let vocab = shape[2] as usize;
         let last = &logits[logits.len() - vocab..];
-        let best = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i64).unwrap_or(END);
+        let best = last
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as i64)
+            .unwrap_or(END);
         // Carry the caches: decoder caches always; encoder caches only from the first step (with
         // the cache branch on, the model passes them through).
         for (name, slot) in past.iter_mut() {

@@ -54,18 +54,48 @@ impl Piper {
     ///
     /// # Errors
     /// [`SpeechError::Unavailable`] when a file is missing or `espeak-ng` cannot run.
-    pub fn load(env: &ort::environment::Environment, model: &Path, espeak: &Path, instances: usize) -> Result<Self, SpeechError> {
+    pub fn load(
+        env: &ort::environment::Environment,
+        model: &Path,
+        espeak: &Path,
+        instances: usize,
+    ) -> Result<Self, SpeechError> {
         let json_path = PathBuf::from(format!("{}.json", model.display()));
-        let raw = std::fs::read_to_string(&json_path).map_err(|e| SpeechError::Unavailable(format!("{}: {e}", json_path.display())))?;
-        let cfg: VoiceConfig = serde_json::from_str(&raw).map_err(|e| SpeechError::Unavailable(format!("{}: {e}", json_path.display())))?;
-        let rate = SampleRate::new(cfg.audio.sample_rate).map_err(|e| SpeechError::Unavailable(e.to_string()))?;
-        let map = cfg.phoneme_id_map.into_iter().filter_map(|(k, v)| k.chars().next().filter(|_| k.chars().count() == 1).map(|c| (c, v))).collect();
-        let inf = cfg.inference.unwrap_or(InferenceCfg { noise_scale: 0.667, length_scale: 1.0, noise_w: 0.8 });
-        let ok = Command::new(espeak).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+        let raw = std::fs::read_to_string(&json_path)
+            .map_err(|e| SpeechError::Unavailable(format!("{}: {e}", json_path.display())))?;
+        let cfg: VoiceConfig = serde_json::from_str(&raw)
+            .map_err(|e| SpeechError::Unavailable(format!("{}: {e}", json_path.display())))?;
+        let rate = SampleRate::new(cfg.audio.sample_rate)
+            .map_err(|e| SpeechError::Unavailable(e.to_string()))?;
+        let map = cfg
+            .phoneme_id_map
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.chars()
+                    .next()
+                    .filter(|_| k.chars().count() == 1)
+                    .map(|c| (c, v))
+            })
+            .collect();
+        let inf = cfg.inference.unwrap_or(InferenceCfg {
+            noise_scale: 0.667,
+            length_scale: 1.0,
+            noise_w: 0.8,
+        });
+        let ok = Command::new(espeak)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if !ok {
-            return Err(SpeechError::Unavailable(format!("{} cannot run (install espeak-ng)", espeak.display())));
+            return Err(SpeechError::Unavailable(format!(
+                "{} cannot run (install espeak-ng)",
+                espeak.display()
+            )));
         }
-        let sessions = (0..instances.max(1)).map(|_| load(env, model, 1)).collect::<Result<Vec<_>, _>>()?;
+        let sessions = (0..instances.max(1))
+            .map(|_| load(env, model, 1))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Piper {
             pool: Pool::new(sessions),
             map,
@@ -84,9 +114,16 @@ impl Piper {
             .output()
             .map_err(|e| SpeechError::Engine(format!("espeak-ng: {e}")))?;
         if !out.status.success() {
-            return Err(SpeechError::Engine(format!("espeak-ng failed: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(SpeechError::Engine(format!(
+                "espeak-ng failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
         let puncts = clause_punctuation(text);
         let mut s = String::new();
         for (i, line) in lines.iter().enumerate() {
@@ -117,7 +154,10 @@ fn clause_punctuation(text: &str) -> Vec<char> {
         if c.is_alphanumeric() {
             pending_words = true;
         }
-        if matches!(c, ',' | '.' | '!' | '?' | ';' | ':') && chars.get(i + 1).is_none_or(|n| n.is_whitespace()) && pending_words {
+        if matches!(c, ',' | '.' | '!' | '?' | ';' | ':')
+            && chars.get(i + 1).is_none_or(|n| n.is_whitespace())
+            && pending_words
+        {
             out.push(c);
             pending_words = false;
         }
@@ -134,8 +174,12 @@ impl Synthesizer for Piper {
     }
 
     fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<AudioFrame, SpeechError> {
-        if let Some(v) = voice.filter(|v| !v.is_empty() && *v != "default" && *v != "joe" && *v != "en_US-joe-medium") {
-            return Err(SpeechError::BadInput(format!("unknown piper voice `{v}` (available: en_US-joe-medium)")));
+        if let Some(v) = voice
+            .filter(|v| !v.is_empty() && *v != "default" && *v != "joe" && *v != "en_US-joe-medium")
+        {
+            return Err(SpeechError::BadInput(format!(
+                "unknown piper voice `{v}` (available: en_US-joe-medium)"
+            )));
         }
         let phonemes = self.phonemize(text)?;
         let mut ids: Vec<i64> = vec![1, 0];
@@ -153,10 +197,18 @@ impl Synthesizer for Piper {
         let samples = self.pool.with(|s| -> Result<Vec<i16>, SpeechError> {
             let input = Tensor::from_array(([1usize, n], ids)).map_err(engine_err)?;
             let lens = Tensor::from_array(([1usize], vec![n as i64])).map_err(engine_err)?;
-            let scales = Tensor::from_array(([3usize], self.scales.to_vec())).map_err(engine_err)?;
-            let out = s.run(ort::inputs!["input" => input, "input_lengths" => lens, "scales" => scales]).map_err(engine_err)?;
-            let (_, audio) = out["output"].try_extract_tensor::<f32>().map_err(engine_err)?;
-            Ok(audio.iter().map(|&x| (x * 32767.0).clamp(-32768.0, 32767.0) as i16).collect())
+            let scales =
+                Tensor::from_array(([3usize], self.scales.to_vec())).map_err(engine_err)?;
+            let out = s
+                .run(ort::inputs!["input" => input, "input_lengths" => lens, "scales" => scales])
+                .map_err(engine_err)?;
+            let (_, audio) = out["output"]
+                .try_extract_tensor::<f32>()
+                .map_err(engine_err)?;
+            Ok(audio
+                .iter()
+                .map(|&x| (x * 32767.0).clamp(-32768.0, 32767.0) as i16)
+                .collect())
         })?;
         Ok(AudioFrame::mono(self.rate, samples))
     }
@@ -168,7 +220,10 @@ mod tests {
 
     #[test]
     fn clauses() {
-        assert_eq!(clause_punctuation("Hello, world. How are you?"), vec![',', '.', '?']);
+        assert_eq!(
+            clause_punctuation("Hello, world. How are you?"),
+            vec![',', '.', '?']
+        );
         assert_eq!(clause_punctuation("It costs 3.50 dollars"), vec!['.']);
     }
 }

@@ -12,7 +12,10 @@ pub(crate) struct Pool<T> {
 impl<T> Pool<T> {
     pub(crate) fn new(items: Vec<T>) -> Self {
         assert!(!items.is_empty(), "a pool needs at least one instance");
-        Pool { items: items.into_iter().map(Mutex::new).collect(), next: AtomicUsize::new(0) }
+        Pool {
+            items: items.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
+        }
     }
 
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {

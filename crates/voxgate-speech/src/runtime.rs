@@ -17,8 +17,12 @@ static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
 /// [`SpeechError::Unavailable`] when the library cannot be loaded.
 pub fn environment(dylib: &Path) -> Result<&'static Environment, SpeechError> {
     ENV.get_or_init(|| {
-        let builder = ort::init_from(dylib).map_err(|e| format!("loading ONNX Runtime from {}: {e}", dylib.display()))?;
-        builder.with_name("voxgate").build().map_err(|e| e.to_string())
+        let builder = ort::init_from(dylib)
+            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", dylib.display()))?;
+        builder
+            .with_name("voxgate")
+            .build()
+            .map_err(|e| e.to_string())
     })
     .as_ref()
     .map_err(|e| SpeechError::Unavailable(e.clone()))
@@ -31,7 +35,10 @@ pub fn environment(dylib: &Path) -> Result<&'static Environment, SpeechError> {
 /// [`SpeechError::Unavailable`] when the file is missing or not a model.
 pub fn load(env: &Environment, model: &Path, threads: usize) -> Result<Session, SpeechError> {
     if !model.exists() {
-        return Err(SpeechError::Unavailable(format!("model file {} is missing (run scripts/fetch-models.sh)", model.display())));
+        return Err(SpeechError::Unavailable(format!(
+            "model file {} is missing (run scripts/fetch-models.sh)",
+            model.display()
+        )));
     }
     let err = |e: ort::Error| SpeechError::Unavailable(format!("loading {}: {e}", model.display()));
     Session::builder(env)

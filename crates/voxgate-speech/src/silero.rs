@@ -27,9 +27,17 @@ impl SileroModel {
     ///
     /// # Errors
     /// [`SpeechError::Unavailable`] when the model cannot be loaded.
-    pub fn load(env: &ort::environment::Environment, path: &Path, instances: usize) -> Result<Arc<Self>, SpeechError> {
-        let sessions = (0..instances.max(1)).map(|_| load(env, path, 1)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Arc::new(SileroModel { pool: Pool::new(sessions) }))
+    pub fn load(
+        env: &ort::environment::Environment,
+        path: &Path,
+        instances: usize,
+    ) -> Result<Arc<Self>, SpeechError> {
+        let sessions = (0..instances.max(1))
+            .map(|_| load(env, path, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(SileroModel {
+            pool: Pool::new(sessions),
+        }))
     }
 }
 
@@ -43,7 +51,12 @@ pub struct Silero {
 
 impl Silero {
     pub fn new(model: Arc<SileroModel>) -> Self {
-        Silero { model, state: vec![0.0; 2 * 128], context: vec![0.0; CONTEXT], input: Vec::with_capacity(CHUNK + CONTEXT) }
+        Silero {
+            model,
+            state: vec![0.0; 2 * 128],
+            context: vec![0.0; CONTEXT],
+            input: Vec::with_capacity(CHUNK + CONTEXT),
+        }
     }
 }
 
@@ -56,19 +69,23 @@ impl VoiceDetector for Silero {
         self.input.clear();
         self.input.extend_from_slice(&self.context);
         self.input.extend(chunk.iter().map(|&s| s as f32 / 32768.0));
-        self.context.copy_from_slice(&self.input[self.input.len() - CONTEXT..]);
+        self.context
+            .copy_from_slice(&self.input[self.input.len() - CONTEXT..]);
         let input = self.input.clone();
         let state = self.state.clone();
-        let r = self.model.pool.with(|s| -> Result<(f32, Vec<f32>), ort::Error> {
-            let out = s.run(ort::inputs![
-                "input" => Tensor::from_array(([1usize, CHUNK + CONTEXT], input))?,
-                "state" => Tensor::from_array(([2usize, 1, 128], state))?,
-                "sr" => Tensor::from_array(((), vec![16_000i64]))?,
-            ])?;
-            let (_, p) = out["output"].try_extract_tensor::<f32>()?;
-            let (_, st) = out["stateN"].try_extract_tensor::<f32>()?;
-            Ok((p[0], st.to_vec()))
-        });
+        let r = self
+            .model
+            .pool
+            .with(|s| -> Result<(f32, Vec<f32>), ort::Error> {
+                let out = s.run(ort::inputs![
+                    "input" => Tensor::from_array(([1usize, CHUNK + CONTEXT], input))?,
+                    "state" => Tensor::from_array(([2usize, 1, 128], state))?,
+                    "sr" => Tensor::from_array(((), vec![16_000i64]))?,
+                ])?;
+                let (_, p) = out["output"].try_extract_tensor::<f32>()?;
+                let (_, st) = out["stateN"].try_extract_tensor::<f32>()?;
+                Ok((p[0], st.to_vec()))
+            });
         match r {
             Ok((p, st)) => {
                 self.state = st;

@@ -20,25 +20,43 @@ pub const MAX_BYTES: usize = 100 * 1024 * 1024;
 /// A message with the cause: bad URL, HTTP status, I/O error, or a file over [`MAX_BYTES`].
 pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     let bytes = if url.starts_with("http://") || url.starts_with("https://") {
-        let resp = client.get(url).send().await.map_err(|e| format!("fetching {url}: {e}"))?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {url}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("fetching {url}: HTTP {}", resp.status()));
         }
-        if resp.content_length().is_some_and(|l| l as usize > MAX_BYTES) {
+        if resp
+            .content_length()
+            .is_some_and(|l| l as usize > MAX_BYTES)
+        {
             return Err(format!("{url} is larger than {MAX_BYTES} bytes"));
         }
-        resp.bytes().await.map_err(|e| format!("reading {url}: {e}"))?.to_vec()
+        resp.bytes()
+            .await
+            .map_err(|e| format!("reading {url}: {e}"))?
+            .to_vec()
     } else {
         let path = match url.strip_prefix("file://") {
             Some(p) => p.to_string(),
-            None if url.contains("://") => return Err(format!("unsupported URL scheme in `{url}` (use http, https, file or a path)")),
+            None if url.contains("://") => {
+                return Err(format!(
+                    "unsupported URL scheme in `{url}` (use http, https, file or a path)"
+                ))
+            }
             None => url.to_string(),
         };
-        let meta = tokio::fs::metadata(&path).await.map_err(|e| format!("{path}: {e}"))?;
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
         if meta.len() as usize > MAX_BYTES {
             return Err(format!("{path} is larger than {MAX_BYTES} bytes"));
         }
-        tokio::fs::read(&path).await.map_err(|e| format!("{path}: {e}"))?
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?
     };
     if bytes.len() > MAX_BYTES {
         return Err(format!("{url} is larger than {MAX_BYTES} bytes"));
@@ -58,11 +76,23 @@ pub fn decode_to_16k(bytes: Vec<u8>, hint: &str) -> Result<Vec<i16>, String> {
     }
     let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
     let mut format = symphonia::default::get_probe()
-        .probe(&h, mss, FormatOptions::default(), MetadataOptions::default())
+        .probe(
+            &h,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
         .map_err(|e| format!("not a WAV or MP3 file: {e}"))?;
-    let track = format.default_track(TrackType::Audio).ok_or("no audio track")?;
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or("no audio track")?;
     let track_id = track.id;
-    let params = track.codec_params.as_ref().and_then(|p| p.audio()).ok_or("no audio codec parameters")?.clone();
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or("no audio codec parameters")?
+        .clone();
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| format!("unsupported codec: {e}"))?;
@@ -86,13 +116,19 @@ pub fn decode_to_16k(bytes: Vec<u8>, hint: &str) -> Result<Vec<i16>, String> {
         let ch = buf.spec().channels().count().max(1);
         tmp.clear();
         buf.copy_to_vec_interleaved(&mut tmp);
-        mono.extend(tmp.chunks_exact(ch).map(|c| c.iter().sum::<f32>() / ch as f32));
+        mono.extend(
+            tmp.chunks_exact(ch)
+                .map(|c| c.iter().sum::<f32>() / ch as f32),
+        );
         if mono.len() > 48_000 * 60 * 30 {
             return Err("audio longer than 30 minutes".into());
         }
     }
     let rate = rate.ok_or("unknown sample rate")?;
     let rate = SampleRate::new(rate).map_err(|e| e.to_string())?;
-    let samples: Vec<i16> = mono.iter().map(|&x| (x * 32767.0).clamp(-32768.0, 32767.0) as i16).collect();
+    let samples: Vec<i16> = mono
+        .iter()
+        .map(|&x| (x * 32767.0).clamp(-32768.0, 32767.0) as i16)
+        .collect();
     resample_clip(&samples, rate, SampleRate::HZ_16000).map_err(|e| e.to_string())
 }

@@ -48,7 +48,9 @@ enum Incoming {
 /// Connection failures, an unreadable WAV, or a call that is refused.
 pub async fn call(a: CallArgs) -> anyhow::Result<()> {
     let codec = Codec::from_name(&a.codec, a.sample_rate)?;
-    let (ws, _) = tokio_tungstenite::connect_async(&a.url).await.with_context(|| format!("connecting to {}", a.url))?;
+    let (ws, _) = tokio_tungstenite::connect_async(&a.url)
+        .await
+        .with_context(|| format!("connecting to {}", a.url))?;
     let (mut sink, mut stream) = ws.split();
     let (ev_tx, mut ev_rx) = mpsc::channel::<Incoming>(1024);
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
@@ -80,7 +82,12 @@ pub async fn call(a: CallArgs) -> anyhow::Result<()> {
     if let Codec::Pcm(r) = codec {
         option["sampleRate"] = r.hz().into();
     }
-    sink.send(Message::Text(serde_json::json!({ "command": "invite", "option": option }).to_string().into())).await?;
+    sink.send(Message::Text(
+        serde_json::json!({ "command": "invite", "option": option })
+            .to_string()
+            .into(),
+    ))
+    .await?;
     let answered = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(i) = ev_rx.recv().await {
             if let Incoming::Event(v) = i {
@@ -97,7 +104,12 @@ pub async fn call(a: CallArgs) -> anyhow::Result<()> {
     answered.context("no answer within 30 s")??;
 
     for text in &a.tts {
-        sink.send(Message::Text(serde_json::json!({ "command": "tts", "text": text }).to_string().into())).await?;
+        sink.send(Message::Text(
+            serde_json::json!({ "command": "tts", "text": text })
+                .to_string()
+                .into(),
+        ))
+        .await?;
     }
     if let Some(wav) = &a.wav {
         let frames = wav_frames(wav, codec)?;
@@ -126,7 +138,10 @@ pub async fn call(a: CallArgs) -> anyhow::Result<()> {
         }
     }
     if !hung_up {
-        sink.send(Message::Text(r#"{"command":"hangup","reason":"client_done","initiator":"user"}"#.into())).await?;
+        sink.send(Message::Text(
+            r#"{"command":"hangup","reason":"client_done","initiator":"user"}"#.into(),
+        ))
+        .await?;
         let _ = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(i) = ev_rx.recv().await {
                 if matches!(&i, Incoming::Event(v) if v["event"] == "hangup") {
@@ -137,17 +152,31 @@ pub async fn call(a: CallArgs) -> anyhow::Result<()> {
         .await;
     }
     let _ = sink.close().await;
-    let finals = tokio::time::timeout(Duration::from_secs(5), reader).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    let finals = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
     if let Some(out) = &a.out {
         let bytes = received.lock().expect("audio lock").clone();
         let pcm = AudioDecoder::new(codec).decode(&bytes);
-        let spec = hound::WavSpec { channels: 1, sample_rate: pcm.rate.hz(), bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-        let mut w = hound::WavWriter::create(out, spec).with_context(|| format!("creating {}", out.display()))?;
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: pcm.rate.hz(),
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(out, spec)
+            .with_context(|| format!("creating {}", out.display()))?;
         for s in &pcm.samples {
             w.write_sample(*s)?;
         }
         w.finalize()?;
-        eprintln!("saved {:.1} s of received audio to {}", pcm.duration().as_secs_f32(), out.display());
+        eprintln!(
+            "saved {:.1} s of received audio to {}",
+            pcm.duration().as_secs_f32(),
+            out.display()
+        );
     }
     if !finals.is_empty() {
         eprintln!("transcript: {}", finals.join(" "));
@@ -163,11 +192,22 @@ pub fn wav_frames(path: &std::path::Path, codec: Codec) -> anyhow::Result<Vec<Ve
     let r = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
     let spec = r.spec();
     if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
-        bail!("{}: only 16-bit PCM WAV is supported (convert with sox IN -b 16 OUT.wav)", path.display());
+        bail!(
+            "{}: only 16-bit PCM WAV is supported (convert with sox IN -b 16 OUT.wav)",
+            path.display()
+        );
     }
     let samples: Vec<i16> = r.into_samples::<i16>().collect::<Result<_, _>>()?;
     let rate = SampleRate::new(spec.sample_rate)?;
-    let frame = AudioFrame { rate, channels: if spec.channels == 2 { voxgate_media::Channels::Stereo } else { voxgate_media::Channels::Mono }, samples };
+    let frame = AudioFrame {
+        rate,
+        channels: if spec.channels == 2 {
+            voxgate_media::Channels::Stereo
+        } else {
+            voxgate_media::Channels::Mono
+        },
+        samples,
+    };
     let mono = frame.into_mono();
     let target = codec.sample_rate();
     let pcm = resample_clip(&mono.samples, rate, target)?;

@@ -27,6 +27,76 @@ pub struct Config {
     pub asr: AsrConfig,
     pub tts: TtsConfig,
     pub store: StoreConfig,
+    pub sip: SipConfig,
+}
+
+/// The SIP user agent (RFC 3261) and its RTP media (`/call/sip`, seed 002).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Serve SIP at all.
+    pub enabled: bool,
+    /// UDP and TCP address for SIP, `ip:port` (port 0 picks a free one).
+    pub listen: String,
+    /// Also accept SIP over TCP on the same port.
+    pub tcp: bool,
+    /// Address written in Contact headers and SDP when it differs from the bound one (NAT).
+    pub public_address: Option<String>,
+    /// Local IP for RTP sockets; default: the SIP listen IP.
+    pub rtp_address: Option<String>,
+    /// RTP port range (even ports for RTP, the next odd port for RTCP).
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Codecs we offer and accept, in preference order: `pcmu`, `pcma`, `g722`.
+    pub codecs: Vec<String>,
+    /// Packetisation time we send and offer, ms (10-60).
+    pub ptime_ms: u32,
+    /// Seconds an inbound call may wait for a `/call/sip` client to `accept` it (then 480), and
+    /// an outbound call may ring (then CANCEL, `hangup` reason `no_answer`).
+    pub ring_timeout_secs: u64,
+    /// Jitter buffer bounds, ms.
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
+    /// Carrier trunks and PBXs calls go out through (and may come in from).
+    pub trunks: Vec<SipTrunk>,
+    /// Which inbound called numbers voxgate answers, and who handles them.
+    pub numbers: Vec<SipNumber>,
+}
+
+/// A trunk: where `invite` sends calls whose callee is a number, with optional registration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipTrunk {
+    pub name: String,
+    /// `host[:port]` of the carrier or PBX.
+    pub host: String,
+    /// `udp` (default) or `tcp`.
+    pub transport: String,
+    /// Digest credentials (answering 401/407 challenges); none for IP-authenticated trunks.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Digest realm, when the trunk's challenge should be answered only for this realm.
+    pub realm: Option<String>,
+    /// Send REGISTER (with digest auth) and refresh it before it expires.
+    pub register: bool,
+    /// Requested registration lifetime, seconds.
+    pub register_expires: u32,
+    /// Caller id (From user) when `invite` gives no `caller`.
+    pub caller_id: Option<String>,
+    /// Number rewriting for outbound callees: strip this prefix, then add `add_prefix`.
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+}
+
+/// An inbound number: `number` is the called user (Request-URI/To user) or `*` for any.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipNumber {
+    pub number: String,
+    /// Webhook told of each incoming call (POST JSON); the application then connects to
+    /// `/call/sip?id=<callId>` and sends `accept`. Without a webhook, the call goes to the
+    /// longest-waiting `/call/sip` client that has not placed a call.
+    pub webhook: Option<String>,
 }
 
 /// One STUN/TURN server, in the seed-002 `/iceservers` shape.
@@ -119,31 +189,95 @@ impl Default for Config {
             asr: AsrConfig::default(),
             tts: TtsConfig::default(),
             store: StoreConfig::default(),
+            sip: SipConfig::default(),
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: true,
+            listen: "127.0.0.1:5060".into(),
+            tcp: true,
+            public_address: None,
+            rtp_address: None,
+            rtp_port_min: 20000,
+            rtp_port_max: 30000,
+            codecs: vec!["pcmu".into(), "pcma".into(), "g722".into()],
+            ptime_ms: 20,
+            ring_timeout_secs: 30,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
+            trunks: Vec::new(),
+            numbers: vec![SipNumber {
+                number: "*".into(),
+                webhook: None,
+            }],
+        }
+    }
+}
+
+impl Default for SipTrunk {
+    fn default() -> Self {
+        SipTrunk {
+            name: String::new(),
+            host: String::new(),
+            transport: "udp".into(),
+            username: None,
+            password: None,
+            realm: None,
+            register: false,
+            register_expires: 3600,
+            caller_id: None,
+            strip_prefix: None,
+            add_prefix: None,
         }
     }
 }
 
 impl Default for CallConfig {
     fn default() -> Self {
-        CallConfig { dump_default: true, barge_in_ms: 200, max_binary_bytes: 64 * 1024, drain_secs: 15 }
+        CallConfig {
+            dump_default: true,
+            barge_in_ms: 200,
+            max_binary_bytes: 64 * 1024,
+            drain_secs: 15,
+        }
     }
 }
 
 impl Default for VadConfig {
     fn default() -> Self {
-        VadConfig { engine: "earshot".into(), threshold: 0.5, min_speech_ms: 60, min_silence_ms: 600, gate_dbfs: -55.0 }
+        VadConfig {
+            engine: "earshot".into(),
+            threshold: 0.5,
+            min_speech_ms: 60,
+            min_silence_ms: 600,
+            gate_dbfs: -55.0,
+        }
     }
 }
 
 impl Default for AsrConfig {
     fn default() -> Self {
-        AsrConfig { engine: "moonshine".into(), instances: 2, partial_interval_ms: 1000 }
+        AsrConfig {
+            engine: "moonshine".into(),
+            instances: 2,
+            partial_interval_ms: 1000,
+        }
     }
 }
 
 impl Default for TtsConfig {
     fn default() -> Self {
-        TtsConfig { engine: "piper".into(), espeak_ng: "espeak-ng".into(), flite: "flite".into(), piper_model: None, instances: 1 }
+        TtsConfig {
+            engine: "piper".into(),
+            espeak_ng: "espeak-ng".into(),
+            flite: "flite".into(),
+            piper_model: None,
+            instances: 1,
+        }
     }
 }
 
@@ -167,12 +301,21 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, String> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match file {
-            Some(f) if !f.exists() => return Err(format!("config file {} does not exist", f.display())),
+            Some(f) if !f.exists() => {
+                return Err(format!("config file {} does not exist", f.display()))
+            }
             Some(f) => fig = fig.merge(Toml::file_exact(f)),
             None => fig = fig.merge(Toml::file("voxgate.toml")),
         }
-        fig = fig.merge(Env::prefixed("VOXGATE_").split("__")).merge(Serialized::defaults(overrides));
-        let cfg: Config = fig.extract().map_err(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
+        fig = fig
+            .merge(Env::prefixed("VOXGATE_").split("__"))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| {
+            e.into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -192,26 +335,115 @@ impl Config {
             Ok(_) => {}
         }
         if !["earshot", "silero"].contains(&self.vad.engine.as_str()) {
-            errs.push(format!("vad.engine: `{}` is not one of earshot, silero", self.vad.engine));
+            errs.push(format!(
+                "vad.engine: `{}` is not one of earshot, silero",
+                self.vad.engine
+            ));
         }
         if !(0.0..=1.0).contains(&self.vad.threshold) {
-            errs.push(format!("vad.threshold: {} is outside 0..1", self.vad.threshold));
+            errs.push(format!(
+                "vad.threshold: {} is outside 0..1",
+                self.vad.threshold
+            ));
         }
         if !["moonshine", "none"].contains(&self.asr.engine.as_str()) {
-            errs.push(format!("asr.engine: `{}` is not one of moonshine, none", self.asr.engine));
+            errs.push(format!(
+                "asr.engine: `{}` is not one of moonshine, none",
+                self.asr.engine
+            ));
         }
         if !["piper", "flite"].contains(&self.tts.engine.as_str()) {
-            errs.push(format!("tts.engine: `{}` is not one of piper, flite", self.tts.engine));
+            errs.push(format!(
+                "tts.engine: `{}` is not one of piper, flite",
+                self.tts.engine
+            ));
         }
         if self.asr.instances == 0 || self.tts.instances == 0 {
             errs.push("asr.instances and tts.instances must be at least 1".into());
         }
         if let Some(u) = &self.store.database_url {
             if !u.starts_with("sqlite:") {
-                errs.push(format!("store.database_url: `{u}` is not supported yet (sqlite:PATH)"));
+                errs.push(format!(
+                    "store.database_url: `{u}` is not supported yet (sqlite:PATH)"
+                ));
             }
         }
-        if errs.is_empty() { Ok(()) } else { Err(errs.join("\n")) }
+        self.validate_sip(&mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("\n"))
+        }
+    }
+
+    fn validate_sip(&self, errs: &mut Vec<String>) {
+        let sip = &self.sip;
+        if sip.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "sip.listen: `{}` is not an address:port",
+                sip.listen
+            ));
+        }
+        if let Some(a) = &sip.rtp_address {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                errs.push(format!("sip.rtp_address: `{a}` is not an IP address"));
+            }
+        }
+        if let Some(a) = &sip.public_address {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                errs.push(format!("sip.public_address: `{a}` is not an IP address"));
+            }
+        }
+        if sip.rtp_port_min < 1024 || sip.rtp_port_max <= sip.rtp_port_min {
+            errs.push(format!(
+                "sip.rtp_port_min/max: {}..{} is not a range above 1023",
+                sip.rtp_port_min, sip.rtp_port_max
+            ));
+        }
+        for c in &sip.codecs {
+            if !["pcmu", "pcma", "g722"].contains(&c.as_str()) {
+                errs.push(format!("sip.codecs: `{c}` is not one of pcmu, pcma, g722"));
+            }
+        }
+        if sip.codecs.is_empty() {
+            errs.push("sip.codecs: at least one codec is needed".into());
+        }
+        if !(10..=60).contains(&sip.ptime_ms) {
+            errs.push(format!("sip.ptime_ms: {} is outside 10..60", sip.ptime_ms));
+        }
+        if sip.jitter_min_ms == 0 || sip.jitter_max_ms < sip.jitter_min_ms {
+            errs.push("sip.jitter_min_ms/jitter_max_ms: need 0 < min <= max".into());
+        }
+        for (i, t) in sip.trunks.iter().enumerate() {
+            if t.name.is_empty() || t.host.is_empty() {
+                errs.push(format!("sip.trunks[{i}]: `name` and `host` are required"));
+            }
+            if !["udp", "tcp"].contains(&t.transport.as_str()) {
+                errs.push(format!(
+                    "sip.trunks[{i}].transport: `{}` is not one of udp, tcp",
+                    t.transport
+                ));
+            }
+            if t.register && (t.username.is_none() || t.password.is_none()) {
+                errs.push(format!(
+                    "sip.trunks[{i}]: `register = true` needs `username` and `password`"
+                ));
+            }
+        }
+        for (i, n) in sip.numbers.iter().enumerate() {
+            if n.number.is_empty() {
+                errs.push(format!(
+                    "sip.numbers[{i}].number: empty (use `*` for any number)"
+                ));
+            }
+            if let Some(w) = &n.webhook {
+                if !(w.starts_with("http://") || w.starts_with("https://")) {
+                    errs.push(format!(
+                        "sip.numbers[{i}].webhook: `{w}` is not an http(s) URL"
+                    ));
+                }
+            }
+        }
     }
 
     /// The effective configuration as TOML, with secrets (TURN credentials) redacted.
@@ -222,12 +454,20 @@ impl Config {
                 s.credential = Some("<redacted>".into());
             }
         }
+        for t in &mut c.sip.trunks {
+            if t.password.is_some() {
+                t.password = Some("<redacted>".into());
+            }
+        }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
     /// The SQLite URL in use.
     pub fn database_url(&self) -> String {
-        self.store.database_url.clone().unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("voxgate.db").display()))
+        self.store
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("voxgate.db").display()))
     }
 }
 
@@ -246,12 +486,21 @@ mod tests {
     fn every_problem_is_reported_and_public_bind_refused() {
         let c = Config {
             listen: "0.0.0.0:8080".into(),
-            vad: VadConfig { engine: "x".into(), ..Default::default() },
-            asr: AsrConfig { engine: "whisper".into(), ..Default::default() },
+            vad: VadConfig {
+                engine: "x".into(),
+                ..Default::default()
+            },
+            asr: AsrConfig {
+                engine: "whisper".into(),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let e = c.validate().unwrap_err();
-        assert!(e.contains("non-loopback") && e.contains("vad.engine") && e.contains("asr.engine"), "{e}");
+        assert!(
+            e.contains("non-loopback") && e.contains("vad.engine") && e.contains("asr.engine"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -261,7 +510,14 @@ mod tests {
         std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[vad]\nengine = \"silero\"\n[[ice_servers]]\nurls = [\"turn:x\"]\nusername = \"u\"\ncredential = \"secret\"\n").unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("VOXGATE_ASR__PARTIAL_INTERVAL_MS", "500");
-            let c = Config::load(Some(&f), &Overrides { listen: Some("127.0.0.1:9100".into()), ..Default::default() }).unwrap();
+            let c = Config::load(
+                Some(&f),
+                &Overrides {
+                    listen: Some("127.0.0.1:9100".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(c.listen, "127.0.0.1:9100");
             assert_eq!(c.vad.engine, "silero");
             assert_eq!(c.asr.partial_interval_ms, 500);
@@ -271,6 +527,8 @@ mod tests {
         });
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "lissten = 1\n").unwrap();
-        assert!(Config::load(Some(&bad), &Overrides::default()).unwrap_err().contains("lissten"));
+        assert!(Config::load(Some(&bad), &Overrides::default())
+            .unwrap_err()
+            .contains("lissten"));
     }
 }

@@ -41,9 +41,14 @@ impl Engines {
     /// # Errors
     /// A message naming the unknown provider and the available ones.
     pub fn synthesizer(&self, provider: Option<&str>) -> Result<Arc<dyn Synthesizer>, String> {
-        let name = provider.filter(|p| !p.is_empty()).unwrap_or(&self.default_tts);
+        let name = provider
+            .filter(|p| !p.is_empty())
+            .unwrap_or(&self.default_tts);
         self.tts.get(name).cloned().ok_or_else(|| {
-            format!("tts provider `{name}` is not available (available: {})", self.tts.keys().cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                "tts provider `{name}` is not available (available: {})",
+                self.tts.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
         })
     }
 
@@ -55,12 +60,16 @@ impl Engines {
     pub fn load(cfg: &Config) -> Result<Engines, String> {
         let mut errs = Vec::new();
         let models = &cfg.models_dir;
-        let needs_ort = cfg.asr.engine == "moonshine" || cfg.vad.engine == "silero" || cfg.tts.engine == "piper";
+        let needs_ort = cfg.asr.engine == "moonshine"
+            || cfg.vad.engine == "silero"
+            || cfg.tts.engine == "piper";
         let env = if needs_ort {
             match voxgate_speech::runtime::environment(&models.join("libonnxruntime.so")) {
                 Ok(e) => Some(e),
                 Err(e) => {
-                    errs.push(format!("{e} (run `make models` or scripts/fetch-models.sh)"));
+                    errs.push(format!(
+                        "{e} (run `make models` or scripts/fetch-models.sh)"
+                    ));
                     None
                 }
             }
@@ -70,7 +79,11 @@ impl Engines {
         let mut asr: Option<Arc<dyn Transcriber>> = None;
         if cfg.asr.engine == "moonshine" {
             if let Some(env) = env {
-                match voxgate_speech::moonshine::Moonshine::load(env, &models.join("moonshine-base"), cfg.asr.instances) {
+                match voxgate_speech::moonshine::Moonshine::load(
+                    env,
+                    &models.join("moonshine-base"),
+                    cfg.asr.instances,
+                ) {
                     Ok(m) => asr = Some(Arc::new(m)),
                     Err(e) => errs.push(format!("asr: {e}")),
                 }
@@ -96,10 +109,23 @@ impl Engines {
             Err(e) if cfg.tts.engine == "flite" => errs.push(format!("tts: {e}")),
             Err(e) => tracing::warn!("flite TTS unavailable: {e}"),
         }
-        let piper_model = cfg.tts.piper_model.clone().unwrap_or_else(|| models.join("piper/en_US-joe-medium.onnx"));
-        let piper_env = if cfg.tts.engine == "piper" { env } else { voxgate_speech::runtime::environment(&models.join("libonnxruntime.so")).ok() };
+        let piper_model = cfg
+            .tts
+            .piper_model
+            .clone()
+            .unwrap_or_else(|| models.join("piper/en_US-joe-medium.onnx"));
+        let piper_env = if cfg.tts.engine == "piper" {
+            env
+        } else {
+            voxgate_speech::runtime::environment(&models.join("libonnxruntime.so")).ok()
+        };
         if let Some(env) = piper_env {
-            match voxgate_speech::piper::Piper::load(env, &piper_model, &cfg.tts.espeak_ng, cfg.tts.instances) {
+            match voxgate_speech::piper::Piper::load(
+                env,
+                &piper_model,
+                &cfg.tts.espeak_ng,
+                cfg.tts.instances,
+            ) {
                 Ok(p) => {
                     tts.insert("piper".into(), Arc::new(p));
                 }
@@ -109,7 +135,13 @@ impl Engines {
         }
         if errs.is_empty() {
             let asr_slots = Arc::new(tokio::sync::Semaphore::new(cfg.asr.instances.max(1)));
-            Ok(Engines { asr, asr_slots, tts, default_tts: cfg.tts.engine.clone(), vad })
+            Ok(Engines {
+                asr,
+                asr_slots,
+                tts,
+                default_tts: cfg.tts.engine.clone(),
+                vad,
+            })
         } else {
             Err(errs.join("\n"))
         }

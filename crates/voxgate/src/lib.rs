@@ -8,4 +8,5 @@ pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod server;
+pub mod sip;
 pub mod store;

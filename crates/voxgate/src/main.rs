@@ -38,13 +38,32 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,voxgate=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,voxgate=info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let r = match cli.cmd {
-        Cmd::Serve { config, listen, data_dir, models_dir, print_config } => {
-            let cfg = match Config::load(config.as_deref(), &Overrides { listen, data_dir, models_dir }) {
+        Cmd::Serve {
+            config,
+            listen,
+            data_dir,
+            models_dir,
+            print_config,
+        } => {
+            let cfg = match Config::load(
+                config.as_deref(),
+                &Overrides {
+                    listen,
+                    data_dir,
+                    models_dir,
+                },
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("voxgate: invalid configuration:\n{e}");

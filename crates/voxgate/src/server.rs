@@ -17,7 +17,8 @@ use voxgate_media::vad::SegmenterConfig;
 /// # Errors
 /// Start-up failures: engines, store, or the listening socket.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let started = std::time::Instant::now();
     let engines = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
@@ -32,22 +33,52 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         "speech engines loaded in {:.1}s",
         started.elapsed().as_secs_f32()
     );
-    let store = SqliteStore::open(&cfg.database_url()).await.with_context(|| format!("opening store {}", cfg.database_url()))?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let store = SqliteStore::open(&cfg.database_url())
+        .await
+        .with_context(|| format!("opening store {}", cfg.database_url()))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     let settings = CallSettings {
         barge_in_ms: cfg.call.barge_in_ms,
         vad_gate_dbfs: cfg.vad.gate_dbfs,
-        segmenter: SegmenterConfig { threshold: cfg.vad.threshold, min_speech_ms: cfg.vad.min_speech_ms, min_silence_ms: cfg.vad.min_silence_ms },
+        segmenter: SegmenterConfig {
+            threshold: cfg.vad.threshold,
+            min_speech_ms: cfg.vad.min_speech_ms,
+            min_silence_ms: cfg.vad.min_silence_ms,
+        },
         partial_interval_ms: cfg.asr.partial_interval_ms,
         drain: Duration::from_secs(cfg.call.drain_secs),
     };
     let registry = Registry::default();
+    let sip = if cfg.sip.enabled {
+        let svc = crate::sip::SipService::start(cfg.sip.clone(), http.clone())
+            .await
+            .context("starting SIP")?;
+        println!("voxgate sip listening on udp:{}", svc.local_addr);
+        tracing::info!(
+            "SIP on {} (udp{})",
+            svc.local_addr,
+            if cfg.sip.tcp { ", tcp" } else { "" }
+        );
+        Some(svc)
+    } else {
+        None
+    };
     let state = AppState {
         config: Arc::new(cfg.clone()),
         registry: registry.clone(),
-        call_context: CallContext { engines: Arc::new(engines), store: Arc::new(store), http, settings },
+        call_context: CallContext {
+            engines: Arc::new(engines),
+            store: Arc::new(store),
+            http,
+            settings,
+        },
+        sip: sip.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     println!("voxgate listening on http://{addr}");
     tracing::info!("listening on http://{addr}");
@@ -63,6 +94,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             while !registry.is_empty() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            if let Some(s) = &sip {
+                s.stop();
+            }
         })
         .await?;
     Ok(())
@@ -72,7 +106,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

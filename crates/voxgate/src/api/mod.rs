@@ -18,17 +18,24 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub call_context: CallContext,
+    /// The SIP user agent, when `sip.enabled`.
+    pub sip: Option<Arc<crate::sip::SipService>>,
 }
 
 /// A JSON error body `{code, message}` with an HTTP status.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "code": code, "message": message }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "code": code, "message": message })),
+    )
+        .into_response()
 }
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/call", get(call_ws::handler::call_ws))
+        .route("/call/sip", get(call_ws::handler::call_sip))
         .route("/call/lists", get(rest::list_calls))
         .route("/call/kill/{id}", post(rest::kill_call))
         .route("/iceservers", get(rest::ice_servers))

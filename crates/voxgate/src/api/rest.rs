@@ -18,7 +18,11 @@ pub async fn list_calls(State(st): State<AppState>) -> Json<serde_json::Value> {
 pub async fn kill_call(State(st): State<AppState>, Path(id): Path<String>) -> Response {
     match st.registry.inbox(&id) {
         Some(inbox) if inbox.send(ActorInput::Kill).await.is_ok() => Json(true).into_response(),
-        _ => json_error(StatusCode::NOT_FOUND, "not_found", &format!("no active call with id `{id}`")),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no active call with id `{id}`"),
+        ),
     }
 }
 
@@ -29,5 +33,7 @@ pub async fn ice_servers(State(st): State<AppState>) -> Json<serde_json::Value> 
 
 /// `GET /health`: `{"status": "ok", "version", "calls"}`.
 pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "calls": st.registry.len() }))
+    Json(
+        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "calls": st.registry.len() }),
+    )
 }

@@ -10,7 +10,10 @@ use voxgate_media::codec::Codec;
 
 /// Milliseconds since the Unix epoch, the unit of every event `timestamp` (seed 002).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Options of `invite`/`accept`.
@@ -61,7 +64,10 @@ pub enum CallCommand {
     Accept(InviteOptions),
     Tts(TtsRequest),
     Play(PlayRequest),
-    Hangup { reason: Option<String>, initiator: Option<String> },
+    Hangup {
+        reason: Option<String>,
+        initiator: Option<String>,
+    },
     Interrupt,
     Pause,
     Resume,
@@ -77,22 +83,85 @@ pub struct CallEvent {
 /// The event vocabulary (seed 002 names in the adapters).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum EventKind {
-    Answer { track_id: String, sdp: Option<String> },
-    Hangup { reason: String, initiator: String },
-    Speaking { track_id: String, start_time: i64 },
-    Silence { track_id: String, start_time: i64, duration: u64 },
-    AsrDelta { track_id: String, index: u32, start_time: i64, end_time: i64, text: String },
-    AsrFinal { track_id: String, index: u32, start_time: i64, end_time: i64, text: String },
-    Dtmf { track_id: String, digit: char },
-    TrackStart { track_id: String, play_id: Option<String> },
-    TrackEnd { track_id: String, play_id: Option<String>, duration: u64 },
-    Interruption { track_id: String, play_id: Option<String>, position: u64 },
-    Error { track_id: String, sender: String, error: String, code: Option<u16> },
-    Metrics { key: String, duration: u64, data: serde_json::Value },
+    /// An inbound SIP call for this client (seed 002 `incoming`).
+    Incoming {
+        track_id: String,
+        caller: String,
+        callee: String,
+        sdp: String,
+    },
+    /// The callee is ringing (seed 002 `ringing`); `early_media` when 183 carried SDP.
+    Ringing {
+        track_id: String,
+        early_media: bool,
+    },
+    Answer {
+        track_id: String,
+        sdp: Option<String>,
+    },
+    Hangup {
+        reason: String,
+        initiator: String,
+    },
+    Speaking {
+        track_id: String,
+        start_time: i64,
+    },
+    Silence {
+        track_id: String,
+        start_time: i64,
+        duration: u64,
+    },
+    AsrDelta {
+        track_id: String,
+        index: u32,
+        start_time: i64,
+        end_time: i64,
+        text: String,
+    },
+    AsrFinal {
+        track_id: String,
+        index: u32,
+        start_time: i64,
+        end_time: i64,
+        text: String,
+    },
+    Dtmf {
+        track_id: String,
+        digit: char,
+    },
+    TrackStart {
+        track_id: String,
+        play_id: Option<String>,
+    },
+    TrackEnd {
+        track_id: String,
+        play_id: Option<String>,
+        duration: u64,
+    },
+    Interruption {
+        track_id: String,
+        play_id: Option<String>,
+        position: u64,
+    },
+    Error {
+        track_id: String,
+        sender: String,
+        error: String,
+        code: Option<u16>,
+    },
+    Metrics {
+        key: String,
+        duration: u64,
+        data: serde_json::Value,
+    },
 }
 
 impl CallEvent {
     pub fn now(kind: EventKind) -> Self {
-        CallEvent { timestamp: now_ms(), kind }
+        CallEvent {
+            timestamp: now_ms(),
+            kind,
+        }
     }
 }

@@ -51,7 +51,13 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<CallInfo> {
-        let mut v: Vec<CallInfo> = self.inner.lock().expect("registry lock").values().map(|e| e.info.clone()).collect();
+        let mut v: Vec<CallInfo> = self
+            .inner
+            .lock()
+            .expect("registry lock")
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
         v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         v
     }
@@ -66,11 +72,20 @@ impl Registry {
 
     /// The inbox of a live call.
     pub fn inbox(&self, id: &str) -> Option<mpsc::Sender<ActorInput>> {
-        self.inner.lock().expect("registry lock").get(id).map(|e| e.inbox.clone())
+        self.inner
+            .lock()
+            .expect("registry lock")
+            .get(id)
+            .map(|e| e.inbox.clone())
     }
 
     /// Every live call's inbox (graceful shutdown).
     pub fn inboxes(&self) -> Vec<mpsc::Sender<ActorInput>> {
-        self.inner.lock().expect("registry lock").values().map(|e| e.inbox.clone()).collect()
+        self.inner
+            .lock()
+            .expect("registry lock")
+            .values()
+            .map(|e| e.inbox.clone())
+            .collect()
     }
 }

@@ -27,6 +27,8 @@ pub struct CallRecord {
     pub ended_at: Option<i64>,
     pub hangup_reason: Option<String>,
     pub hangup_initiator: Option<String>,
+    /// RTP call-quality figures of a SIP call (packets, loss, jitter, RTT), JSON.
+    pub quality: Option<serde_json::Value>,
 }
 
 /// One final transcript segment (`asrFinal`).
@@ -47,10 +49,25 @@ pub trait Store: Send + Sync {
     /// Records a new call (idempotent on `id`: a second create replaces nothing).
     async fn call_created(&self, call: &CallRecord) -> Result<(), StoreError>;
     /// Sets the codec, caller and callee chosen by `invite` and the answer time.
-    async fn call_answered(&self, id: &str, codec: &str, caller: Option<&str>, callee: Option<&str>, at: i64) -> Result<(), StoreError>;
+    async fn call_answered(
+        &self,
+        id: &str,
+        codec: &str,
+        caller: Option<&str>,
+        callee: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError>;
     /// Records the end of a call.
-    async fn call_ended(&self, id: &str, at: i64, reason: &str, initiator: &str) -> Result<(), StoreError>;
+    async fn call_ended(
+        &self,
+        id: &str,
+        at: i64,
+        reason: &str,
+        initiator: &str,
+    ) -> Result<(), StoreError>;
     /// Appends a final transcript segment.
+    /// Records the call-quality figures of the call's RTP leg.
+    async fn call_quality(&self, id: &str, quality: &serde_json::Value) -> Result<(), StoreError>;
     async fn transcript_added(&self, t: &TranscriptRecord) -> Result<(), StoreError>;
     /// One call by id.
     async fn call(&self, id: &str) -> Result<Option<CallRecord>, StoreError>;

@@ -31,15 +31,28 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(err)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(err)?;
         let migrator = Migrator {
-            migrations: Cow::Owned(vec![Migration::new(
-                1,
-                Cow::Borrowed("calls"),
-                MigrationType::Simple,
-                include_str!("../../migrations/sqlite/0001_calls.sql").into_sql_str(),
-                false,
-            )]),
+            migrations: Cow::Owned(vec![
+                Migration::new(
+                    1,
+                    Cow::Borrowed("calls"),
+                    MigrationType::Simple,
+                    include_str!("../../migrations/sqlite/0001_calls.sql").into_sql_str(),
+                    false,
+                ),
+                Migration::new(
+                    2,
+                    Cow::Borrowed("call quality"),
+                    MigrationType::Simple,
+                    include_str!("../../migrations/sqlite/0002_call_quality.sql").into_sql_str(),
+                    false,
+                ),
+            ]),
             ..Migrator::DEFAULT
         };
         migrator.run(&pool).await.map_err(err)?;
@@ -59,6 +72,9 @@ fn call_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CallRecord, sqlx::Error>
         ended_at: r.try_get("ended_at")?,
         hangup_reason: r.try_get("hangup_reason")?,
         hangup_initiator: r.try_get("hangup_initiator")?,
+        quality: r
+            .try_get::<Option<String>, _>("quality")?
+            .and_then(|q| serde_json::from_str(&q).ok()),
     })
 }
 
@@ -89,7 +105,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn call_answered(&self, id: &str, codec: &str, caller: Option<&str>, callee: Option<&str>, at: i64) -> Result<(), StoreError> {
+    async fn call_answered(
+        &self,
+        id: &str,
+        codec: &str,
+        caller: Option<&str>,
+        callee: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE calls SET codec = ?, caller = COALESCE(?, caller), callee = COALESCE(?, callee), answered_at = COALESCE(answered_at, ?) WHERE id = ?")
             .bind(codec)
             .bind(caller)
@@ -102,7 +125,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn call_ended(&self, id: &str, at: i64, reason: &str, initiator: &str) -> Result<(), StoreError> {
+    async fn call_ended(
+        &self,
+        id: &str,
+        at: i64,
+        reason: &str,
+        initiator: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE calls SET ended_at = ?, hangup_reason = ?, hangup_initiator = ? WHERE id = ? AND ended_at IS NULL")
             .bind(at)
             .bind(reason)
@@ -128,14 +157,35 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn call_quality(&self, id: &str, quality: &serde_json::Value) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET quality = ? WHERE id = ?")
+            .bind(quality.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn call(&self, id: &str) -> Result<Option<CallRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM calls WHERE id = ?").bind(id).fetch_optional(&self.pool).await.map_err(err)?;
+        let row = sqlx::query("SELECT * FROM calls WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
         row.as_ref().map(call_from_row).transpose().map_err(err)
     }
 
     async fn transcript(&self, id: &str) -> Result<Vec<TranscriptRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM transcripts WHERE call_id = ? ORDER BY idx").bind(id).fetch_all(&self.pool).await.map_err(err)?;
-        rows.iter().map(transcript_from_row).collect::<Result<_, sqlx::Error>>().map_err(err)
+        let rows = sqlx::query("SELECT * FROM transcripts WHERE call_id = ? ORDER BY idx")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(transcript_from_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
     }
 }
 
@@ -150,21 +200,54 @@ mod tests {
         let url = format!("sqlite:{}", dir.path().join("t.db").display());
         {
             let s = SqliteStore::open(&url).await.unwrap();
-            let c = CallRecord { id: "c1".into(), transport: "websocket".into(), created_at: 10, ..Default::default() };
+            let c = CallRecord {
+                id: "c1".into(),
+                transport: "websocket".into(),
+                created_at: 10,
+                ..Default::default()
+            };
             s.call_created(&c).await.unwrap();
             s.call_created(&c).await.unwrap();
-            s.call_answered("c1", "pcmu", Some("alice"), None, 20).await.unwrap();
+            s.call_answered("c1", "pcmu", Some("alice"), None, 20)
+                .await
+                .unwrap();
             for i in [2, 1] {
-                s.transcript_added(&TranscriptRecord { call_id: "c1".into(), index: i, start_ms: Some(i * 100), end_ms: Some(i * 100 + 50), text: format!("t{i}"), created_at: 30 }).await.unwrap();
+                s.transcript_added(&TranscriptRecord {
+                    call_id: "c1".into(),
+                    index: i,
+                    start_ms: Some(i * 100),
+                    end_ms: Some(i * 100 + 50),
+                    text: format!("t{i}"),
+                    created_at: 30,
+                })
+                .await
+                .unwrap();
             }
             s.call_ended("c1", 40, "hangup", "user").await.unwrap();
             s.call_ended("c1", 50, "again", "system").await.unwrap();
         }
         let s = SqliteStore::open(&url).await.unwrap();
         let c = s.call("c1").await.unwrap().unwrap();
-        assert_eq!((c.codec.as_deref(), c.caller.as_deref(), c.answered_at, c.ended_at), (Some("pcmu"), Some("alice"), Some(20), Some(40)));
-        assert_eq!((c.hangup_reason.as_deref(), c.hangup_initiator.as_deref()), (Some("hangup"), Some("user")));
-        let t: Vec<String> = s.transcript("c1").await.unwrap().into_iter().map(|t| t.text).collect();
+        assert_eq!(
+            (
+                c.codec.as_deref(),
+                c.caller.as_deref(),
+                c.answered_at,
+                c.ended_at
+            ),
+            (Some("pcmu"), Some("alice"), Some(20), Some(40))
+        );
+        assert_eq!(
+            (c.hangup_reason.as_deref(), c.hangup_initiator.as_deref()),
+            (Some("hangup"), Some("user"))
+        );
+        let t: Vec<String> = s
+            .transcript("c1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.text)
+            .collect();
         assert_eq!(t, vec!["t1", "t2"]);
         assert!(s.call("nope").await.unwrap().is_none());
     }

@@ -19,13 +19,18 @@ use voxgate_media::{AudioFrame, SampleRate};
 pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// A running server; killed on drop.
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// The SIP UDP (and TCP) address, `127.0.0.1:PORT`.
+    pub sip_addr: String,
     pub data_dir: tempfile::TempDir,
 }
 
@@ -37,13 +42,17 @@ impl Server {
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let data_dir = tempfile::tempdir().unwrap();
         let root = repo_root();
-        assert!(root.join("models/libonnxruntime.so").exists(), "models are missing: run `make models` (scripts/fetch-models.sh)");
+        assert!(
+            root.join("models/libonnxruntime.so").exists(),
+            "models are missing: run `make models` (scripts/fetch-models.sh)"
+        );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxgate"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .arg("--models-dir")
             .arg(root.join("models"))
             .env("VOXGATE_ASR__INSTANCES", "1")
+            .env("VOXGATE_SIP__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn,voxgate=info")
             .current_dir(data_dir.path())
             .stdout(Stdio::piped())
@@ -56,18 +65,33 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            let mut sip = String::new();
             while let Some(Ok(l)) = lines.next() {
+                if let Some(a) = l.strip_prefix("voxgate sip listening on udp:") {
+                    sip = a.to_string();
+                }
                 if let Some(a) = l.strip_prefix("voxgate listening on http://") {
-                    let _ = tx.send(a.to_string());
+                    let _ = tx.send((a.to_string(), sip.clone()));
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("voxgate did not start within 120 s");
-        Server { child, addr, data_dir }
+        let (addr, sip_addr) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("voxgate did not start within 120 s");
+        Server {
+            child,
+            addr,
+            sip_addr,
+            data_dir,
+        }
     }
 
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/call{query}", self.addr)
+    }
+
+    pub fn sip_ws_url(&self, query: &str) -> String {
+        format!("ws://{}/call/sip{query}", self.addr)
     }
 
     pub fn http(&self, path: &str) -> String {
@@ -75,7 +99,10 @@ impl Server {
     }
 
     pub fn db_url(&self) -> String {
-        format!("sqlite:{}", self.data_dir.path().join("voxgate.db").display())
+        format!(
+            "sqlite:{}",
+            self.data_dir.path().join("voxgate.db").display()
+        )
     }
 }
 
@@ -104,15 +131,23 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
         let (sink, mut stream) = ws.split();
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = log.clone();
         let reader = tokio::spawn(async move {
             while let Some(m) = stream.next().await {
                 match m {
-                    Ok(Message::Text(t)) => l.lock().unwrap().push(Rx::Event(serde_json::from_str(t.as_str()).unwrap(), Instant::now())),
-                    Ok(Message::Binary(b)) => l.lock().unwrap().push(Rx::Audio(b.to_vec(), Instant::now())),
+                    Ok(Message::Text(t)) => l.lock().unwrap().push(Rx::Event(
+                        serde_json::from_str(t.as_str()).unwrap(),
+                        Instant::now(),
+                    )),
+                    Ok(Message::Binary(b)) => l
+                        .lock()
+                        .unwrap()
+                        .push(Rx::Audio(b.to_vec(), Instant::now())),
                     Ok(Message::Close(_)) | Err(_) => break,
                     _ => {}
                 }
@@ -129,11 +164,17 @@ impl Client {
     }
 
     pub async fn send(&mut self, v: serde_json::Value) {
-        self.sink.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.sink
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_text(&mut self, t: &str) {
-        self.sink.send(Message::Text(t.to_string().into())).await.unwrap();
+        self.sink
+            .send(Message::Text(t.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_binary(&mut self, b: Vec<u8>) {
@@ -145,7 +186,10 @@ impl Client {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for f in frames {
             tick.tick().await;
-            self.sink.send(Message::Binary(f.clone().into())).await.unwrap();
+            self.sink
+                .send(Message::Binary(f.clone().into()))
+                .await
+                .unwrap();
         }
     }
 
@@ -154,21 +198,44 @@ impl Client {
     }
 
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.log.lock().unwrap().iter().filter_map(|r| if let Rx::Event(v, _) = r { Some(v.clone()) } else { None }).collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                if let Rx::Event(v, _) = r {
+                    Some(v.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     pub fn events_named(&self, name: &str) -> Vec<serde_json::Value> {
-        self.events().into_iter().filter(|e| e["event"] == name).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == name)
+            .collect()
     }
 
     /// Waits until an event satisfies `pred`; returns it.
-    pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; got {:#?}", self.events());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; got {:#?}",
+                self.events()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -180,14 +247,35 @@ impl Client {
     /// Waits until the server has closed the WebSocket.
     pub async fn wait_closed(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !self.log.lock().unwrap().iter().any(|r| matches!(r, Rx::Closed)) {
-            assert!(Instant::now() < deadline, "the server did not close the WebSocket");
+        while !self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r, Rx::Closed))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not close the WebSocket"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub fn audio_bytes(&self) -> Vec<u8> {
-        self.log.lock().unwrap().iter().filter_map(|r| if let Rx::Audio(b, _) = r { Some(b.clone()) } else { None }).flatten().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                if let Rx::Audio(b, _) = r {
+                    Some(b.clone())
+                } else {
+                    None
+                }
+            })
+            .flatten()
+            .collect()
     }
 }
 
@@ -196,7 +284,15 @@ pub fn read_wav(path: &Path) -> (Vec<i16>, SampleRate) {
     let r = hound::WavReader::open(path).unwrap();
     let spec = r.spec();
     let s: Vec<i16> = r.into_samples::<i16>().map(|x| x.unwrap()).collect();
-    let f = AudioFrame { rate: SampleRate::new(spec.sample_rate).unwrap(), channels: if spec.channels == 2 { voxgate_media::Channels::Stereo } else { voxgate_media::Channels::Mono }, samples: s };
+    let f = AudioFrame {
+        rate: SampleRate::new(spec.sample_rate).unwrap(),
+        channels: if spec.channels == 2 {
+            voxgate_media::Channels::Stereo
+        } else {
+            voxgate_media::Channels::Mono
+        },
+        samples: s,
+    };
     let m = f.into_mono();
     (m.samples, m.rate)
 }
@@ -218,13 +314,16 @@ pub fn encode_frames(samples: &[i16], rate: SampleRate, codec: Codec) -> Vec<Vec
 
 pub fn silence_frames(ms: u32, codec: Codec) -> Vec<Vec<u8>> {
     let mut enc = AudioEncoder::new(codec);
-    (0..ms / 20).map(|_| enc.encode(&AudioFrame::silence(codec.sample_rate(), 20))).collect()
+    (0..ms / 20)
+        .map(|_| enc.encode(&AudioFrame::silence(codec.sample_rate(), 20)))
+        .collect()
 }
 
 /// The LibriVox clips and their reference transcripts.
 pub fn librivox() -> Vec<(PathBuf, String)> {
     let dir = Path::new(LIBRIVOX);
-    let refs = std::fs::read_to_string(dir.join("transcription")).expect("pocketsphinx-testdata is missing: run `make deps`");
+    let refs = std::fs::read_to_string(dir.join("transcription"))
+        .expect("pocketsphinx-testdata is missing: run `make deps`");
     refs.lines()
         .filter_map(|l| {
             let (text, id) = l.rsplit_once(" (")?;
@@ -237,7 +336,17 @@ pub fn librivox() -> Vec<(PathBuf, String)> {
 
 /// Words for WER: lower case, punctuation and hyphens as spaces, a few spoken forms expanded.
 pub fn words(s: &str) -> Vec<String> {
-    let s: String = s.to_lowercase().chars().map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' }).collect();
+    let s: String = s
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
     s.split_whitespace()
         .map(|w| match w {
             "mr" => "mister".to_string(),
@@ -253,7 +362,9 @@ pub fn edit_distance(r: &[String], h: &[String]) -> usize {
     for (i, rw) in r.iter().enumerate() {
         let mut cur = vec![i + 1; h.len() + 1];
         for (j, hw) in h.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(rw != hw))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -273,10 +384,16 @@ pub fn dtmf_audio(digits: &str) -> Vec<i16> {
     let keys = ["123A", "456B", "789C", "*0#D"];
     let mut out = vec![0i16; 3200];
     for d in digits.chars() {
-        let (r, c) = keys.iter().enumerate().find_map(|(r, k)| k.find(d).map(|c| (r, c))).unwrap();
+        let (r, c) = keys
+            .iter()
+            .enumerate()
+            .find_map(|(r, k)| k.find(d).map(|c| (r, c)))
+            .unwrap();
         out.extend((0..1920).map(|i| {
             let t = i as f32 / 16000.0;
-            (6000.0 * ((2.0 * std::f32::consts::PI * rows[r] * t).sin() + (2.0 * std::f32::consts::PI * cols[c] * t).sin())) as i16
+            (6000.0
+                * ((2.0 * std::f32::consts::PI * rows[r] * t).sin()
+                    + (2.0 * std::f32::consts::PI * cols[c] * t).sin())) as i16
         }));
         out.extend(std::iter::repeat_n(0i16, 1920));
     }

@@ -17,20 +17,37 @@ pub struct BadCommand(pub String);
 /// [`BadCommand`] for malformed JSON, a missing or unknown `command`, wrong field types, an
 /// unknown codec, or a command this endpoint does not serve (`candidate`).
 pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
-    let v: Value = serde_json::from_str(text).map_err(|e| BadCommand(format!("malformed JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| BadCommand(format!("malformed JSON: {e}")))?;
     let name = match v.get("command") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(BadCommand("`command` must be a string".into())),
         None => return Err(BadCommand("missing `command` field".into())),
     };
     if !COMMANDS.contains(&name.as_str()) {
-        return Err(BadCommand(format!("unknown command `{name}` (expected one of: {})", COMMANDS.join(", "))));
+        return Err(BadCommand(format!(
+            "unknown command `{name}` (expected one of: {})",
+            COMMANDS.join(", ")
+        )));
     }
-    let cmd: Command = serde_json::from_value(v).map_err(|e| BadCommand(format!("invalid `{name}` command: {e}")))?;
+    let cmd: Command = serde_json::from_value(v)
+        .map_err(|e| BadCommand(format!("invalid `{name}` command: {e}")))?;
     Ok(match cmd {
-        Command::Invite { option } => CallCommand::Invite(invite_options(option.unwrap_or_default())?),
-        Command::Accept { option } => CallCommand::Accept(invite_options(option.unwrap_or_default())?),
-        Command::Tts { text, speaker, play_id, auto_hangup, streaming, end_of_stream, option } => {
+        Command::Invite { option } => {
+            CallCommand::Invite(invite_options(option.unwrap_or_default())?)
+        }
+        Command::Accept { option } => {
+            CallCommand::Accept(invite_options(option.unwrap_or_default())?)
+        }
+        Command::Tts {
+            text,
+            speaker,
+            play_id,
+            auto_hangup,
+            streaming,
+            end_of_stream,
+            option,
+        } => {
             let option = option.unwrap_or_default();
             CallCommand::Tts(TtsRequest {
                 text,
@@ -42,33 +59,52 @@ pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
                 provider: option.provider,
             })
         }
-        Command::Play { url, auto_hangup, play_id } => {
+        Command::Play {
+            url,
+            auto_hangup,
+            play_id,
+        } => {
             if url.trim().is_empty() {
                 return Err(BadCommand("`play` needs a non-empty `url`".into()));
             }
-            CallCommand::Play(PlayRequest { url, play_id, auto_hangup: auto_hangup.unwrap_or(false) })
+            CallCommand::Play(PlayRequest {
+                url,
+                play_id,
+                auto_hangup: auto_hangup.unwrap_or(false),
+            })
         }
         Command::Hangup { reason, initiator } => CallCommand::Hangup { reason, initiator },
         Command::Interrupt {} => CallCommand::Interrupt,
         Command::Pause {} => CallCommand::Pause,
         Command::Resume {} => CallCommand::Resume,
         Command::Candidate { .. } => {
-            return Err(BadCommand("`candidate` is for /call/webrtc; /call carries audio in WebSocket binary messages".into()))
+            return Err(BadCommand(
+                "`candidate` is for /call/webrtc; /call carries audio in WebSocket binary messages"
+                    .into(),
+            ))
         }
     })
 }
 
 fn invite_options(o: super::wire::InviteOption) -> Result<InviteOptions, BadCommand> {
-    let codec = Codec::from_name(o.codec.as_deref().unwrap_or("pcm"), o.sample_rate).map_err(|e| BadCommand(e.to_string()))?;
+    let codec = Codec::from_name(o.codec.as_deref().unwrap_or("pcm"), o.sample_rate)
+        .map_err(|e| BadCommand(e.to_string()))?;
     if o.sample_rate.is_some() && !matches!(codec, Codec::Pcm(_)) {
-        return Err(BadCommand(format!("`sampleRate` applies to pcm only; {} has a fixed rate", codec.name())));
+        return Err(BadCommand(format!(
+            "`sampleRate` applies to pcm only; {} has a fixed rate",
+            codec.name()
+        )));
     }
     let asr_provider = o.asr.as_ref().and_then(|a| a.provider.clone());
     let asr = match (&o.asr, asr_provider.as_deref()) {
         (Some(a), _) if a.enabled == Some(false) => false,
         (_, Some("none" | "off")) => false,
         (_, None | Some("moonshine" | "offline" | "default" | "")) => true,
-        (_, Some(p)) => return Err(BadCommand(format!("asr provider `{p}` is not available (available: moonshine, none)"))),
+        (_, Some(p)) => {
+            return Err(BadCommand(format!(
+                "asr provider `{p}` is not available (available: moonshine, none)"
+            )))
+        }
     };
     let tts = o.tts.unwrap_or_default();
     Ok(InviteOptions {
@@ -93,30 +129,92 @@ pub fn list_option(o: &InviteOptions) -> Value {
 pub fn event_json(e: &CallEvent) -> Value {
     let ts = e.timestamp;
     match &e.kind {
-        EventKind::Answer { track_id, sdp } => json!({ "event": "answer", "trackId": track_id, "timestamp": ts, "sdp": sdp.clone().unwrap_or_default() }),
-        EventKind::Hangup { reason, initiator } => json!({ "event": "hangup", "timestamp": ts, "reason": reason, "initiator": initiator }),
-        EventKind::Speaking { track_id, start_time } => json!({ "event": "speaking", "trackId": track_id, "timestamp": ts, "startTime": start_time }),
-        EventKind::Silence { track_id, start_time, duration } => {
+        EventKind::Incoming {
+            track_id,
+            caller,
+            callee,
+            sdp,
+        } => {
+            json!({ "event": "incoming", "trackId": track_id, "timestamp": ts, "caller": caller, "callee": callee, "sdp": sdp })
+        }
+        EventKind::Ringing {
+            track_id,
+            early_media,
+        } => {
+            json!({ "event": "ringing", "trackId": track_id, "timestamp": ts, "earlyMedia": early_media })
+        }
+        EventKind::Answer { track_id, sdp } => {
+            json!({ "event": "answer", "trackId": track_id, "timestamp": ts, "sdp": sdp.clone().unwrap_or_default() })
+        }
+        EventKind::Hangup { reason, initiator } => {
+            json!({ "event": "hangup", "timestamp": ts, "reason": reason, "initiator": initiator })
+        }
+        EventKind::Speaking {
+            track_id,
+            start_time,
+        } => {
+            json!({ "event": "speaking", "trackId": track_id, "timestamp": ts, "startTime": start_time })
+        }
+        EventKind::Silence {
+            track_id,
+            start_time,
+            duration,
+        } => {
             json!({ "event": "silence", "trackId": track_id, "timestamp": ts, "startTime": start_time, "duration": duration })
         }
-        EventKind::AsrDelta { track_id, index, start_time, end_time, text } => json!({
+        EventKind::AsrDelta {
+            track_id,
+            index,
+            start_time,
+            end_time,
+            text,
+        } => json!({
             "event": "asrDelta", "trackId": track_id, "index": index, "timestamp": ts, "startTime": start_time, "endTime": end_time, "text": text
         }),
-        EventKind::AsrFinal { track_id, index, start_time, end_time, text } => json!({
+        EventKind::AsrFinal {
+            track_id,
+            index,
+            start_time,
+            end_time,
+            text,
+        } => json!({
             "event": "asrFinal", "trackId": track_id, "index": index, "timestamp": ts, "startTime": start_time, "endTime": end_time, "text": text
         }),
-        EventKind::Dtmf { track_id, digit } => json!({ "event": "dtmf", "trackId": track_id, "timestamp": ts, "digit": digit.to_string() }),
-        EventKind::TrackStart { track_id, play_id } => json!({ "event": "trackStart", "trackId": track_id, "timestamp": ts, "playId": play_id }),
-        EventKind::TrackEnd { track_id, play_id, duration } => {
+        EventKind::Dtmf { track_id, digit } => {
+            json!({ "event": "dtmf", "trackId": track_id, "timestamp": ts, "digit": digit.to_string() })
+        }
+        EventKind::TrackStart { track_id, play_id } => {
+            json!({ "event": "trackStart", "trackId": track_id, "timestamp": ts, "playId": play_id })
+        }
+        EventKind::TrackEnd {
+            track_id,
+            play_id,
+            duration,
+        } => {
             json!({ "event": "trackEnd", "trackId": track_id, "timestamp": ts, "duration": duration, "playId": play_id })
         }
-        EventKind::Interruption { track_id, play_id, position } => {
+        EventKind::Interruption {
+            track_id,
+            play_id,
+            position,
+        } => {
             json!({ "event": "interruption", "trackId": track_id, "timestamp": ts, "position": position, "playId": play_id })
         }
-        EventKind::Error { track_id, sender, error, code } => {
+        EventKind::Error {
+            track_id,
+            sender,
+            error,
+            code,
+        } => {
             json!({ "event": "error", "trackId": track_id, "timestamp": ts, "sender": sender, "error": error, "code": code })
         }
-        EventKind::Metrics { key, duration, data } => json!({ "event": "metrics", "timestamp": ts, "key": key, "duration": duration, "data": data }),
+        EventKind::Metrics {
+            key,
+            duration,
+            data,
+        } => {
+            json!({ "event": "metrics", "timestamp": ts, "key": key, "duration": duration, "data": data })
+        }
     }
 }
 
@@ -131,21 +229,55 @@ mod tests {
             (r#"{"command":"interrupt"}"#, Ok(CallCommand::Interrupt)),
             (r#"{"command":"pause"}"#, Ok(CallCommand::Pause)),
             (r#"{"command":"resume"}"#, Ok(CallCommand::Resume)),
-            (r#"{"command":"hangup","reason":"bye","initiator":"user"}"#, Ok(CallCommand::Hangup { reason: Some("bye".into()), initiator: Some("user".into()) })),
+            (
+                r#"{"command":"hangup","reason":"bye","initiator":"user"}"#,
+                Ok(CallCommand::Hangup {
+                    reason: Some("bye".into()),
+                    initiator: Some("user".into()),
+                }),
+            ),
             (
                 r#"{"command":"tts","text":"Hi.","playId":"p1","autoHangup":true,"streaming":true,"endOfStream":false,"option":{"provider":"flite"}}"#,
-                Ok(CallCommand::Tts(TtsRequest { text: "Hi.".into(), play_id: Some("p1".into()), auto_hangup: true, streaming: true, provider: Some("flite".into()), ..Default::default() })),
+                Ok(CallCommand::Tts(TtsRequest {
+                    text: "Hi.".into(),
+                    play_id: Some("p1".into()),
+                    auto_hangup: true,
+                    streaming: true,
+                    provider: Some("flite".into()),
+                    ..Default::default()
+                })),
             ),
-            (r#"{"command":"play","url":"http://x/a.mp3"}"#, Ok(CallCommand::Play(PlayRequest { url: "http://x/a.mp3".into(), ..Default::default() }))),
-            (r#"{"command":"tts"}"#, Err("invalid `tts` command: missing field `text`")),
+            (
+                r#"{"command":"play","url":"http://x/a.mp3"}"#,
+                Ok(CallCommand::Play(PlayRequest {
+                    url: "http://x/a.mp3".into(),
+                    ..Default::default()
+                })),
+            ),
+            (
+                r#"{"command":"tts"}"#,
+                Err("invalid `tts` command: missing field `text`"),
+            ),
             (r#"{"command":"dance"}"#, Err("unknown command `dance`")),
             (r#"{"command":5}"#, Err("`command` must be a string")),
             (r#"{"text":"x"}"#, Err("missing `command` field")),
             (r#"{"command":"tts", "text": "#, Err("malformed JSON")),
-            (r#"{"command":"candidate","candidates":[]}"#, Err("`candidate` is for /call/webrtc")),
-            (r#"{"command":"invite","option":{"codec":"opus9"}}"#, Err("unknown codec `opus9`")),
-            (r#"{"command":"invite","option":{"codec":"pcmu","sampleRate":16000}}"#, Err("`sampleRate` applies to pcm only")),
-            (r#"{"command":"invite","option":{"asr":{"provider":"tencent"}}}"#, Err("asr provider `tencent` is not available")),
+            (
+                r#"{"command":"candidate","candidates":[]}"#,
+                Err("`candidate` is for /call/webrtc"),
+            ),
+            (
+                r#"{"command":"invite","option":{"codec":"opus9"}}"#,
+                Err("unknown codec `opus9`"),
+            ),
+            (
+                r#"{"command":"invite","option":{"codec":"pcmu","sampleRate":16000}}"#,
+                Err("`sampleRate` applies to pcm only"),
+            ),
+            (
+                r#"{"command":"invite","option":{"asr":{"provider":"tencent"}}}"#,
+                Err("asr provider `tencent` is not available"),
+            ),
         ];
         for (text, want) in cases {
             let got = parse_command(text);
@@ -161,38 +293,90 @@ mod tests {
 
     #[test]
     fn invite_defaults_and_codecs() {
-        let CallCommand::Invite(o) = parse_command(r#"{"command":"invite"}"#).unwrap() else { panic!() };
-        assert_eq!((o.codec, o.asr, o.barge_in), (Codec::Pcm(SampleRate::HZ_16000), true, true));
+        let CallCommand::Invite(o) = parse_command(r#"{"command":"invite"}"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (o.codec, o.asr, o.barge_in),
+            (Codec::Pcm(SampleRate::HZ_16000), true, true)
+        );
         let CallCommand::Accept(o) =
             parse_command(r#"{"command":"accept","option":{"codec":"pcm","sampleRate":8000,"asr":{"enabled":false},"caller":"a"}}"#).unwrap()
         else {
             panic!()
         };
-        assert_eq!((o.codec, o.asr, o.caller.as_deref()), (Codec::Pcm(SampleRate::HZ_8000), false, Some("a")));
+        assert_eq!(
+            (o.codec, o.asr, o.caller.as_deref()),
+            (Codec::Pcm(SampleRate::HZ_8000), false, Some("a"))
+        );
     }
 
     #[test]
     fn events_table() {
         let t = "c1".to_string();
         let cases = vec![
-            (EventKind::Speaking { track_id: t.clone(), start_time: 5 }, json!({"event":"speaking","trackId":"c1","timestamp":1,"startTime":5})),
-            (EventKind::Silence { track_id: t.clone(), start_time: 5, duration: 600 }, json!({"event":"silence","trackId":"c1","timestamp":1,"startTime":5,"duration":600})),
             (
-                EventKind::AsrFinal { track_id: t.clone(), index: 2, start_time: 3, end_time: 4, text: "hi".into() },
+                EventKind::Speaking {
+                    track_id: t.clone(),
+                    start_time: 5,
+                },
+                json!({"event":"speaking","trackId":"c1","timestamp":1,"startTime":5}),
+            ),
+            (
+                EventKind::Silence {
+                    track_id: t.clone(),
+                    start_time: 5,
+                    duration: 600,
+                },
+                json!({"event":"silence","trackId":"c1","timestamp":1,"startTime":5,"duration":600}),
+            ),
+            (
+                EventKind::AsrFinal {
+                    track_id: t.clone(),
+                    index: 2,
+                    start_time: 3,
+                    end_time: 4,
+                    text: "hi".into(),
+                },
                 json!({"event":"asrFinal","trackId":"c1","index":2,"timestamp":1,"startTime":3,"endTime":4,"text":"hi"}),
             ),
-            (EventKind::Dtmf { track_id: t.clone(), digit: '#' }, json!({"event":"dtmf","trackId":"c1","timestamp":1,"digit":"#"})),
             (
-                EventKind::Interruption { track_id: "p".into(), play_id: Some("p".into()), position: 1200 },
+                EventKind::Dtmf {
+                    track_id: t.clone(),
+                    digit: '#',
+                },
+                json!({"event":"dtmf","trackId":"c1","timestamp":1,"digit":"#"}),
+            ),
+            (
+                EventKind::Interruption {
+                    track_id: "p".into(),
+                    play_id: Some("p".into()),
+                    position: 1200,
+                },
                 json!({"event":"interruption","trackId":"p","timestamp":1,"position":1200,"playId":"p"}),
             ),
-            (EventKind::Hangup { reason: "killed".into(), initiator: "system".into() }, json!({"event":"hangup","timestamp":1,"reason":"killed","initiator":"system"})),
             (
-                EventKind::Error { track_id: t.clone(), sender: "command".into(), error: "x".into(), code: Some(400) },
+                EventKind::Hangup {
+                    reason: "killed".into(),
+                    initiator: "system".into(),
+                },
+                json!({"event":"hangup","timestamp":1,"reason":"killed","initiator":"system"}),
+            ),
+            (
+                EventKind::Error {
+                    track_id: t.clone(),
+                    sender: "command".into(),
+                    error: "x".into(),
+                    code: Some(400),
+                },
                 json!({"event":"error","trackId":"c1","timestamp":1,"sender":"command","error":"x","code":400}),
             ),
             (
-                EventKind::Metrics { key: "ttfb.tts.piper".into(), duration: 80, data: json!({"trackId":"p"}) },
+                EventKind::Metrics {
+                    key: "ttfb.tts.piper".into(),
+                    duration: 80,
+                    data: json!({"trackId":"p"}),
+                },
                 json!({"event":"metrics","timestamp":1,"key":"ttfb.tts.piper","duration":80,"data":{"trackId":"p"}}),
             ),
         ];

@@ -82,4 +82,14 @@ pub enum Command {
 }
 
 /// The command names this endpoint knows.
-pub const COMMANDS: [&str; 9] = ["invite", "accept", "tts", "play", "hangup", "interrupt", "pause", "resume", "candidate"];
+pub const COMMANDS: [&str; 9] = [
+    "invite",
+    "accept",
+    "tts",
+    "play",
+    "hangup",
+    "interrupt",
+    "pause",
+    "resume",
+    "candidate",
+];

@@ -1,0 +1,578 @@
+//! The RTP leg of a SIP call (layer L4 "net"): one task per call that drives the sans-IO parts of
+//! `voxgate-rtp` with a UDP socket pair (RTP on an even port, RTCP on the next).
+//!
+//! Caller audio: RTP → [`ReceiveStats`] → [`JitterBuffer`] → decode (PCMU/PCMA at 8 kHz, G.722
+//! at 16 kHz) → packet-loss concealment → 20 ms of 16-bit little-endian PCM at the codec's
+//! sampling rate → the call actor. telephone-event packets become `dtmf` events.
+//!
+//! Bot audio: PCM from the actor (same format) → frames of `ptime` → encode → RTP, with the
+//! timestamp following the wall clock across silences (marker bit on the first packet after a
+//! gap, RFC 3551 §4.1).
+//!
+//! Symmetric RTP (RFC 4961): we send from the port we receive on, and latch the destination to
+//! the source of the first packet received, so a caller behind NAT hears us.
+
+use crate::call::actor::ActorInput;
+use crate::call::EventKind;
+use bytes::Bytes;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use voxgate_media::codec::{AudioDecoder, AudioEncoder, Codec};
+use voxgate_media::framer::SampleFramer;
+use voxgate_media::types::AudioFrame;
+use voxgate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
+use voxgate_rtp::packet::{is_rtcp, RtpHeader, RtpPacket};
+use voxgate_rtp::rtcp;
+use voxgate_rtp::sdp::Negotiated;
+use voxgate_rtp::stats::ReceiveStats;
+use voxgate_rtp::telephone_event::{key_press_packets, EventReceiver};
+
+/// Interval between RTCP reports (RFC 3550 §6.2 minimum 5 s).
+const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+/// Bot audio waiting to be packetised, messages of 20 ms.
+pub const AUDIO_QUEUE: usize = 16;
+/// Longest gap filled with silence for the pipeline (longer gaps are skipped).
+const MAX_FILL_MS: u64 = 1000;
+
+/// The media codec for a negotiated payload format, or `None` if voxgate cannot code it.
+pub fn codec_for(name: &str, clock_rate: u32) -> Option<Codec> {
+    match (name.to_ascii_uppercase().as_str(), clock_rate) {
+        ("PCMU", 8000) => Some(Codec::Pcmu),
+        ("PCMA", 8000) => Some(Codec::Pcma),
+        ("G722", 8000) => Some(Codec::G722),
+        _ => None,
+    }
+}
+
+/// A bound RTP/RTCP socket pair.
+pub struct RtpSockets {
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+    pub port: u16,
+}
+
+/// Binds an even RTP port and the next odd one for RTCP within `min..=max`, starting at a random
+/// even port and trying at most 64 pairs.
+///
+/// # Errors
+/// When no pair in the range is free.
+pub async fn bind_pair(ip: IpAddr, min: u16, max: u16) -> std::io::Result<RtpSockets> {
+    let pairs = ((max - min) / 2).max(1) as u32;
+    let start = (uuid::Uuid::new_v4().as_u128() % pairs as u128) as u32;
+    for i in 0..pairs.min(64) {
+        let port = min + (((start + i) % pairs) * 2) as u16;
+        let port = port + (port % 2);
+        let Ok(rtp) = UdpSocket::bind(SocketAddr::new(ip, port)).await else {
+            continue;
+        };
+        let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await else {
+            continue;
+        };
+        return Ok(RtpSockets { rtp, rtcp, port });
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free RTP port pair in {min}..{max}"),
+    ))
+}
+
+/// Commands to a running leg.
+#[derive(Debug)]
+pub enum MediaControl {
+    /// A new offer/answer (re-INVITE): direction, remote address, maybe codec.
+    Update(Negotiated),
+    /// Send these DTMF keys as RFC 4733 events (100 ms each, 100 ms apart).
+    Dtmf(String),
+}
+
+/// Call-quality figures at the end of a leg (the `metrics` event `rtp` and the store).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quality {
+    pub codec: String,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_expected: u64,
+    pub packets_lost: u64,
+    /// Loss as a percentage of expected packets.
+    pub loss_percent: f64,
+    /// RFC 3550 interarrival jitter, ms.
+    pub jitter_ms: f64,
+    /// Round-trip time from the last RTCP report block about our stream, ms.
+    pub rtt_ms: Option<f64>,
+    pub late: u64,
+    pub concealed: u64,
+    pub dtmf_received: u64,
+    pub final_jitter_delay_ms: u64,
+}
+
+/// A running leg: feed bot audio into `audio`, steer with `control`; the task ends when both are
+/// dropped and returns the call quality.
+pub struct MediaHandle {
+    pub audio: mpsc::Sender<Bytes>,
+    pub control: mpsc::Sender<MediaControl>,
+    pub task: JoinHandle<Quality>,
+}
+
+/// Jitter-buffer bounds from the configuration (`sip.jitter_min_ms`, `sip.jitter_max_ms`).
+#[derive(Clone, Copy, Debug)]
+pub struct MediaSettings {
+    pub jitter_min: Duration,
+    pub jitter_max: Duration,
+}
+
+enum Slot {
+    Audio(Bytes),
+    Event,
+}
+
+struct Leg {
+    sockets: RtpSockets,
+    neg: Negotiated,
+    codec: Codec,
+    actor: mpsc::Sender<ActorInput>,
+    track_id: String,
+    start: Instant,
+    // Receive side.
+    remote_ssrc: Option<u32>,
+    latched: bool,
+    stats: ReceiveStats,
+    jitter: JitterBuffer<Slot>,
+    decoder: AudioDecoder,
+    last_frame: Vec<i16>,
+    conceal_run: u32,
+    events: EventReceiver,
+    dropped_to_actor: u64,
+    last_sr: Option<(u32, Instant)>,
+    // Send side.
+    ssrc: u32,
+    seq: u16,
+    /// Random initial RTP timestamp (RFC 3550 §5.1); the send clock is `ts_base + elapsed`.
+    ts_base: u32,
+    next_ts: u32,
+    last_send: Option<Instant>,
+    encoder: AudioEncoder,
+    framer: SampleFramer,
+    sent_packets: u64,
+    sent_octets: u64,
+    dtmf_queue: std::collections::VecDeque<(bool, [u8; 4], bool)>,
+    dtmf_ts: u32,
+    q: Quality,
+    buf: Vec<u8>,
+}
+
+/// Starts the leg for a negotiated stream. Caller audio and DTMF go to `actor`.
+pub fn spawn(
+    sockets: RtpSockets,
+    neg: Negotiated,
+    settings: MediaSettings,
+    actor: mpsc::Sender<ActorInput>,
+    track_id: String,
+) -> Result<MediaHandle, String> {
+    let codec = codec_for(&neg.codec.name, neg.codec.clock_rate)
+        .ok_or_else(|| format!("codec {} is not supported", neg.codec.name))?;
+    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE);
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let leg = Leg::new(sockets, neg, codec, settings, actor, track_id);
+    let task = tokio::spawn(leg.run(audio_rx, control_rx));
+    Ok(MediaHandle {
+        audio: audio_tx,
+        control: control_tx,
+        task,
+    })
+}
+
+fn ntp_now() -> u64 {
+    rtcp::ntp_from_unix(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+impl Leg {
+    fn new(
+        sockets: RtpSockets,
+        neg: Negotiated,
+        codec: Codec,
+        settings: MediaSettings,
+        actor: mpsc::Sender<ActorInput>,
+        track_id: String,
+    ) -> Self {
+        let rand = uuid::Uuid::new_v4().as_u128();
+        let clock = neg.codec.clock_rate;
+        let ptime = neg.ptime_ms;
+        let samples = codec.sample_rate().hz() as usize * ptime as usize / 1000;
+        Leg {
+            jitter: JitterBuffer::new(JitterConfig {
+                clock_rate: clock,
+                initial_delay: (settings.jitter_min * 2).min(settings.jitter_max),
+                min_delay: settings.jitter_min,
+                max_delay: settings.jitter_max,
+                max_packets: 64,
+            }),
+            stats: ReceiveStats::new(clock),
+            decoder: AudioDecoder::new(codec),
+            encoder: AudioEncoder::new(codec),
+            framer: SampleFramer::new(samples),
+            q: Quality {
+                codec: neg.codec.name.clone(),
+                ..Default::default()
+            },
+            sockets,
+            codec,
+            actor,
+            track_id,
+            start: Instant::now(),
+            remote_ssrc: None,
+            latched: false,
+            last_frame: Vec::new(),
+            conceal_run: 0,
+            events: EventReceiver::default(),
+            dropped_to_actor: 0,
+            last_sr: None,
+            ssrc: rand as u32,
+            seq: (rand >> 32) as u16,
+            ts_base: (rand >> 48) as u32,
+            next_ts: (rand >> 48) as u32,
+            last_send: None,
+            sent_packets: 0,
+            sent_octets: 0,
+            dtmf_queue: Default::default(),
+            dtmf_ts: 0,
+            buf: Vec::with_capacity(1500),
+            neg,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut audio: mpsc::Receiver<Bytes>,
+        mut control: mpsc::Receiver<MediaControl>,
+    ) -> Quality {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rtcp_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
+        let mut rtp_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 2048];
+        let mut audio_open = true;
+        let mut control_open = true;
+        loop {
+            tokio::select! {
+                r = self.sockets.rtp.recv_from(&mut rtp_buf) => match r {
+                    Ok((n, from)) => self.on_datagram(&rtp_buf[..n], from).await,
+                    Err(e) => tracing::debug!("rtp recv: {e}"),
+                },
+                r = self.sockets.rtcp.recv_from(&mut rtcp_buf) => {
+                    if let Ok((n, _)) = r {
+                        self.on_rtcp(&rtcp_buf[..n]);
+                    }
+                },
+                _ = tick.tick() => self.on_tick().await,
+                _ = rtcp_timer.tick() => self.send_rtcp().await,
+                m = audio.recv(), if audio_open => match m {
+                    Some(pcm) => self.on_bot_audio(&pcm).await,
+                    None => audio_open = false,
+                },
+                c = control.recv(), if control_open => match c {
+                    Some(MediaControl::Update(n)) => self.update(n),
+                    Some(MediaControl::Dtmf(keys)) => self.queue_dtmf(&keys),
+                    None => control_open = false,
+                },
+            }
+            if !audio_open && !control_open {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn update(&mut self, n: Negotiated) {
+        if n.remote_rtp != self.neg.remote_rtp {
+            self.latched = false;
+        }
+        // A codec change within the supported set keeps the same decoder type only if equal;
+        // the SIP layer refuses others with 488 before we get here.
+        self.neg = n;
+    }
+
+    async fn on_datagram(&mut self, buf: &[u8], from: SocketAddr) {
+        if is_rtcp(buf) {
+            // rtcp-mux peers.
+            self.on_rtcp(buf);
+            return;
+        }
+        let Ok(p) = RtpPacket::parse(buf) else { return };
+        if !self.latched {
+            // Symmetric RTP: answer to where the media really comes from.
+            self.latched = true;
+            if from != self.neg.remote_rtp {
+                tracing::debug!(track = %self.track_id, "RTP latched to {from} (SDP said {})", self.neg.remote_rtp);
+                self.neg.remote_rtp = from;
+            }
+        } else if from != self.neg.remote_rtp {
+            return;
+        }
+        if !self.neg.direction.receives() {
+            return;
+        }
+        let h = p.header;
+        if self.remote_ssrc != Some(h.ssrc) {
+            if self.remote_ssrc.is_some() {
+                tracing::debug!(track = %self.track_id, "SSRC changed to {:08x}", h.ssrc);
+                self.collect_stats();
+                self.jitter.reset();
+                self.stats = ReceiveStats::new(self.neg.codec.clock_rate);
+                self.events = EventReceiver::default();
+            }
+            self.remote_ssrc = Some(h.ssrc);
+            tracing::debug!(track = %self.track_id, ssrc = h.ssrc, seq = h.sequence, pt = h.payload_type, "new RTP source");
+        }
+        let now = self.start.elapsed();
+        let ext = self.stats.on_packet(h.sequence, h.timestamp, now);
+        if Some(h.payload_type) == self.neg.telephone_event {
+            if let Some(digit) = self.events.on_packet(h.timestamp, p.payload) {
+                self.q.dtmf_received += 1;
+                let ev = ActorInput::LegEvent(EventKind::Dtmf {
+                    track_id: self.track_id.clone(),
+                    digit,
+                });
+                let _ = self.actor.send(ev).await;
+            }
+            self.jitter.push(now, ext, h.timestamp, Slot::Event);
+        } else if h.payload_type == self.neg.codec.pt {
+            self.jitter.push(
+                now,
+                ext,
+                h.timestamp,
+                Slot::Audio(Bytes::copy_from_slice(p.payload)),
+            );
+        }
+    }
+
+    fn on_rtcp(&mut self, buf: &[u8]) {
+        let Ok(c) = rtcp::parse(buf) else { return };
+        if let Some(si) = c.sender_info {
+            self.last_sr = Some((rtcp::ntp_short(si.ntp), Instant::now()));
+        }
+        for b in c.reports.iter().filter(|b| b.ssrc == self.ssrc) {
+            if let Some(rtt) = rtcp::round_trip(b, ntp_now()) {
+                self.q.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        // Outbound DTMF: one packet per tick.
+        if let Some((marker, payload, last)) = self.dtmf_queue.pop_front() {
+            if let Some(pt) = self.neg.telephone_event {
+                let h = RtpHeader {
+                    marker,
+                    payload_type: pt,
+                    sequence: self.seq,
+                    timestamp: self.dtmf_ts,
+                    ssrc: self.ssrc,
+                };
+                self.send_rtp(h, &payload).await;
+                self.seq = self.seq.wrapping_add(1);
+            }
+            if last {
+                // The next audio starts after the event.
+                if self.ts_now().wrapping_sub(self.next_ts) as i32 > 0 {
+                    self.next_ts = self.ts_now();
+                }
+                self.last_send = None;
+            }
+        }
+        // Inbound playout.
+        let now = self.start.elapsed();
+        let mut pcm: Vec<i16> = Vec::new();
+        while let Some(p) = self.jitter.pop(now) {
+            match p {
+                Playout::Packet {
+                    payload: Slot::Audio(b),
+                    ..
+                } => {
+                    let f = self.decoder.decode(&b);
+                    self.last_frame.clone_from(&f.samples);
+                    self.conceal_run = 0;
+                    pcm.extend_from_slice(&f.samples);
+                }
+                Playout::Packet {
+                    payload: Slot::Event,
+                    ..
+                } => {}
+                Playout::Lost { count, .. } => {
+                    self.q.concealed += count;
+                    let frame_len =
+                        self.codec.sample_rate().hz() as usize * self.neg.ptime_ms as usize / 1000;
+                    if count <= 3 && !self.last_frame.is_empty() {
+                        // Repeat the last frame, fading: 0.5, 0.25, 0.125 (simple PLC).
+                        self.conceal_run += 1;
+                        let gain = 0.5f32.powi(self.conceal_run as i32);
+                        pcm.extend(self.last_frame.iter().map(|&s| (s as f32 * gain) as i16));
+                    } else {
+                        let ms = (count * self.neg.ptime_ms as u64).min(MAX_FILL_MS);
+                        let n = (ms as usize * frame_len) / self.neg.ptime_ms.max(1) as usize;
+                        pcm.extend(std::iter::repeat_n(0i16, n));
+                    }
+                }
+            }
+        }
+        if !pcm.is_empty() {
+            let mut bytes = Vec::with_capacity(pcm.len() * 2);
+            for s in pcm {
+                bytes.extend_from_slice(&s.to_le_bytes());
+            }
+            if self
+                .actor
+                .try_send(ActorInput::Audio(Bytes::from(bytes)))
+                .is_err()
+            {
+                self.dropped_to_actor += 1;
+            }
+        }
+    }
+
+    fn ts_now(&self) -> u32 {
+        let units =
+            self.start.elapsed().as_micros() as u64 * self.neg.codec.clock_rate as u64 / 1_000_000;
+        self.ts_base.wrapping_add(units as u32)
+    }
+
+    async fn on_bot_audio(&mut self, pcm: &[u8]) {
+        if !self.neg.direction.sends() || !self.dtmf_queue.is_empty() {
+            return;
+        }
+        let samples: Vec<i16> = pcm
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        self.framer.push(&samples);
+        while let Some(frame) = self.framer.pop() {
+            let payload = self
+                .encoder
+                .encode(&AudioFrame::mono(self.codec.sample_rate(), frame));
+            let step = self.neg.codec.clock_rate * self.neg.ptime_ms / 1000;
+            let gap = self
+                .last_send
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(3 * self.neg.ptime_ms as u64));
+            if gap {
+                // After a silence the timestamp follows the wall clock.
+                let wall = self.ts_now();
+                if wall.wrapping_sub(self.next_ts) as i32 > 0 {
+                    self.next_ts = wall;
+                }
+            }
+            let h = RtpHeader {
+                marker: gap,
+                payload_type: self.neg.codec.pt,
+                sequence: self.seq,
+                timestamp: self.next_ts,
+                ssrc: self.ssrc,
+            };
+            self.send_rtp(h, &payload).await;
+            self.seq = self.seq.wrapping_add(1);
+            self.next_ts = self.next_ts.wrapping_add(step);
+            self.last_send = Some(Instant::now());
+        }
+    }
+
+    async fn send_rtp(&mut self, h: RtpHeader, payload: &[u8]) {
+        self.buf.clear();
+        h.write(payload, &mut self.buf);
+        if self
+            .sockets
+            .rtp
+            .send_to(&self.buf, self.neg.remote_rtp)
+            .await
+            .is_ok()
+        {
+            self.sent_packets += 1;
+            self.sent_octets += payload.len() as u64;
+        }
+    }
+
+    fn queue_dtmf(&mut self, keys: &str) {
+        let step = self.neg.ptime_ms.clamp(10, 60);
+        for k in keys.chars() {
+            let Some(packets) = key_press_packets(k, 100, step, self.neg.codec.clock_rate) else {
+                continue;
+            };
+            if self.dtmf_queue.is_empty() {
+                self.dtmf_ts = if self.ts_now().wrapping_sub(self.next_ts) as i32 > 0 {
+                    self.ts_now()
+                } else {
+                    self.next_ts
+                };
+            }
+            let n = packets.len();
+            for (i, (m, p)) in packets.into_iter().enumerate() {
+                self.dtmf_queue.push_back((m, p, i + 1 == n));
+            }
+            // 100 ms of pause between keys.
+            for _ in 0..(100 / step) {
+                self.dtmf_queue.push_back((false, [0; 4], false));
+            }
+        }
+    }
+
+    async fn send_rtcp(&mut self) {
+        let mut reports = Vec::new();
+        if let Some(ssrc) = self.remote_ssrc {
+            let (last_sr, dlsr) = match self.last_sr {
+                Some((lsr, at)) => (
+                    lsr,
+                    (at.elapsed().as_micros() as u64 * 65536 / 1_000_000) as u32,
+                ),
+                None => (0, 0),
+            };
+            reports.push(rtcp::ReportBlock {
+                ssrc,
+                fraction_lost: self.stats.take_fraction_lost(),
+                cumulative_lost: self.stats.lost() as u32,
+                highest_seq: self.stats.max_ext_seq() as u32,
+                jitter: self.stats.jitter_rtp(),
+                last_sr,
+                delay_since_last_sr: dlsr,
+            });
+        }
+        let sender = (self.sent_packets > 0).then(|| rtcp::SenderInfo {
+            ntp: ntp_now(),
+            rtp_timestamp: self.ts_now(),
+            packets: self.sent_packets as u32,
+            octets: self.sent_octets as u32,
+        });
+        let mut buf = Vec::with_capacity(128);
+        rtcp::build(self.ssrc, sender, &reports, "voxgate", &mut buf);
+        let _ = self.sockets.rtcp.send_to(&buf, self.neg.remote_rtcp).await;
+    }
+
+    fn collect_stats(&mut self) {
+        self.q.packets_received += self.stats.received();
+        self.q.packets_expected += self.stats.expected();
+        self.q.packets_lost += self.stats.lost();
+        self.q.jitter_ms = self.q.jitter_ms.max(self.stats.jitter_ms());
+    }
+
+    fn finish(mut self) -> Quality {
+        self.collect_stats();
+        let js = self.jitter.stats();
+        self.q.late = js.late;
+        self.q.packets_sent = self.sent_packets;
+        self.q.loss_percent = if self.q.packets_expected > 0 {
+            100.0 * self.q.packets_lost as f64 / self.q.packets_expected as f64
+        } else {
+            0.0
+        };
+        self.q.final_jitter_delay_ms = self.jitter.delay().as_millis() as u64;
+        if self.dropped_to_actor > 0 {
+            tracing::warn!(track = %self.track_id, "{} caller audio batches dropped: the call actor was behind", self.dropped_to_actor);
+        }
+        self.q
+    }
+}

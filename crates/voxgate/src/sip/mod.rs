@@ -1,0 +1,482 @@
+//! The SIP user agent (layer L4 "net"): `rsipstack` does transactions, dialogs and digest auth;
+//! this module is the adapter that keeps its types away from the call core.
+//!
+//! - [`SipService`] owns the endpoint (UDP, and TCP on the same port), registers to trunks,
+//!   answers out-of-dialog requests and routes inbound INVITEs to a handler (`[[sip.numbers]]`):
+//!   a waiting `/call/sip` client, or a webhook after which the application connects to
+//!   `/call/sip?id=<callId>`.
+//! - [`call::SipLeg`] is one call's dialog and RTP leg, driven by the call actor.
+//! - [`media`] is the RTP/RTCP task.
+
+pub mod call;
+pub mod media;
+
+use crate::call::actor::ActorInput;
+use crate::config::{SipConfig, SipTrunk};
+use rsipstack::dialog::dialog::DialogStateReceiver;
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Method, StatusCode};
+use rsipstack::transaction::endpoint::EndpointInnerRef;
+use rsipstack::transaction::Transaction;
+use rsipstack::transport::{udp::UdpConnection, TransportLayer};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use voxgate_rtp::sdp::{Direction, LocalMedia, PayloadFormat};
+
+/// An inbound call waiting for `accept` (or `hangup`).
+pub struct IncomingCall {
+    /// voxgate's id for the call (the `/call/sip?id=` a webhook handler connects with).
+    pub id: String,
+    pub caller: String,
+    pub callee: String,
+    /// The INVITE's SDP offer; `None` for a late offer (we offer in the 200 OK).
+    pub offer: Option<String>,
+    pub(crate) dialog: InviteDialog,
+    pub(crate) states: DialogStateReceiver,
+}
+
+impl std::fmt::Debug for IncomingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingCall")
+            .field("id", &self.id)
+            .field("caller", &self.caller)
+            .field("callee", &self.callee)
+            .finish()
+    }
+}
+
+/// The running SIP user agent.
+pub struct SipService {
+    pub(crate) cfg: SipConfig,
+    pub(crate) endpoint: EndpointInnerRef,
+    pub(crate) dialogs: Arc<DialogLayer>,
+    /// Bound SIP address (UDP; TCP on the same port when enabled).
+    pub local_addr: SocketAddr,
+    /// IP our RTP sockets bind to.
+    pub(crate) rtp_ip: IpAddr,
+    /// IP written in SDP and Contact.
+    pub(crate) public_ip: IpAddr,
+    pending: Mutex<HashMap<String, IncomingCall>>,
+    waiting: Mutex<VecDeque<(String, mpsc::Sender<ActorInput>)>>,
+    http: reqwest::Client,
+    cancel: CancellationToken,
+}
+
+fn user_of(uri: &rsipstack::sip::Uri) -> String {
+    uri.user().unwrap_or_default().to_string()
+}
+
+/// The codec entries of our SDP for the configured names.
+pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
+    names
+        .iter()
+        .filter_map(|n| match n.as_str() {
+            "pcmu" => Some(PayloadFormat::new(0, "PCMU", 8000, 1, None)),
+            "pcma" => Some(PayloadFormat::new(8, "PCMA", 8000, 1, None)),
+            "g722" => Some(PayloadFormat::new(9, "G722", 8000, 1, None)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl SipService {
+    /// Binds the SIP socket(s), starts the endpoint, trunk registrations and the inbound router.
+    ///
+    /// # Errors
+    /// When the SIP address cannot be bound.
+    pub async fn start(cfg: SipConfig, http: reqwest::Client) -> anyhow::Result<Arc<SipService>> {
+        let listen: SocketAddr = cfg.listen.parse()?;
+        let cancel = CancellationToken::new();
+        let transport = TransportLayer::new(cancel.clone());
+        let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+            .await
+            .map_err(|e| anyhow::anyhow!("binding SIP UDP {listen}: {e}"))?;
+        let local_addr: SocketAddr = udp
+            .get_addr()
+            .addr
+            .clone()
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("SIP address: {e:?}"))?;
+        transport.add_transport(udp.into());
+        if cfg.tcp {
+            match rsipstack::transport::TcpListenerConnection::new(local_addr, None).await {
+                Ok(tcp) => transport.add_transport(tcp.into()),
+                Err(e) => tracing::warn!("SIP over TCP disabled: cannot bind {local_addr}: {e}"),
+            }
+        }
+        let endpoint = rsipstack::EndpointBuilder::new()
+            .with_cancel_token(cancel.clone())
+            .with_transport_layer(transport)
+            .with_user_agent(concat!("voxgate/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let inner = endpoint.inner.clone();
+        let dialogs = Arc::new(DialogLayer::new(inner.clone()));
+        let rtp_ip: IpAddr = match &cfg.rtp_address {
+            Some(a) => a.parse()?,
+            None => local_addr.ip(),
+        };
+        let public_ip: IpAddr = match &cfg.public_address {
+            Some(a) => a.parse()?,
+            None => rtp_ip,
+        };
+        let svc = Arc::new(SipService {
+            cfg,
+            endpoint: inner,
+            dialogs,
+            local_addr,
+            rtp_ip,
+            public_ip,
+            pending: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(VecDeque::new()),
+            http,
+            cancel: cancel.clone(),
+        });
+        tokio::spawn(async move {
+            endpoint.serve().await;
+            tracing::debug!("SIP endpoint stopped");
+        });
+        tokio::spawn(svc.clone().route_incoming(incoming));
+        for t in svc.cfg.trunks.iter().filter(|t| t.register) {
+            tokio::spawn(svc.clone().register_loop(t.clone()));
+        }
+        Ok(svc)
+    }
+
+    /// Stops the endpoint (server shutdown).
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Our Contact URI.
+    pub(crate) fn contact(&self, user: &str) -> rsipstack::sip::Uri {
+        let user = if user.is_empty() { "voxgate" } else { user };
+        let s = format!(
+            "sip:{user}@{}",
+            SocketAddr::new(self.public_ip, self.local_addr.port())
+        );
+        s.as_str().try_into().unwrap_or_default()
+    }
+
+    /// Our media description for a new offer or answer on `port`.
+    pub(crate) fn local_media(&self, port: u16, prefer: Option<&str>) -> LocalMedia {
+        let mut formats = payload_formats(&self.cfg.codecs);
+        if let Some(p) = prefer {
+            if let Some(i) = formats.iter().position(|f| f.name.eq_ignore_ascii_case(p)) {
+                let f = formats.remove(i);
+                formats.insert(0, f);
+            }
+        }
+        LocalMedia {
+            address: self.public_ip,
+            port,
+            formats,
+            telephone_events: vec![(8000, 101)],
+            ptime_ms: self.cfg.ptime_ms,
+            direction: Direction::SendRecv,
+            session_id: (uuid::Uuid::new_v4().as_u128() as u64) >> 1,
+            session_version: 1,
+        }
+    }
+
+    pub(crate) fn media_settings(&self) -> media::MediaSettings {
+        media::MediaSettings {
+            jitter_min: Duration::from_millis(self.cfg.jitter_min_ms as u64),
+            jitter_max: Duration::from_millis(self.cfg.jitter_max_ms as u64),
+        }
+    }
+
+    /// A `/call/sip` client that has not placed a call waits for inbound calls.
+    pub fn add_waiting(&self, id: &str, inbox: mpsc::Sender<ActorInput>) {
+        self.waiting
+            .lock()
+            .expect("lock")
+            .push_back((id.to_string(), inbox));
+    }
+
+    /// The client placed a call or left.
+    pub fn remove_waiting(&self, id: &str) {
+        self.waiting.lock().expect("lock").retain(|(w, _)| w != id);
+    }
+
+    /// A webhook-announced call that `/call/sip?id=` connects to.
+    pub fn take_pending(&self, id: &str) -> Option<IncomingCall> {
+        self.pending.lock().expect("lock").remove(id)
+    }
+
+    /// The trunk for a callee (a number), if any.
+    pub(crate) fn trunk(&self) -> Option<&SipTrunk> {
+        self.cfg.trunks.first()
+    }
+
+    async fn register_loop(self: Arc<Self>, trunk: SipTrunk) {
+        let cred = rsipstack::dialog::authenticate::Credential {
+            username: trunk.username.clone().unwrap_or_default(),
+            password: trunk.password.clone().unwrap_or_default(),
+            realm: trunk.realm.clone(),
+            auth_username: None,
+        };
+        let server: rsipstack::sip::Uri = match format!("sip:{}", trunk.host).as_str().try_into() {
+            Ok(u) => u,
+            Err(e) => {
+                return tracing::error!(trunk = trunk.name, "bad trunk host `{}`: {e}", trunk.host)
+            }
+        };
+        let mut reg =
+            rsipstack::dialog::registration::Registration::new(self.endpoint.clone(), Some(cred));
+        let mut backoff = Duration::from_secs(5);
+        loop {
+            let wait = match reg
+                .register(server.clone(), Some(trunk.register_expires))
+                .await
+            {
+                Ok(resp)
+                    if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
+                {
+                    let expires = reg.expires().max(60);
+                    tracing::info!(trunk = trunk.name, expires, "registered");
+                    backoff = Duration::from_secs(5);
+                    Duration::from_secs(expires as u64 * 4 / 5)
+                }
+                Ok(resp) => {
+                    tracing::warn!(trunk = trunk.name, status = %resp.status_code, "registration refused; retrying in {backoff:?}");
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                    backoff
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        trunk = trunk.name,
+                        "registration failed: {e}; retrying in {backoff:?}"
+                    );
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn route_incoming(
+        self: Arc<Self>,
+        mut incoming: rsipstack::transaction::TransactionReceiver,
+    ) {
+        while let Some(tx) = incoming.recv().await {
+            let svc = self.clone();
+            tokio::spawn(async move { svc.on_transaction(tx).await });
+        }
+    }
+
+    async fn on_transaction(self: Arc<Self>, mut tx: Transaction) {
+        let has_to_tag = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().ok().flatten())
+            .is_some();
+        if has_to_tag {
+            // In-dialog request: the dialog handles BYE, re-INVITE, UPDATE, INFO, OPTIONS, REFER.
+            match self.dialogs.match_dialog(&tx) {
+                Some(rsipstack::dialog::dialog::Dialog::Invite(mut d)) => {
+                    if let Err(e) = d.handle(&mut tx).await {
+                        tracing::debug!("in-dialog {}: {e}", tx.original.method);
+                    }
+                }
+                _ => {
+                    if tx.original.method != Method::Ack {
+                        let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+                    }
+                }
+            }
+            return;
+        }
+        match tx.original.method {
+            Method::Invite => self.on_invite(tx).await,
+            Method::Options => {
+                let _ = tx.reply(StatusCode::OK).await;
+            }
+            Method::Ack => {}
+            Method::Bye | Method::Cancel => {
+                let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+            }
+            _ => {
+                let _ = tx.reply(StatusCode::MethodNotAllowed).await;
+            }
+        }
+    }
+
+    async fn on_invite(self: Arc<Self>, mut tx: Transaction) {
+        let caller = tx
+            .original
+            .from_header()
+            .ok()
+            .and_then(|h| h.uri().ok())
+            .map(|u| user_of(&u))
+            .unwrap_or_default();
+        let callee = {
+            let ruri = user_of(&tx.original.uri);
+            if ruri.is_empty() {
+                tx.original
+                    .to_header()
+                    .ok()
+                    .and_then(|h| h.uri().ok())
+                    .map(|u| user_of(&u))
+                    .unwrap_or_default()
+            } else {
+                ruri
+            }
+        };
+        let body = String::from_utf8_lossy(&tx.original.body).to_string();
+        let offer = (!body.trim().is_empty()).then_some(body);
+        if let Some(o) = &offer {
+            // Refuse what we could never answer before anyone is bothered.
+            if let Err(e) = voxgate_rtp::sdp::answer(o, &self.local_media(9, None)) {
+                let code = match e {
+                    voxgate_rtp::sdp::SdpError::Parse(_) => StatusCode::BadRequest,
+                    _ => StatusCode::NotAcceptableHere,
+                };
+                tracing::info!(caller, callee, "refusing INVITE: {e}");
+                let _ = tx
+                    .reply_with(
+                        code,
+                        vec![rsipstack::sip::Header::Warning(
+                            format!("399 voxgate \"{e}\"").into(),
+                        )],
+                        None,
+                    )
+                    .await;
+                return;
+            }
+        }
+        let route = self
+            .cfg
+            .numbers
+            .iter()
+            .find(|n| n.number == callee)
+            .or_else(|| self.cfg.numbers.iter().find(|n| n.number == "*"))
+            .cloned();
+        let Some(route) = route else {
+            tracing::info!(caller, callee, "no [[sip.numbers]] entry: 404");
+            let _ = tx.reply(StatusCode::NotFound).await;
+            return;
+        };
+        let (state_tx, states) = self.dialogs.new_dialog_state_channel();
+        let dialog = match self.dialogs.get_or_create_server_invite(
+            &tx,
+            state_tx,
+            None,
+            Some(self.contact(&callee)),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!("cannot create dialog: {e}");
+                let _ = tx.reply(StatusCode::BadRequest).await;
+                return;
+            }
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        tracing::info!(call = %id, caller, callee, late_offer = offer.is_none(), "incoming call");
+        let call = IncomingCall {
+            id: id.clone(),
+            caller: caller.clone(),
+            callee: callee.clone(),
+            offer: offer.clone(),
+            dialog: dialog.clone(),
+            states,
+        };
+        let mut d = dialog.clone();
+        // The INVITE server transaction lives in this task until ACK or CANCEL.
+        tokio::spawn(async move {
+            if let Err(e) = d.handle(&mut tx).await {
+                tracing::debug!("INVITE transaction: {e}");
+            }
+        });
+        let _ = dialog.ringing(None, None);
+        let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
+        match route.webhook {
+            Some(url) => {
+                self.pending.lock().expect("lock").insert(id.clone(), call);
+                let body = serde_json::json!({
+                    "event": "incoming", "callId": id, "caller": caller, "callee": callee, "sdp": offer,
+                    "timestamp": crate::call::now_ms(), "url": format!("/call/sip?id={id}"),
+                });
+                let ok = match self
+                    .http
+                    .post(&url)
+                    .timeout(Duration::from_secs(5))
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => true,
+                    Ok(r) => {
+                        tracing::warn!(call = %id, "webhook {url} answered {}", r.status());
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(call = %id, "webhook {url} failed: {e}");
+                        false
+                    }
+                };
+                if !ok {
+                    if let Some(c) = self.take_pending(&id) {
+                        let _ = c.dialog.reject(
+                            Some(StatusCode::ServiceUnavailable),
+                            Some("webhook failed".into()),
+                        );
+                    }
+                    return;
+                }
+                // Nobody connected in time: 480.
+                let svc = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(ring).await;
+                    if let Some(c) = svc.take_pending(&id) {
+                        tracing::info!(call = %id, "no client took the call in {ring:?}: 480");
+                        let _ = c.dialog.reject(
+                            Some(StatusCode::TemporarilyUnavailable),
+                            Some("no answer".into()),
+                        );
+                    }
+                });
+            }
+            None => {
+                let mut call = Some(call);
+                loop {
+                    let next = self.waiting.lock().expect("lock").pop_front();
+                    let Some((client, inbox)) = next else { break };
+                    match inbox
+                        .send(ActorInput::SipIncoming(Box::new(
+                            call.take().expect("present"),
+                        )))
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::debug!(call = %id, client, "handed to a waiting /call/sip client");
+                            break;
+                        }
+                        Err(mpsc::error::SendError(ActorInput::SipIncoming(c))) => call = Some(*c),
+                        Err(_) => unreachable!("we sent SipIncoming"),
+                    }
+                }
+                if let Some(c) = call {
+                    tracing::info!(call = %id, "no /call/sip client is waiting: 480");
+                    let _ = c.dialog.reject(
+                        Some(StatusCode::TemporarilyUnavailable),
+                        Some("no client waiting".into()),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! SIP/RTP end-to-end tests against SIPp (`sip-tester`), with the real binary, over loopback.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use voxgate::store::sqlite::SqliteStore;
+use voxgate::store::Store;
+
+const PCAPS: &str = "/usr/share/sip-tester";
+
+fn sipp_available() {
+    assert!(
+        Path::new("/usr/bin/sipp").exists(),
+        "SIPp is missing: run `make test` (scripts/install-deps.sh test installs sip-tester)"
+    );
+}
+
+/// A free loopback UDP port (even, with the next one free too, for RTP/RTCP).
+fn free_udp_port() -> u16 {
+    for _ in 0..50 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        if p % 2 == 0 && p < 65000 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
+/// Writes a scenario from tests/sipp with placeholders replaced.
+fn scenario(dir: &Path, name: &str, vars: &[(&str, &str)]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(name);
+    let mut text = std::fs::read_to_string(&src).unwrap();
+    for (k, v) in vars {
+        text = text.replace(k, v);
+    }
+    let out = dir.join(name);
+    std::fs::write(&out, text).unwrap();
+    out
+}
+
+/// Runs SIPp to completion (bounded by `-timeout`); returns (exit code, stderr+stdout tail).
+async fn run_sipp(args: Vec<String>, cwd: PathBuf) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let sip_port = free_udp_port();
+        let media_port = free_udp_port();
+        let mut cmd = Command::new("sipp");
+        cmd.args([
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-nostdin",
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+            "-timeout_error",
+        ])
+        .args(["-p", &sip_port.to_string(), "-mp", &media_port.to_string()])
+        .args(&args)
+        .current_dir(&cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let out = cmd.output().expect("run sipp");
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail: String = text
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        (out.status.code().unwrap_or(-1), tail)
+    })
+    .await
+    .unwrap()
+}
+
+fn digits(c: &Client) -> String {
+    c.events_named("dtmf")
+        .iter()
+        .map(|e| e["digit"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_caller_speech_and_rfc4733_dtmf_reach_a_waiting_client() {
+    sipp_available();
+    let server = Server::start();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(
+        dir.path(),
+        "uac_audio.xml",
+        &[
+            ("@SPEECH@", &format!("{PCAPS}/g711a.pcap")),
+            ("@DTMF1@", &format!("{PCAPS}/dtmf_2833_1.pcap")),
+            ("@DTMF2@", &format!("{PCAPS}/dtmf_2833_pound.pcap")),
+        ],
+    );
+    let sipp = tokio::spawn(run_sipp(
+        vec![
+            server.sip_addr.clone(),
+            "-sf".into(),
+            scen.display().to_string(),
+            "-s".into(),
+            "1000".into(),
+        ],
+        dir.path().to_path_buf(),
+    ));
+
+    let incoming = client.wait_event("incoming", Duration::from_secs(20)).await;
+    assert_eq!(incoming["caller"], "5551234");
+    assert_eq!(incoming["callee"], "1000");
+    assert!(
+        incoming["sdp"].as_str().unwrap().contains("PCMA/8000"),
+        "{incoming}"
+    );
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let answer = client.wait_event("answer", Duration::from_secs(10)).await;
+    assert!(
+        answer["sdp"].as_str().unwrap().contains("m=audio "),
+        "{answer}"
+    );
+
+    client.wait_event("speaking", Duration::from_secs(20)).await;
+    let fin = client.wait_event("asrFinal", Duration::from_secs(40)).await;
+    assert!(!fin["text"].as_str().unwrap().trim().is_empty(), "{fin}");
+    let hangup = client.wait_event("hangup", Duration::from_secs(40)).await;
+    assert_eq!(hangup["reason"], "bye", "{hangup}");
+    assert_eq!(hangup["initiator"], "caller", "{hangup}");
+    assert_eq!(
+        digits(&client),
+        "1#",
+        "RFC 4733 events, each reported once: {:?}",
+        client.events_named("dtmf")
+    );
+
+    let rtp = client
+        .events_named("metrics")
+        .into_iter()
+        .find(|e| e["key"] == "rtp")
+        .expect("rtp quality metrics");
+    // g711a.pcap: 236 packets of 30 ms; each DTMF pcap: 8 sequence numbers (its end packet is sent
+    // three times: duplicates are not counted). The two DTMF recordings share an SSRC and their
+    // sequence numbers are 444 apart, which RFC 3550 A.3 counts as lost.
+    assert_eq!(rtp["data"]["packetsReceived"], 236 + 8 + 8, "{rtp}");
+    assert_eq!(rtp["data"]["packetsLost"], 444, "{rtp}");
+    assert_eq!(rtp["data"]["dtmfReceived"], 2, "{rtp}");
+    eprintln!("g711a.pcap transcribed as: {}", fin["text"]);
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "SIPp failed:\n{log}");
+
+    client.wait_closed(Duration::from_secs(10)).await;
+    let store = SqliteStore::open(&server.db_url()).await.unwrap();
+    let calls = store
+        .call(&incoming["trackId"].as_str().unwrap().to_string())
+        .await
+        .unwrap();
+    let call = calls.expect("call stored");
+    assert_eq!(call.transport, "sip");
+    assert_eq!(call.caller.as_deref(), Some("5551234"));
+    assert!(call.quality.unwrap()["packetsReceived"].as_u64().unwrap() > 150);
+}
