@@ -47,8 +47,20 @@ fn scenario(dir: &Path, name: &str, vars: &[(&str, &str)]) -> PathBuf {
 
 /// Runs SIPp to completion (bounded by `-timeout`); returns (exit code, stderr+stdout tail).
 async fn run_sipp(args: Vec<String>, cwd: PathBuf) -> (i32, String) {
+    run_sipp_on(free_udp_port(), args, cwd).await
+}
+
+/// SIPp as a UAS on `sip_port`, in the background.
+fn spawn_sipp_uas(
+    args: Vec<String>,
+    cwd: PathBuf,
+) -> (u16, tokio::task::JoinHandle<(i32, String)>) {
+    let port = free_udp_port();
+    (port, tokio::spawn(run_sipp_on(port, args, cwd)))
+}
+
+async fn run_sipp_on(sip_port: u16, args: Vec<String>, cwd: PathBuf) -> (i32, String) {
     tokio::task::spawn_blocking(move || {
-        let sip_port = free_udp_port();
         let media_port = free_udp_port();
         let mut cmd = Command::new("sipp");
         cmd.args([
@@ -176,4 +188,139 @@ async fn sipp_caller_speech_and_rfc4733_dtmf_reach_a_waiting_client() {
     assert_eq!(call.transport, "sip");
     assert_eq!(call.caller.as_deref(), Some("5551234"));
     assert!(call.quality.unwrap()["packetsReceived"].as_u64().unwrap() > 150);
+}
+
+/// The LibriVox clips as one headerless µ-law file (8 kHz) with 400 ms of silence between clips;
+/// returns its duration in ms and the reference transcript.
+fn librivox_ulaw(path: &Path) -> (u64, String) {
+    let mut pcm8: Vec<i16> = Vec::new();
+    let mut reference = String::new();
+    for (wav, text) in librivox() {
+        let (samples, rate) = read_wav(&wav);
+        pcm8.extend(
+            voxgate_media::resample::resample_clip(
+                &samples,
+                rate,
+                voxgate_media::SampleRate::HZ_8000,
+            )
+            .unwrap(),
+        );
+        pcm8.extend(std::iter::repeat_n(0i16, 3200));
+        reference.push_str(&text);
+        reference.push(' ');
+    }
+    let mut enc = voxgate_media::codec::AudioEncoder::new(voxgate_media::codec::Codec::Pcmu);
+    let bytes = enc.encode(&voxgate_media::AudioFrame::mono(
+        voxgate_media::SampleRate::HZ_8000,
+        pcm8.clone(),
+    ));
+    std::fs::write(path, bytes).unwrap();
+    (pcm8.len() as u64 / 8, reference)
+}
+
+fn finals_text(c: &Client) -> String {
+    c.events_named("asrFinal")
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voxgate_calls_sipp_and_transcribes_librivox_then_the_callee_hangs_up() {
+    sipp_available();
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let audio = dir.path().join("librivox.ulaw");
+    let (ms, reference) = librivox_ulaw(&audio);
+    let scen = scenario(
+        dir.path(),
+        "uas_stream.xml",
+        &[
+            ("@AUDIO@", &audio.display().to_string()),
+            ("@DURATION_MS@", &(ms + 1500).to_string()),
+        ],
+    );
+    let (port, sipp) = spawn_sipp_uas(
+        vec!["-sf".into(), scen.display().to_string()],
+        dir.path().to_path_buf(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client.send(json!({"command": "invite", "option": {"caller": "bot", "callee": format!("sip:1000@127.0.0.1:{port}"), "codec": "pcmu"}})).await;
+    let ringing = client.wait_event("ringing", Duration::from_secs(10)).await;
+    assert_eq!(ringing["earlyMedia"], false);
+    let answer = client.wait_event("answer", Duration::from_secs(10)).await;
+    assert!(answer["sdp"].as_str().unwrap().contains("PCMU"), "{answer}");
+    let hangup = client
+        .wait_event("hangup", Duration::from_secs(ms / 1000 + 60))
+        .await;
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("bye"), Some("callee")),
+        "{hangup}"
+    );
+    let hyp = finals_text(&client);
+    let w = wer(&reference, &hyp);
+    eprintln!(
+        "LibriVox over SIP/RTP PCMU: WER {:.1} %\nref: {reference}\nhyp: {hyp}",
+        w * 100.0
+    );
+    assert!(w <= 0.15, "WER {w}");
+    let rtp = client
+        .events_named("metrics")
+        .into_iter()
+        .find(|e| e["key"] == "rtp")
+        .expect("rtp metrics");
+    assert_eq!(rtp["data"]["packetsLost"], 0, "{rtp}");
+    assert_eq!(rtp["data"]["codec"], "PCMU");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "SIPp failed:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voxgate_tts_reaches_sipp_and_comes_back_intelligible_then_voxgate_hangs_up() {
+    sipp_available();
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uas_echo.xml", &[]);
+    let (port, sipp) = spawn_sipp_uas(
+        vec!["-sf".into(), scen.display().to_string(), "-rtp_echo".into()],
+        dir.path().to_path_buf(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    // SIPp echoes our audio: barge-in off, or the bot would interrupt itself.
+    client.send(json!({"command": "invite", "option": {"callee": format!("sip:echo@127.0.0.1:{port}"), "bargeIn": false}})).await;
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    let sentence = "The weather today is sunny with a light breeze from the west.";
+    client
+        .send(json!({"command": "tts", "text": sentence, "autoHangup": true}))
+        .await;
+    client
+        .wait_event("trackStart", Duration::from_secs(20))
+        .await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(60)).await;
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("autohangup"), Some("system")),
+        "{hangup}"
+    );
+    let hyp = finals_text(&client);
+    let w = wer(sentence, &hyp);
+    eprintln!("TTS echoed by SIPp: WER {:.1} % ({hyp})", w * 100.0);
+    assert!(
+        w <= 0.25,
+        "voxgate's TTS did not come back intelligible: {hyp:?}"
+    );
+    let rtp = client
+        .events_named("metrics")
+        .into_iter()
+        .find(|e| e["key"] == "rtp")
+        .expect("rtp metrics");
+    assert!(rtp["data"]["packetsSent"].as_u64().unwrap() > 100, "{rtp}");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "SIPp did not see our BYE:\n{log}");
 }
