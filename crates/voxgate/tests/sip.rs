@@ -60,8 +60,19 @@ fn spawn_sipp_uas(
 }
 
 async fn run_sipp_on(sip_port: u16, args: Vec<String>, cwd: PathBuf) -> (i32, String) {
+    run_sipp_on_m(sip_port, 1, args, cwd).await
+}
+
+/// SIPp on `sip_port` until `calls` calls (transactions with a new Call-ID) completed.
+async fn run_sipp_on_m(
+    sip_port: u16,
+    calls: u32,
+    args: Vec<String>,
+    cwd: PathBuf,
+) -> (i32, String) {
     tokio::task::spawn_blocking(move || {
         let media_port = free_udp_port();
+        let calls = calls.to_string();
         let mut cmd = Command::new("sipp");
         cmd.args([
             "-i",
@@ -70,7 +81,7 @@ async fn run_sipp_on(sip_port: u16, args: Vec<String>, cwd: PathBuf) -> (i32, St
             "127.0.0.1",
             "-nostdin",
             "-m",
-            "1",
+            &calls,
             "-timeout",
             "60s",
             "-timeout_error",
@@ -323,4 +334,49 @@ async fn voxgate_tts_reaches_sipp_and_comes_back_intelligible_then_voxgate_hangs
     assert!(rtp["data"]["packetsSent"].as_u64().unwrap() > 100, "{rtp}");
     let (code, log) = sipp.await.unwrap();
     assert_eq!(code, 0, "SIPp did not see our BYE:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trunk_with_digest_auth_register_and_invite_with_number_rewriting() {
+    sipp_available();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uas_trunk_auth.xml", &[]);
+    // SIPp plays the carrier: it must be up before voxgate registers.
+    let port = free_udp_port();
+    let sipp = tokio::spawn(run_sipp_on_m(
+        port,
+        2,
+        vec![
+            "-sf".into(),
+            scen.display().to_string(),
+            "-trace_msg".into(),
+        ],
+        dir.path().to_path_buf(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let config = format!(
+        "[[sip.trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{port}\"\nusername = \"alice\"\npassword = \"s3cret\"\nregister = true\n\
+         register_expires = 600\ncaller_id = \"15551230000\"\nstrip_prefix = \"+1\"\nadd_prefix = \"9\"\n"
+    );
+    let server = Server::start_with_config(&[], &config);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": "+15550100"}}))
+        .await;
+    let answer = client.wait_event("answer", Duration::from_secs(15)).await;
+    assert!(answer["sdp"].as_str().unwrap().contains("PCMA"), "{answer}");
+    client
+        .send(json!({"command": "hangup", "reason": "done"}))
+        .await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("done"), Some("user")),
+        "{hangup}"
+    );
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(
+        code, 0,
+        "the trunk rejected REGISTER or INVITE auth, or the number rewriting:\n{log}"
+    );
 }

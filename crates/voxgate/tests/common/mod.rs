@@ -40,7 +40,15 @@ impl Server {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        Self::start_with_config(env, "")
+    }
+
+    /// Starts with `toml` as `voxgate.toml` in the server's working directory.
+    pub fn start_with_config(env: &[(&str, &str)], toml: &str) -> Server {
         let data_dir = tempfile::tempdir().unwrap();
+        if !toml.is_empty() {
+            std::fs::write(data_dir.path().join("voxgate.toml"), toml).unwrap();
+        }
         let root = repo_root();
         assert!(
             root.join("models/libonnxruntime.so").exists(),
