@@ -380,3 +380,201 @@ async fn trunk_with_digest_auth_register_and_invite_with_number_rewriting() {
         "the trunk rejected REGISTER or INVITE auth, or the number rewriting:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_end_holds_and_resumes_with_reinvite() {
+    sipp_available();
+    let server = Server::start();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uac_hold.xml", &[]);
+    let sipp = tokio::spawn(run_sipp(
+        vec![
+            server.sip_addr.clone(),
+            "-sf".into(),
+            scen.display().to_string(),
+            "-s".into(),
+            "1000".into(),
+        ],
+        dir.path().to_path_buf(),
+    ));
+    client.wait_event("incoming", Duration::from_secs(20)).await;
+    client.send(json!({"command": "accept"})).await;
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(30)).await;
+    assert_eq!(hangup["reason"], "bye");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(
+        code, 0,
+        "hold (sendonly -> recvonly) or resume (sendrecv) answered wrongly:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_offer_invite_gets_our_offer_and_media_flows() {
+    sipp_available();
+    let server = Server::start();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(
+        dir.path(),
+        "uac_late_offer.xml",
+        &[("@SPEECH@", &format!("{PCAPS}/g711a.pcap"))],
+    );
+    let sipp = tokio::spawn(run_sipp(
+        vec![
+            server.sip_addr.clone(),
+            "-sf".into(),
+            scen.display().to_string(),
+            "-s".into(),
+            "1000".into(),
+        ],
+        dir.path().to_path_buf(),
+    ));
+    let incoming = client.wait_event("incoming", Duration::from_secs(20)).await;
+    assert_eq!(incoming["sdp"], "", "late offer: no SDP in the INVITE");
+    client.send(json!({"command": "accept"})).await;
+    let answer = client.wait_event("answer", Duration::from_secs(10)).await;
+    assert!(
+        answer["sdp"]
+            .as_str()
+            .unwrap()
+            .contains("a=rtpmap:8 PCMA/8000"),
+        "our offer: {answer}"
+    );
+    client.wait_event("speaking", Duration::from_secs(20)).await;
+    client.wait_event("hangup", Duration::from_secs(30)).await;
+    let rtp = client
+        .events_named("metrics")
+        .into_iter()
+        .find(|e| e["key"] == "rtp")
+        .expect("rtp metrics");
+    assert_eq!(
+        rtp["data"]["codec"], "PCMA",
+        "the codec of the ACK's answer: {rtp}"
+    );
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "{log}");
+}
+
+/// Sends one datagram to `to` and returns the first line of the answer, if any within `wait`.
+fn udp_exchange_within(to: &str, msg: &[u8], wait: Duration) -> Option<String> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.send_to(msg, to).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.recv(&mut buf).ok()?;
+    Some(
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+fn udp_exchange(to: &str, msg: &[u8]) -> Option<String> {
+    udp_exchange_within(to, msg, Duration::from_secs(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_answer_unsupported_codecs_and_malformed_sip() {
+    sipp_available();
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    // CANCEL while a waiting client has the call ringing.
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let scen = scenario(dir.path(), "uac_cancel.xml", &[]);
+    let (code, log) = run_sipp(
+        vec![
+            server.sip_addr.clone(),
+            "-sf".into(),
+            scen.display().to_string(),
+            "-s".into(),
+            "1000".into(),
+        ],
+        dir.path().to_path_buf(),
+    )
+    .await;
+    assert_eq!(code, 0, "CANCEL not answered with 200 + 487:\n{log}");
+    client.wait_event("incoming", Duration::from_secs(5)).await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("cancelled"), Some("caller")),
+        "{hangup}"
+    );
+
+    // Only unsupported codecs: 488 before anyone is bothered.
+    let scen = scenario(dir.path(), "uac_488.xml", &[]);
+    let (code, log) = run_sipp(
+        vec![
+            server.sip_addr.clone(),
+            "-sf".into(),
+            scen.display().to_string(),
+            "-s".into(),
+            "1000".into(),
+        ],
+        dir.path().to_path_buf(),
+    )
+    .await;
+    assert_eq!(code, 0, "expected 488:\n{log}");
+
+    // Malformed SIP: dropped or answered 4xx, never a crash.
+    let sip = server.sip_addr.clone();
+    let good_sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let invite = |call_id: &str, body: &str| {
+        format!(
+            "INVITE sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{call_id}\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n\
+             To: <sip:1000@{sip}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5999>\r\nMax-Forwards: 70\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let garbage: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"\x00\xff\xfe garbage".to_vec(),
+        b"INVITE sip:1000@127.0.0.1 SIP/2.0\r\n".to_vec(),
+        invite("trunc", good_sdp).as_bytes()[..120].to_vec(),
+        invite("nocallid", good_sdp)
+            .replace("Call-ID: nocallid\r\n", "")
+            .into_bytes(),
+        invite("badcseq", good_sdp)
+            .replace("CSeq: 1 INVITE", "CSeq: x INVITE")
+            .into_bytes(),
+        invite("badlen", good_sdp)
+            .replace("Content-Length: ", "Content-Length: 99999")
+            .into_bytes(),
+        format!(
+            "OPTIONS sip:x SIP/2.0\r\nVia: nonsense\r\n{}\r\n\r\n",
+            "X-Long: ".to_string() + &"a".repeat(3000)
+        )
+        .into_bytes(),
+        (0..1400u32).map(|i| (i * 7 % 256) as u8).collect(),
+    ];
+    for g in &garbage {
+        let _ = udp_exchange_within(&sip, g, Duration::from_millis(200));
+    }
+    // Garbage SDP: 400; no audio we can use: 488.
+    assert_eq!(
+        udp_exchange(&sip, invite("garbage-sdp", "hello world").as_bytes()).as_deref(),
+        Some("SIP/2.0 400 Bad Request")
+    );
+    let g729 = good_sdp.replace("RTP/AVP 0", "RTP/AVP 18");
+    assert_eq!(
+        udp_exchange(&sip, invite("g729", &g729).as_bytes()).as_deref(),
+        Some("SIP/2.0 488 Not Acceptable Here")
+    );
+    // Still serving.
+    let options = format!(
+        "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5998;branch=z9hG4bKopt1\r\nFrom: <sip:a@127.0.0.1>;tag=9\r\nTo: <sip:{sip}>\r\n\
+         Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(
+        udp_exchange(&sip, options.as_bytes()).as_deref(),
+        Some("SIP/2.0 200 OK")
+    );
+    let health = reqwest::get(server.http("/health")).await.unwrap();
+    assert!(health.status().is_success());
+}
