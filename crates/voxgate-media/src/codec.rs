@@ -20,12 +20,16 @@ pub enum Codec {
     Pcma,
     /// G.722, 16 kHz sampling, 64 kbit/s.
     G722,
+    /// Opus (RFC 6716/7587), 48 kHz, one packet per frame (RTP legs only: packets have no fixed
+    /// size, so a byte stream cannot carry it). Decoded to mono; encoded as the stereo
+    /// `opus/48000/2` that RFC 7587 §7 requires in SDP, from mono input.
+    Opus,
 }
 
 /// Error for an unknown codec name.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
-    #[error("unknown codec `{0}` (expected pcm, pcmu, pcma or g722)")]
+    #[error("unknown codec `{0}` (expected pcm, pcmu, pcma, g722 or opus)")]
     Unknown(String),
     #[error(transparent)]
     Rate(#[from] crate::types::UnsupportedRate),
@@ -45,6 +49,7 @@ impl Codec {
             "pcmu" | "ulaw" | "mulaw" | "g711u" => Ok(Codec::Pcmu),
             "pcma" | "alaw" | "g711a" => Ok(Codec::Pcma),
             "g722" => Ok(Codec::G722),
+            "opus" => Ok(Codec::Opus),
             other => Err(CodecError::Unknown(other.to_string())),
         }
     }
@@ -56,6 +61,7 @@ impl Codec {
             Codec::Pcmu => "pcmu",
             Codec::Pcma => "pcma",
             Codec::G722 => "g722",
+            Codec::Opus => "opus",
         }
     }
 
@@ -65,12 +71,15 @@ impl Codec {
             Codec::Pcm(r) => r,
             Codec::Pcmu | Codec::Pcma => SampleRate::HZ_8000,
             Codec::G722 => SampleRate::HZ_16000,
+            Codec::Opus => SampleRate::HZ_48000,
         }
     }
 
-    /// Encoded bytes in `ms` milliseconds of audio (20 ms: 640 for PCM 16 kHz, 160 for G.711/G.722).
+    /// Encoded bytes in `ms` milliseconds of audio (20 ms: 640 for PCM 16 kHz, 160 for G.711/G.722);
+    /// 0 for Opus, whose packets vary in size.
     pub fn bytes_in_ms(self, ms: u32) -> usize {
         match self {
+            Codec::Opus => 0,
             Codec::Pcm(r) => r.samples_in_ms(ms) * 2,
             Codec::Pcmu | Codec::Pcma => SampleRate::HZ_8000.samples_in_ms(ms),
             Codec::G722 => SampleRate::HZ_16000.samples_in_ms(ms) / 2,
@@ -91,6 +100,7 @@ impl AudioDecoder {
             Codec::Pcmu => Some(audio_codec::create_decoder(audio_codec::CodecType::PCMU)),
             Codec::Pcma => Some(audio_codec::create_decoder(audio_codec::CodecType::PCMA)),
             Codec::G722 => Some(audio_codec::create_decoder(audio_codec::CodecType::G722)),
+            Codec::Opus => Some(audio_codec::create_decoder(audio_codec::CodecType::Opus)),
         };
         AudioDecoder { codec, inner }
     }
@@ -127,6 +137,7 @@ impl AudioEncoder {
             Codec::Pcmu => Some(audio_codec::create_encoder(audio_codec::CodecType::PCMU)),
             Codec::Pcma => Some(audio_codec::create_encoder(audio_codec::CodecType::PCMA)),
             Codec::G722 => Some(audio_codec::create_encoder(audio_codec::CodecType::G722)),
+            Codec::Opus => Some(audio_codec::create_encoder(audio_codec::CodecType::Opus)),
         };
         AudioEncoder { codec, inner }
     }
@@ -187,6 +198,24 @@ mod tests {
             Codec::from_name("pcm", Some(11025)),
             Err(CodecError::Rate(_))
         ));
+    }
+
+    #[test]
+    fn opus_round_trip_keeps_a_tone() {
+        let mut enc = AudioEncoder::new(Codec::Opus);
+        let mut dec = AudioDecoder::new(Codec::Opus);
+        let src = tone(SampleRate::HZ_48000, 440.0, 960 * 50);
+        let mut out = Vec::new();
+        for f in src.chunks(960) {
+            let packet = enc.encode(&AudioFrame::mono(SampleRate::HZ_48000, f.to_vec()));
+            assert!(!packet.is_empty() && packet.len() < 400, "{}", packet.len());
+            out.extend(dec.decode(&packet).samples);
+        }
+        assert_eq!(out.len(), src.len());
+        // Opus delays the signal a little; compare the energy of the second half.
+        let e = |s: &[i16]| s.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / s.len() as f64;
+        let ratio = e(&out[24000..]) / e(&src[24000..]);
+        assert!((0.5..2.0).contains(&ratio), "{ratio}");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub struct SipConfig {
     /// RTP port range (even ports for RTP, the next odd port for RTCP).
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
-    /// Codecs we offer and accept, in preference order: `pcmu`, `pcma`, `g722`.
+    /// Codecs we offer and accept, in preference order: `pcmu`, `pcma`, `g722`, `opus`.
     pub codecs: Vec<String>,
     /// Packetisation time we send and offer, ms (10-60).
     pub ptime_ms: u32,
@@ -204,7 +204,7 @@ impl Default for SipConfig {
             rtp_address: None,
             rtp_port_min: 20000,
             rtp_port_max: 30000,
-            codecs: vec!["pcmu".into(), "pcma".into(), "g722".into()],
+            codecs: vec!["pcmu".into(), "pcma".into(), "g722".into(), "opus".into()],
             ptime_ms: 20,
             ring_timeout_secs: 30,
             jitter_min_ms: 20,
@@ -401,8 +401,10 @@ impl Config {
             ));
         }
         for c in &sip.codecs {
-            if !["pcmu", "pcma", "g722"].contains(&c.as_str()) {
-                errs.push(format!("sip.codecs: `{c}` is not one of pcmu, pcma, g722"));
+            if !["pcmu", "pcma", "g722", "opus"].contains(&c.as_str()) {
+                errs.push(format!(
+                    "sip.codecs: `{c}` is not one of pcmu, pcma, g722, opus"
+                ));
             }
         }
         if sip.codecs.is_empty() {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use voxgate::store::sqlite::SqliteStore;
 use voxgate::store::Store;
 use voxgate_media::codec::{AudioDecoder, Codec};
+use voxgate_media::AudioFrame;
 use voxgate_media::SampleRate;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -240,6 +241,34 @@ async fn caller_speech_interrupts_bot_audio() {
     // The speech that interrupted is still heard.
     c.stream_realtime(&silence_frames(1000, Codec::Pcmu)).await;
     c.wait_event("asrFinal", SECS(30)).await;
+}
+
+/// The `dtmf` command on /call plays the keys as in-band tones that a DTMF detector reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_command_sends_inband_tones() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut c = Client::connect(&server.ws_url("?dump=false")).await;
+    c.send(
+        json!({ "command": "invite", "option": { "codec": "pcm", "asr": { "provider": "none" } } }),
+    )
+    .await;
+    c.wait_event("answer", SECS(10)).await;
+    c.send(json!({ "command": "dtmf", "digits": "7*0#" })).await;
+    c.wait_event("trackEnd", SECS(10)).await;
+    let audio = c.audio_bytes();
+    let samples: Vec<i16> = audio
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut det = voxgate_media::dtmf::DtmfDetector::new();
+    let mut keys = String::new();
+    for f in samples.chunks_exact(320) {
+        keys.extend(det.process(&AudioFrame::mono(SampleRate::HZ_16000, f.to_vec())));
+    }
+    assert_eq!(keys, "7*0#");
+    c.send(json!({ "command": "dtmf", "digits": "12x" })).await;
+    let e = c.wait_event("error", SECS(5)).await;
+    assert_eq!(e["code"], 400, "{e}");
 }
 
 /// In-band DTMF in the caller's audio becomes `dtmf` events.

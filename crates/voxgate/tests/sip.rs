@@ -484,7 +484,7 @@ async fn cancel_before_answer_unsupported_codecs_and_malformed_sip() {
     let dir = tempfile::tempdir().unwrap();
 
     // CANCEL while a waiting client has the call ringing.
-    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let client = Client::connect(&server.sip_ws_url("?dump=false")).await;
     let scen = scenario(dir.path(), "uac_cancel.xml", &[]);
     let (code, log) = run_sipp(
         vec![

@@ -506,6 +506,7 @@ impl CallActor {
             CallCommand::Interrupt => self.interrupt().await,
             CallCommand::Pause => self.player.pause(),
             CallCommand::Resume => self.player.resume(),
+            CallCommand::SendDtmf(keys) => self.send_dtmf(keys).await,
         }
         Flow::Continue
     }
@@ -515,6 +516,9 @@ impl CallActor {
             return self
                 .error("command", "the call is already answered", Some(400))
                 .await;
+        }
+        if o.codec == Codec::Opus {
+            return self.error("command", "codec `opus` needs packets: use it on /call/sip (or /call/webrtc); /call carries pcm, pcmu, pcma or g722", Some(400)).await;
         }
         if o.asr && self.ctx.engines.asr.is_none() {
             self.error(
@@ -778,6 +782,24 @@ impl CallActor {
             }
         }
         self.pump_asr();
+    }
+
+    async fn send_dtmf(&mut self, keys: String) {
+        if self.state != State::Answered {
+            return self
+                .error("dtmf", "`dtmf` before the call is answered", Some(400))
+                .await;
+        }
+        if let Some(leg) = &self.sip {
+            if let Err(e) = leg.send_dtmf(&keys) {
+                self.error("dtmf", e, Some(400)).await;
+            }
+            return;
+        }
+        // In-band: 100 ms of each key's two tones (ITU-T Q.23), 100 ms apart, as a bot track.
+        let track_id = self.open_track(None, false).await;
+        self.player.push_audio(&track_id, &dtmf_tones(&keys));
+        self.player.finish_track(&track_id, false);
     }
 
     /// Stops bot audio now: drops queued audio and pending synthesis, reports the position.
@@ -1064,6 +1086,33 @@ impl CallActor {
         tracing::info!(call = %self.id, reason, initiator, "call ended");
         Flow::Stop
     }
+}
+
+/// DTMF keys as 16 kHz audio: each key 100 ms of its row and column tones at −10 dBFS each,
+/// then 100 ms of silence.
+fn dtmf_tones(keys: &str) -> Vec<i16> {
+    const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
+    const COLS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+    const KEYPAD: [&str; 4] = ["123A", "456B", "789C", "*0#D"];
+    let mut out = Vec::new();
+    for k in keys.chars() {
+        let Some((r, c)) = KEYPAD
+            .iter()
+            .enumerate()
+            .find_map(|(r, row)| row.find(k).map(|c| (r, c)))
+        else {
+            continue;
+        };
+        let amp = 32767.0 * 10f32.powf(-10.0 / 20.0);
+        out.extend((0..1600).map(|i| {
+            let t = i as f32 / 16000.0;
+            (amp * ((2.0 * std::f32::consts::PI * ROWS[r] * t).sin()
+                + (2.0 * std::f32::consts::PI * COLS[c] * t).sin())
+                / 2.0) as i16
+        }));
+        out.extend(std::iter::repeat_n(0i16, 1600));
+    }
+    out
 }
 
 /// Synthesises sentences in order for one track and hands the audio to the actor.

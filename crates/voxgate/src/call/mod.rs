@@ -71,6 +71,8 @@ pub enum CallCommand {
     Interrupt,
     Pause,
     Resume,
+    /// Send DTMF keys (`0-9 * # A-D`): RFC 4733 events on a SIP leg, in-band tones otherwise.
+    SendDtmf(String),
 }
 
 /// What a call reports. `timestamp` is epoch ms at emission; other times are epoch ms too.

@@ -146,6 +146,7 @@ impl SipLeg {
             Codec::Pcmu => Some("PCMU"),
             Codec::Pcma => Some("PCMA"),
             Codec::G722 => Some("G722"),
+            Codec::Opus => Some("opus"),
             _ => None,
         };
         let local = svc.local_media(sockets.port, prefer);
@@ -320,6 +321,7 @@ impl SipLeg {
             Codec::Pcmu => Some("PCMU"),
             Codec::Pcma => Some("PCMA"),
             Codec::G722 => Some("G722"),
+            Codec::Opus => Some("opus"),
             _ => None,
         };
         let local = self.svc.local_media(sockets.port, prefer);

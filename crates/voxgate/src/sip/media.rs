@@ -2,7 +2,7 @@
 //! `voxgate-rtp` with a UDP socket pair (RTP on an even port, RTCP on the next).
 //!
 //! Caller audio: RTP → [`ReceiveStats`] → [`JitterBuffer`] → decode (PCMU/PCMA at 8 kHz, G.722
-//! at 16 kHz) → packet-loss concealment → 20 ms of 16-bit little-endian PCM at the codec's
+//! at 16 kHz, Opus at 48 kHz) → packet-loss concealment → 20 ms of 16-bit little-endian PCM at the codec's
 //! sampling rate → the call actor. telephone-event packets become `dtmf` events.
 //!
 //! Bot audio: PCM from the actor (same format) → frames of `ptime` → encode → RTP, with the
@@ -43,6 +43,7 @@ pub fn codec_for(name: &str, clock_rate: u32) -> Option<Codec> {
         ("PCMU", 8000) => Some(Codec::Pcmu),
         ("PCMA", 8000) => Some(Codec::Pcma),
         ("G722", 8000) => Some(Codec::G722),
+        ("OPUS", 48000) => Some(Codec::Opus),
         _ => None,
     }
 }

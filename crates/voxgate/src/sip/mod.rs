@@ -80,6 +80,13 @@ pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
             "pcmu" => Some(PayloadFormat::new(0, "PCMU", 8000, 1, None)),
             "pcma" => Some(PayloadFormat::new(8, "PCMA", 8000, 1, None)),
             "g722" => Some(PayloadFormat::new(9, "G722", 8000, 1, None)),
+            "opus" => Some(PayloadFormat::new(
+                111,
+                "opus",
+                48000,
+                2,
+                Some("minptime=10;useinbandfec=1"),
+            )),
             _ => None,
         })
         .collect()
@@ -175,11 +182,16 @@ impl SipService {
                 formats.insert(0, f);
             }
         }
+        // telephone-event at each codec clock rate (RFC 4733 §7.1.1): 8 kHz, and 48 kHz for Opus.
+        let mut telephone_events = vec![(8000, 101)];
+        if formats.iter().any(|f| f.clock_rate == 48000) {
+            telephone_events.push((48000, 110));
+        }
         LocalMedia {
             address: self.public_ip,
             port,
             formats,
-            telephone_events: vec![(8000, 101)],
+            telephone_events,
             ptime_ms: self.cfg.ptime_ms,
             direction: Direction::SendRecv,
             session_id: (uuid::Uuid::new_v4().as_u128() as u64) >> 1,

@@ -77,6 +77,17 @@ pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
         Command::Interrupt {} => CallCommand::Interrupt,
         Command::Pause {} => CallCommand::Pause,
         Command::Resume {} => CallCommand::Resume,
+        Command::Dtmf { digits } => {
+            if digits.is_empty()
+                || digits.len() > 64
+                || !digits.chars().all(|c| "0123456789*#ABCDabcd".contains(c))
+            {
+                return Err(BadCommand(
+                    "`dtmf` needs `digits`: 1-64 of 0-9 * # A-D".into(),
+                ));
+            }
+            CallCommand::SendDtmf(digits.to_ascii_uppercase())
+        }
         Command::Candidate { .. } => {
             return Err(BadCommand(
                 "`candidate` is for /call/webrtc; /call carries audio in WebSocket binary messages"
@@ -259,6 +270,18 @@ mod tests {
                 Err("invalid `tts` command: missing field `text`"),
             ),
             (r#"{"command":"dance"}"#, Err("unknown command `dance`")),
+            (
+                r#"{"command":"dtmf","digits":"12#a"}"#,
+                Ok(CallCommand::SendDtmf("12#A".into())),
+            ),
+            (
+                r#"{"command":"dtmf","digit":"5"}"#,
+                Ok(CallCommand::SendDtmf("5".into())),
+            ),
+            (
+                r#"{"command":"dtmf","digits":"x"}"#,
+                Err("`dtmf` needs `digits`"),
+            ),
             (r#"{"command":5}"#, Err("`command` must be a string")),
             (r#"{"text":"x"}"#, Err("missing `command` field")),
             (r#"{"command":"tts", "text": "#, Err("malformed JSON")),

@@ -75,6 +75,11 @@ pub enum Command {
     Interrupt {},
     Pause {},
     Resume {},
+    /// voxgate extension: send DTMF keys (RFC 4733 events on SIP legs, in-band tones otherwise).
+    Dtmf {
+        #[serde(alias = "digit")]
+        digits: String,
+    },
     Candidate {
         #[serde(default)]
         candidates: Vec<String>,
@@ -82,7 +87,7 @@ pub enum Command {
 }
 
 /// The command names this endpoint knows.
-pub const COMMANDS: [&str; 9] = [
+pub const COMMANDS: [&str; 10] = [
     "invite",
     "accept",
     "tts",
@@ -92,4 +97,5 @@ pub const COMMANDS: [&str; 9] = [
     "pause",
     "resume",
     "candidate",
+    "dtmf",
 ];
