@@ -2,13 +2,13 @@
 # Installs the Debian packages voxgate needs, only those missing (idempotent, ~0.1 s when done).
 #   scripts/install-deps.sh run   what `make run` needs: espeak-ng (Piper phonemes), flite (TTS),
 #                                 pocketsphinx-testdata (LibriVox recordings for "Try it")
-#   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp, the SIP peer)
+#   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone)
 # The Rust toolchain and python3/pip (for scripts/fetch-models.sh) are expected on the machine.
 set -euo pipefail
 what="${1:-run}"
 pkgs=(espeak-ng flite pocketsphinx-testdata)
 if [ "$what" = "test" ]; then
-  pkgs+=(sip-tester)
+  pkgs+=(sip-tester baresip-core)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -477,6 +477,15 @@ impl CallActor {
                     .end(crate::sip::call::reason_for_status(code), "callee")
                     .await;
             }
+            SipSignal::RingTimeout => {
+                if self
+                    .sip
+                    .as_ref()
+                    .is_some_and(|l| l.is_outbound() && !l.is_answered())
+                {
+                    return self.end("no_answer", "system").await;
+                }
+            }
             SipSignal::Ended { reason } => {
                 let Some(l) = self.sip.as_mut() else {
                     return Flow::Continue;

@@ -33,6 +33,8 @@ pub enum SipSignal {
     Failed { code: u16, reason: String },
     /// The far end ended the dialog (BYE, CANCEL) or it timed out.
     Ended { reason: String },
+    /// Our INVITE rang for `sip.ring_timeout_secs` without an answer.
+    RingTimeout,
 }
 
 /// Maps a final SIP status to a `hangup` reason.
@@ -223,6 +225,12 @@ impl SipLeg {
                 },
             };
             let _ = a.send(ActorInput::Sip(signal)).await;
+        }));
+        let a = actor.clone();
+        let ring = std::time::Duration::from_secs(svc.cfg.ring_timeout_secs);
+        leg.tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(ring).await;
+            let _ = a.send(ActorInput::Sip(SipSignal::RingTimeout)).await;
         }));
         leg.watch(states);
         Ok(leg)

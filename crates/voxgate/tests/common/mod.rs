@@ -227,6 +227,20 @@ impl Client {
             .collect()
     }
 
+    /// Waits up to `timeout` for an event named `name`; `None` when none came.
+    pub async fn try_wait_event(&self, name: &str, timeout: Duration) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| e["event"] == name) {
+                return Some(e);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until an event satisfies `pred`; returns it.
     pub async fn wait_for(
         &self,
