@@ -2,13 +2,16 @@
 # Installs the Debian packages voxgate needs, only those missing (idempotent, ~0.1 s when done).
 #   scripts/install-deps.sh run   what `make run` needs: espeak-ng (Piper phonemes), flite (TTS),
 #                                 pocketsphinx-testdata (LibriVox recordings for "Try it")
-#   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone)
+#   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone),
+#                                 and PJSUA2 (PJSIP's Python binding, from PyPI) in .venv-peers/
 # The Rust toolchain and python3/pip (for scripts/fetch-models.sh) are expected on the machine.
 set -euo pipefail
 what="${1:-run}"
 pkgs=(espeak-ng flite pocketsphinx-testdata)
 if [ "$what" = "test" ]; then
   pkgs+=(sip-tester baresip-core)
+  # Debian's python3 needs python3-venv for `python3 -m venv`.
+  python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -17,9 +20,19 @@ done
 for tool in cargo python3; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool is required (Rust toolchain via rustup; python3 with pip)" >&2; exit 1; }
 done
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}" >&2
-$SUDO apt-get update -q >&2
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=500 install -y -q --no-install-recommends "${missing[@]}" >&2
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  $SUDO apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=500 install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+if [ "$what" = "test" ]; then
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  venv="$root/.venv-peers"
+  if ! "$venv/bin/python" -c 'import pjsua2' 2>/dev/null; then
+    echo "install-deps: creating $venv with pjsua2-python" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q pjsua2-python >&2
+  fi
+fi

@@ -265,3 +265,67 @@ async fn baresip_calls_voxgate_with_opus() {
     )
     .await;
 }
+
+/// PJSUA2 calls voxgate: its RFC 4733 digits reach `dtmf` events, and the `dtmf` command's RFC 4733
+/// events are reported by PJSUA2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pjsua2_dtmf_both_ways() {
+    let python = repo_root().join(".venv-peers/bin/python");
+    assert!(
+        python.exists(),
+        "PJSUA2 is missing: run `make test` (scripts/install-deps.sh test creates .venv-peers)"
+    );
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pjsua_dtmf.py");
+    let (sip_port, rtp_port) = (free_port(), free_port());
+    let target = format!("sip:1000@{}", server.sip_addr);
+    let mut cmd = tokio::process::Command::new(&python);
+    cmd.arg(&script).args([
+        sip_port.to_string(),
+        rtp_port.to_string(),
+        target,
+        "19#".into(),
+        "3".into(),
+        "40".into(),
+    ]);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let pjsua = cmd.spawn().expect("run PJSUA2");
+    client.wait_event("incoming", Duration::from_secs(20)).await;
+    client
+        .send(json!({"command": "accept", "option": {"asr": {"enabled": false}}}))
+        .await;
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    // PJSUA2 dials its digits 1.5 s after the call is up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while client.events_named("dtmf").len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let heard: String = client
+        .events_named("dtmf")
+        .iter()
+        .map(|e| e["digit"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(heard, "19#");
+    client
+        .send(json!({"command": "dtmf", "digits": "42*"}))
+        .await;
+    let out = tokio::time::timeout(Duration::from_secs(40), pjsua.wait_with_output())
+        .await
+        .expect("PJSUA2 finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("RECEIVED 42*"),
+        "PJSUA2 reported:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("bye"), Some("caller"))
+    );
+}

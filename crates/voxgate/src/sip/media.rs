@@ -159,7 +159,8 @@ struct Leg {
     framer: SampleFramer,
     sent_packets: u64,
     sent_octets: u64,
-    dtmf_queue: std::collections::VecDeque<(bool, [u8; 4], bool)>,
+    /// One entry per ptime tick: `(marker, payload, last packet of the key)`; `None` is a pause.
+    dtmf_queue: std::collections::VecDeque<(bool, Option<[u8; 4]>, bool)>,
     dtmf_ts: u32,
     q: Quality,
     buf: Vec<u8>,
@@ -370,7 +371,16 @@ impl Leg {
     async fn on_tick(&mut self) {
         // Outbound DTMF: one packet per tick.
         if let Some((marker, payload, last)) = self.dtmf_queue.pop_front() {
-            if let Some(pt) = self.neg.telephone_event {
+            if marker {
+                // Each key is a new event with its own start timestamp (RFC 4733 §2.5.1.2).
+                let now = self.ts_now();
+                self.dtmf_ts = if now.wrapping_sub(self.next_ts) as i32 > 0 {
+                    now
+                } else {
+                    self.next_ts
+                };
+            }
+            if let (Some(pt), Some(payload)) = (self.neg.telephone_event, payload) {
                 let h = RtpHeader {
                     marker,
                     payload_type: pt,
@@ -504,20 +514,13 @@ impl Leg {
             let Some(packets) = key_press_packets(k, 100, step, self.neg.codec.clock_rate) else {
                 continue;
             };
-            if self.dtmf_queue.is_empty() {
-                self.dtmf_ts = if self.ts_now().wrapping_sub(self.next_ts) as i32 > 0 {
-                    self.ts_now()
-                } else {
-                    self.next_ts
-                };
-            }
             let n = packets.len();
             for (i, (m, p)) in packets.into_iter().enumerate() {
-                self.dtmf_queue.push_back((m, p, i + 1 == n));
+                self.dtmf_queue.push_back((m, Some(p), i + 1 == n));
             }
             // 100 ms of pause between keys.
             for _ in 0..(100 / step) {
-                self.dtmf_queue.push_back((false, [0; 4], false));
+                self.dtmf_queue.push_back((false, None, false));
             }
         }
     }
