@@ -72,6 +72,91 @@ fn user_of(uri: &rsipstack::sip::Uri) -> String {
     uri.user().unwrap_or_default().to_string()
 }
 
+/// What voxgate reads from an inbound INVITE before routing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteSummary {
+    /// From user (the caller's number), empty if absent.
+    pub caller: String,
+    /// Request-URI user, else To user (the called number).
+    pub callee: String,
+    /// SDP offer; `None` for a late offer (empty body).
+    pub offer: Option<String>,
+}
+
+impl InviteSummary {
+    pub fn of(req: &rsipstack::sip::Request) -> Self {
+        let caller = req
+            .from_header()
+            .ok()
+            .and_then(|h| h.uri().ok())
+            .map(|u| user_of(&u))
+            .unwrap_or_default();
+        let ruri = user_of(&req.uri);
+        let callee = if ruri.is_empty() {
+            req.to_header()
+                .ok()
+                .and_then(|h| h.uri().ok())
+                .map(|u| user_of(&u))
+                .unwrap_or_default()
+        } else {
+            ruri
+        };
+        let body = String::from_utf8_lossy(&req.body).to_string();
+        let offer = (!body.trim().is_empty()).then_some(body);
+        InviteSummary {
+            caller,
+            callee,
+            offer,
+        }
+    }
+}
+
+/// Whether we can answer an offer: `Err((400, why))` for an unparsable SDP, `Err((488, why))` when
+/// no stream or codec is usable (RFC 3261 §21.4.26).
+pub fn check_offer(offer: &str, local: &LocalMedia) -> Result<(), (StatusCode, String)> {
+    match voxgate_rtp::sdp::answer(offer, local) {
+        Ok(_) => Ok(()),
+        Err(e @ voxgate_rtp::sdp::SdpError::Parse(_)) => {
+            Err((StatusCode::BadRequest, e.to_string()))
+        }
+        Err(e) => Err((StatusCode::NotAcceptableHere, e.to_string())),
+    }
+}
+
+/// The SIP adapter's parsing entry, for fuzzing and tests: one datagram as the network would
+/// deliver it → the parsed message and, for an INVITE, what routing reads of it plus the answer
+/// status its offer would get against the default codecs.
+///
+/// # Errors
+/// The parser's message for bytes that are not a SIP message.
+pub fn inspect_datagram(data: &[u8]) -> Result<Option<(InviteSummary, u16)>, String> {
+    let msg = rsipstack::sip::SipMessage::try_from(data).map_err(|e| e.to_string())?;
+    let rsipstack::sip::SipMessage::Request(req) = msg else {
+        return Ok(None);
+    };
+    if req.method != Method::Invite {
+        return Ok(None);
+    }
+    let summary = InviteSummary::of(&req);
+    let local = LocalMedia {
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 9,
+        formats: payload_formats(&SipConfig::default().codecs),
+        telephone_events: vec![(8000, 101), (48000, 110)],
+        ptime_ms: 20,
+        direction: Direction::SendRecv,
+        session_id: 1,
+        session_version: 1,
+    };
+    let status = match &summary.offer {
+        Some(o) => check_offer(o, &local)
+            .map(|_| 200)
+            .unwrap_or_else(|(c, _)| c.code()),
+        None => 200,
+    };
+    Ok(Some((summary, status)))
+}
+
 /// The codec entries of our SDP for the configured names.
 pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
     names
@@ -328,45 +413,18 @@ impl SipService {
     }
 
     async fn on_invite(self: Arc<Self>, mut tx: Transaction) {
-        let caller = tx
-            .original
-            .from_header()
-            .ok()
-            .and_then(|h| h.uri().ok())
-            .map(|u| user_of(&u))
-            .unwrap_or_default();
-        let callee = {
-            let ruri = user_of(&tx.original.uri);
-            if ruri.is_empty() {
-                tx.original
-                    .to_header()
-                    .ok()
-                    .and_then(|h| h.uri().ok())
-                    .map(|u| user_of(&u))
-                    .unwrap_or_default()
-            } else {
-                ruri
-            }
-        };
-        let body = String::from_utf8_lossy(&tx.original.body).to_string();
-        let offer = (!body.trim().is_empty()).then_some(body);
+        let InviteSummary {
+            caller,
+            callee,
+            offer,
+        } = InviteSummary::of(&tx.original);
         if let Some(o) = &offer {
             // Refuse what we could never answer before anyone is bothered.
-            if let Err(e) = voxgate_rtp::sdp::answer(o, &self.local_media(9, None)) {
-                let code = match e {
-                    voxgate_rtp::sdp::SdpError::Parse(_) => StatusCode::BadRequest,
-                    _ => StatusCode::NotAcceptableHere,
-                };
+            if let Err((code, e)) = check_offer(o, &self.local_media(9, None)) {
                 tracing::info!(caller, callee, "refusing INVITE: {e}");
-                let _ = tx
-                    .reply_with(
-                        code,
-                        vec![rsipstack::sip::Header::Warning(
-                            format!("399 voxgate \"{e}\"").into(),
-                        )],
-                        None,
-                    )
-                    .await;
+                let warning =
+                    rsipstack::sip::Header::Warning(format!("399 voxgate \"{e}\"").into());
+                let _ = tx.reply_with(code, vec![warning], None).await;
                 return;
             }
         }
@@ -490,5 +548,75 @@ impl SipService {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite(body: &str) -> String {
+        format!(
+            "INVITE sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\nFrom: <sip:5551234@127.0.0.1>;tag=a\r\n\
+             To: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn inspect_datagram_reads_invites_and_classifies_offers() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let (s, status) = inspect_datagram(invite(sdp).as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            (s.caller.as_str(), s.callee.as_str(), status),
+            ("5551234", "1000", 200)
+        );
+        assert_eq!(
+            inspect_datagram(invite("").as_bytes())
+                .unwrap()
+                .unwrap()
+                .0
+                .offer,
+            None,
+            "late offer"
+        );
+        assert_eq!(
+            inspect_datagram(invite(&sdp.replace("AVP 8", "AVP 18")).as_bytes())
+                .unwrap()
+                .unwrap()
+                .1,
+            488
+        );
+        assert_eq!(
+            inspect_datagram(invite("not sdp at all").as_bytes())
+                .unwrap()
+                .unwrap()
+                .1,
+            400
+        );
+        assert!(inspect_datagram(b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n")
+            .map(|r| r.is_none())
+            .unwrap_or(true));
+        for garbage in [
+            &b""[..],
+            b"\xff\xfe",
+            b"INVITE",
+            b"INVITE sip:x SIP/2.0\r\nContent-Length: 99\r\n\r\nabc",
+        ] {
+            let _ = inspect_datagram(garbage);
+        }
+    }
+
+    #[test]
+    fn status_and_reason_mapping_round_trips() {
+        use call::{reason_for_status, status_for_reason};
+        assert_eq!(reason_for_status(486), "busy");
+        assert_eq!(status_for_reason("busy").code(), 486);
+        assert_eq!(reason_for_status(480), "no_answer");
+        assert_eq!(status_for_reason("no_answer").code(), 480);
+        assert_eq!(reason_for_status(603), "declined");
+        assert_eq!(status_for_reason("anything").code(), 603);
+        assert_eq!(reason_for_status(488), "codec_mismatch");
+        assert_eq!(reason_for_status(500), "failed");
     }
 }
