@@ -1,6 +1,10 @@
 //! `voxgate call`: a `/call` client for users and tests. Streams a WAV file in real time as 20 ms
 //! frames in the chosen codec, prints every event as one JSON line on stdout, can send `tts`
 //! text, saves the audio it receives as a WAV, and prints the final transcript.
+//!
+//! On `/call/sip` the audio travels over RTP: with `--callee` it dials (`invite`), otherwise it
+//! waits for an inbound call (`incoming`) and accepts it; then it sends the `--tts` texts and
+//! prints events until the call ends.
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
@@ -35,6 +39,12 @@ pub struct CallArgs {
     /// Seconds to wait, once streaming is done, for the call to go quiet before hanging up.
     #[arg(long, default_value_t = 3.0)]
     pub wait: f64,
+    /// On /call/sip: the number or sip: URI to dial; without it the client waits for a call.
+    #[arg(long)]
+    pub callee: Option<String>,
+    /// On /call/sip: the caller id to dial with.
+    #[arg(long)]
+    pub caller: Option<String>,
 }
 
 enum Incoming {
@@ -78,17 +88,54 @@ pub async fn call(a: CallArgs) -> anyhow::Result<()> {
         finals
     });
 
+    let sip = a
+        .url
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .ends_with("/call/sip");
+    if sip && a.wav.is_some() {
+        bail!("--wav applies to /call: on /call/sip the caller's audio comes over RTP");
+    }
     let mut option = serde_json::json!({ "codec": codec.name() });
     if let Codec::Pcm(r) = codec {
         option["sampleRate"] = r.hz().into();
     }
+    if sip {
+        if matches!(codec, Codec::Pcm(_)) {
+            option = serde_json::json!({});
+        }
+        option["caller"] = a.caller.clone().into();
+        option["callee"] = a.callee.clone().into();
+    }
+    if sip && a.callee.is_none() {
+        eprintln!("waiting for an inbound SIP call...");
+        let incoming = tokio::time::timeout(Duration::from_secs(600), async {
+            while let Some(i) = ev_rx.recv().await {
+                if let Incoming::Event(v) = i {
+                    if v["event"] == "incoming" {
+                        return Ok(());
+                    }
+                }
+            }
+            bail!("connection closed before a call came in")
+        })
+        .await;
+        incoming.context("no inbound call within 10 minutes")??;
+        option = serde_json::json!({});
+    }
+    let command = if sip && a.callee.is_none() {
+        "accept"
+    } else {
+        "invite"
+    };
     sink.send(Message::Text(
-        serde_json::json!({ "command": "invite", "option": option })
+        serde_json::json!({ "command": command, "option": option })
             .to_string()
             .into(),
     ))
     .await?;
-    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+    let answered = tokio::time::timeout(Duration::from_secs(if sip { 120 } else { 30 }), async {
         while let Some(i) = ev_rx.recv().await {
             if let Incoming::Event(v) = i {
                 match v["event"].as_str() {
@@ -101,7 +148,7 @@ pub async fn call(a: CallArgs) -> anyhow::Result<()> {
         bail!("connection closed before answer")
     })
     .await;
-    answered.context("no answer within 30 s")??;
+    answered.context("no answer in time")??;
 
     for text in &a.tts {
         sink.send(Message::Text(
@@ -128,6 +175,13 @@ pub async fn call(a: CallArgs) -> anyhow::Result<()> {
     }
     // Wait until nothing has arrived for `wait` seconds (bot audio counts as activity).
     let quiet = Duration::from_secs_f64(a.wait);
+    if sip {
+        // Events only (no audio on this socket): wait for the call to end, up to `wait` of quiet.
+        eprintln!(
+            "call up; waiting for it to end (or {} s without events)",
+            a.wait
+        );
+    }
     let mut hung_up = false;
     while let Ok(Some(i)) = tokio::time::timeout(quiet, ev_rx.recv()).await {
         if let Incoming::Event(v) = i {

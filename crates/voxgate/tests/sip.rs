@@ -578,3 +578,37 @@ async fn cancel_before_answer_unsupported_codecs_and_malformed_sip() {
     let health = reqwest::get(server.http("/health")).await.unwrap();
     assert!(health.status().is_success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refer_transfers_the_caller_then_voxgate_hangs_up() {
+    sipp_available();
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uac_refer.xml", &[]);
+    let sipp = tokio::spawn(run_sipp(
+        vec![
+            server.sip_addr.clone(),
+            "-sf".into(),
+            scen.display().to_string(),
+            "-s".into(),
+            "1000".into(),
+        ],
+        dir.path().to_path_buf(),
+    ));
+    client.wait_event("incoming", Duration::from_secs(20)).await;
+    client.send(json!({"command": "accept"})).await;
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "refer", "target": "sip:agent@127.0.0.1:5999"}))
+        .await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(20)).await;
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("transferred"), Some("system")),
+        "{hangup}\n{log}\n{:?}",
+        client.events()
+    );
+    assert_eq!(code, 0, "{log}");
+}

@@ -477,6 +477,11 @@ impl CallActor {
                     .end(crate::sip::call::reason_for_status(code), "callee")
                     .await;
             }
+            SipSignal::Transferred => return self.end("transferred", "system").await,
+            SipSignal::TransferFailed { code, reason } => {
+                self.error("sip", format!("transfer failed: {reason}"), Some(code))
+                    .await
+            }
             SipSignal::RingTimeout => {
                 if self
                     .sip
@@ -516,6 +521,21 @@ impl CallActor {
             CallCommand::Pause => self.player.pause(),
             CallCommand::Resume => self.player.resume(),
             CallCommand::SendDtmf(keys) => self.send_dtmf(keys).await,
+            CallCommand::Transfer(target) => match self.sip.as_mut() {
+                Some(leg) if leg.is_answered() => {
+                    if let Err(e) = leg.refer(&target) {
+                        self.error("sip", e, Some(400)).await;
+                    }
+                }
+                _ => {
+                    self.error(
+                        "command",
+                        "`refer` needs an answered call on /call/sip",
+                        Some(400),
+                    )
+                    .await
+                }
+            },
         }
         Flow::Continue
     }

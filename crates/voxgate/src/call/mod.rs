@@ -73,6 +73,8 @@ pub enum CallCommand {
     Resume,
     /// Send DTMF keys (`0-9 * # A-D`): RFC 4733 events on a SIP leg, in-band tones otherwise.
     SendDtmf(String),
+    /// Blind transfer (SIP REFER) to a `sip:` URI or a number (sent to the first trunk's host).
+    Transfer(String),
 }
 
 /// What a call reports. `timestamp` is epoch ms at emission; other times are epoch ms too.

@@ -35,6 +35,10 @@ pub enum SipSignal {
     Ended { reason: String },
     /// Our INVITE rang for `sip.ring_timeout_secs` without an answer.
     RingTimeout,
+    /// The transfer target answered (NOTIFY sipfrag 2xx after our REFER): we hang up.
+    Transferred,
+    /// The far end refused the REFER, or the transfer target did not answer.
+    TransferFailed { code: u16, reason: String },
 }
 
 /// Maps a final SIP status to a `hangup` reason.
@@ -466,8 +470,21 @@ impl SipLeg {
                     DialogState::Options(_, _, handle) => {
                         let _ = handle.reply(StatusCode::OK).await;
                     }
+                    DialogState::Notify(_, req, handle) => {
+                        // Progress of our REFER (RFC 3515 §2.4.5): a message/sipfrag status line.
+                        let _ = handle.reply(StatusCode::OK).await;
+                        if let Some((code, reason)) = refer_progress(&req) {
+                            let signal = match code {
+                                200..=299 => Some(SipSignal::Transferred),
+                                300.. => Some(SipSignal::TransferFailed { code, reason }),
+                                _ => None,
+                            };
+                            if let Some(s) = signal {
+                                let _ = actor.send(ActorInput::Sip(s)).await;
+                            }
+                        }
+                    }
                     DialogState::Refer(_, _, handle)
-                    | DialogState::Notify(_, _, handle)
                     | DialogState::Message(_, _, handle)
                     | DialogState::Publish(_, _, handle) => {
                         let _ = handle.reply(StatusCode::NotImplemented).await;
@@ -500,6 +517,57 @@ impl SipLeg {
                 }
             }
         }));
+    }
+
+    /// Blind transfer (RFC 3515): REFER with `Refer-To: target`; the outcome comes back as
+    /// [`SipSignal::Transferred`] or [`SipSignal::TransferFailed`].
+    ///
+    /// # Errors
+    /// A bad target, or no dialog.
+    pub fn refer(&mut self, target: &str) -> Result<(), String> {
+        let dialog = self.dialog.clone().ok_or("the call has no dialog")?;
+        let uri = if target.starts_with("sip:") || target.starts_with("sips:") {
+            target.to_string()
+        } else {
+            let host = self.svc.trunk().map(|t| t.host.clone()).ok_or_else(|| {
+                format!(
+                    "`{target}` is a number but no [[sip.trunks]] is configured; use a sip: URI"
+                )
+            })?;
+            format!("sip:{target}@{host}")
+        };
+        let uri: rsipstack::sip::Uri = uri
+            .as_str()
+            .try_into()
+            .map_err(|e| format!("bad transfer target `{target}`: {e}"))?;
+        let actor = self.actor.clone();
+        let track = self.track_id.clone();
+        self.tasks.push(tokio::spawn(async move {
+            tracing::info!(call = %track, %uri, "REFER");
+            let signal = match dialog.refer(uri, None, None).await {
+                Ok(Some(resp))
+                    if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
+                {
+                    None
+                }
+                Ok(Some(resp)) => Some(SipSignal::TransferFailed {
+                    code: resp.status_code.code(),
+                    reason: resp.status_code.to_string(),
+                }),
+                Ok(None) => Some(SipSignal::TransferFailed {
+                    code: 408,
+                    reason: "no answer to REFER".into(),
+                }),
+                Err(e) => Some(SipSignal::TransferFailed {
+                    code: 500,
+                    reason: e.to_string(),
+                }),
+            };
+            if let Some(s) = signal {
+                let _ = actor.send(ActorInput::Sip(s)).await;
+            }
+        }));
+        Ok(())
     }
 
     /// The far end ended the dialog: no BYE from us.
@@ -539,6 +607,29 @@ impl SipLeg {
         }
         quality
     }
+}
+
+/// The status of a REFER's NOTIFY (`Event: refer`, body `message/sipfrag` whose first line is a
+/// status line, RFC 3515 §2.4.5): `(code, reason phrase)`.
+fn refer_progress(req: &rsipstack::sip::Request) -> Option<(u16, String)> {
+    let is_refer = req.headers.iter().any(|h| {
+        let line = h.to_string();
+        let (name, value) = line.split_once(':').unwrap_or_default();
+        let name = name.trim();
+        (name.eq_ignore_ascii_case("event") || name == "o")
+            && value.trim().to_ascii_lowercase().starts_with("refer")
+    });
+    if !is_refer {
+        return None;
+    }
+    let body = String::from_utf8_lossy(&req.body);
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("SIP/2.0 "))?;
+    let mut parts = line.splitn(3, ' ').skip(1);
+    let code = parts.next()?.parse::<u16>().ok()?;
+    Some((code, parts.next().unwrap_or_default().to_string()))
 }
 
 /// Answers a re-INVITE/UPDATE offer with our current port and the mirrored direction; 488 when

@@ -77,6 +77,15 @@ pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
         Command::Interrupt {} => CallCommand::Interrupt,
         Command::Pause {} => CallCommand::Pause,
         Command::Resume {} => CallCommand::Resume,
+        Command::Refer { target } => {
+            let target = target.trim().to_string();
+            if target.is_empty() || target.len() > 256 {
+                return Err(BadCommand(
+                    "`refer` needs `target`: a sip: URI or a number".into(),
+                ));
+            }
+            CallCommand::Transfer(target)
+        }
         Command::Dtmf { digits } => {
             if digits.is_empty()
                 || digits.len() > 64

@@ -80,6 +80,11 @@ pub enum Command {
         #[serde(alias = "digit")]
         digits: String,
     },
+    /// voxgate extension: blind transfer of a SIP call (REFER, RFC 3515) to `target`.
+    Refer {
+        #[serde(alias = "callee")]
+        target: String,
+    },
     Candidate {
         #[serde(default)]
         candidates: Vec<String>,
@@ -87,7 +92,7 @@ pub enum Command {
 }
 
 /// The command names this endpoint knows.
-pub const COMMANDS: [&str; 10] = [
+pub const COMMANDS: [&str; 11] = [
     "invite",
     "accept",
     "tts",
@@ -98,4 +103,5 @@ pub const COMMANDS: [&str; 10] = [
     "resume",
     "candidate",
     "dtmf",
+    "refer",
 ];
