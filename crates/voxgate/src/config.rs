@@ -81,6 +81,9 @@ pub struct SipTrunk {
     pub register: bool,
     /// Requested registration lifetime, seconds.
     pub register_expires: u32,
+    /// Send OPTIONS to the trunk this often (seconds) and report it up/down in `/health`;
+    /// 0 disables.
+    pub keepalive_secs: u64,
     /// Caller id (From user) when `invite` gives no `caller`.
     pub caller_id: Option<String>,
     /// Number rewriting for outbound callees: strip this prefix, then add `add_prefix`.
@@ -229,6 +232,7 @@ impl Default for SipTrunk {
             realm: None,
             register: false,
             register_expires: 3600,
+            keepalive_secs: 30,
             caller_id: None,
             strip_prefix: None,
             add_prefix: None,

@@ -356,7 +356,7 @@ async fn trunk_with_digest_auth_register_and_invite_with_number_rewriting() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let config = format!(
         "[[sip.trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{port}\"\nusername = \"alice\"\npassword = \"s3cret\"\nregister = true\n\
-         register_expires = 600\ncaller_id = \"15551230000\"\nstrip_prefix = \"+1\"\nadd_prefix = \"9\"\n"
+         register_expires = 600\nkeepalive_secs = 0\ncaller_id = \"15551230000\"\nstrip_prefix = \"+1\"\nadd_prefix = \"9\"\n"
     );
     let server = Server::start_with_config(&[], &config);
     let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
@@ -611,4 +611,48 @@ async fn refer_transfers_the_caller_then_voxgate_hangs_up() {
         client.events()
     );
     assert_eq!(code, 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_keepalive_reports_the_trunk_up_in_health() {
+    sipp_available();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = dir.path().join("uas_options.xml");
+    std::fs::write(
+        &scen,
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="answer OPTIONS">
+  <recv request="OPTIONS"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]O[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+  ]]></send>
+</scenario>
+"#,
+    )
+    .unwrap();
+    let port = free_udp_port();
+    let sipp = tokio::spawn(run_sipp_on_m(port, 2, vec!["-sf".into(), scen.display().to_string()], dir.path().to_path_buf()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let config = format!("[[sip.trunks]]\nname = \"pbx\"\nhost = \"127.0.0.1:{port}\"\nkeepalive_secs = 1\n");
+    let server = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut health = serde_json::Value::Null;
+    while std::time::Instant::now() < deadline {
+        health = reqwest::get(server.http("/health")).await.unwrap().json().await.unwrap();
+        if health["sip"]["trunks"]["pbx"]["options"] == "up" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health["sip"]["trunks"]["pbx"]["options"], "up", "{health}");
+    assert_eq!(health["sip"]["trunks"]["pbx"]["optionsCode"], 200, "{health}");
+    assert_eq!(health["sip"]["listen"], server.sip_addr.as_str());
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "two keepalives answered:\n{log}");
 }

@@ -29,6 +29,20 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use voxgate_rtp::sdp::{Direction, LocalMedia, PayloadFormat};
 
+/// A trunk's health as `/health` reports it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkStatus {
+    /// `up` (the last OPTIONS got any final response), `down` (no response), or `unknown`.
+    pub options: String,
+    /// Status code of the last OPTIONS answer.
+    pub options_code: Option<u16>,
+    /// `registered`, `failed`, or absent when the trunk does not register.
+    pub registration: Option<String>,
+    /// Epoch ms of the last change.
+    pub updated_at: i64,
+}
+
 /// An inbound call waiting for `accept` (or `hangup`).
 pub struct IncomingCall {
     /// voxgate's id for the call (the `/call/sip?id=` a webhook handler connects with).
@@ -63,6 +77,8 @@ pub struct SipService {
     /// IP written in SDP and Contact.
     pub(crate) public_ip: IpAddr,
     pending: Mutex<HashMap<String, IncomingCall>>,
+    /// Trunk name → what the last OPTIONS keepalive and REGISTER found.
+    trunk_status: Mutex<HashMap<String, TrunkStatus>>,
     waiting: Mutex<VecDeque<(String, mpsc::Sender<ActorInput>)>>,
     http: reqwest::Client,
     cancel: CancellationToken,
@@ -228,6 +244,7 @@ impl SipService {
             rtp_ip,
             public_ip,
             pending: Mutex::new(HashMap::new()),
+            trunk_status: Mutex::new(HashMap::new()),
             waiting: Mutex::new(VecDeque::new()),
             http,
             cancel: cancel.clone(),
@@ -239,6 +256,9 @@ impl SipService {
         tokio::spawn(svc.clone().route_incoming(incoming));
         for t in svc.cfg.trunks.iter().filter(|t| t.register) {
             tokio::spawn(svc.clone().register_loop(t.clone()));
+        }
+        for t in svc.cfg.trunks.iter().filter(|t| t.keepalive_secs > 0) {
+            tokio::spawn(svc.clone().keepalive_loop(t.clone()));
         }
         Ok(svc)
     }
@@ -314,6 +334,74 @@ impl SipService {
         self.cfg.trunks.first()
     }
 
+    /// Every trunk's status, by name (for `/health`).
+    pub fn trunk_status(&self) -> HashMap<String, TrunkStatus> {
+        self.trunk_status.lock().expect("lock").clone()
+    }
+
+    fn set_status(&self, trunk: &str, f: impl FnOnce(&mut TrunkStatus)) {
+        let mut m = self.trunk_status.lock().expect("lock");
+        let st = m.entry(trunk.to_string()).or_insert_with(|| TrunkStatus { options: "unknown".into(), ..Default::default() });
+        f(st);
+        st.updated_at = crate::call::now_ms();
+    }
+
+    /// One out-of-dialog OPTIONS to `host`; the final status code, or why there was none.
+    async fn options_ping(&self, host: &str) -> Result<u16, String> {
+        use rsipstack::transaction::key::{TransactionKey, TransactionRole};
+        let uri: rsipstack::sip::Uri = format!("sip:{host}").as_str().try_into().map_err(|e| format!("bad host: {e}"))?;
+        let via = self.endpoint.get_via(None, None).map_err(|e| e.to_string())?;
+        let from = rsipstack::sip::typed::From { display_name: None, uri: self.contact("voxgate"), params: vec![] }.with_tag(rsipstack::transaction::make_tag());
+        let to = rsipstack::sip::typed::To { display_name: None, uri: uri.clone(), params: vec![] };
+        let req = self.endpoint.make_request(Method::Options, uri, via, from, to, 1, None);
+        let key = TransactionKey::from_request(&req, TransactionRole::Client).map_err(|e| e.to_string())?;
+        let mut tx = Transaction::new_client(key, req, self.endpoint.clone(), None);
+        tx.send().await.map_err(|e| e.to_string())?;
+        while let Some(msg) = tx.receive().await {
+            if let rsipstack::sip::SipMessage::Response(r) = msg {
+                if r.status_code.kind() != rsipstack::sip::StatusCodeKind::Provisional {
+                    return Ok(r.status_code.code());
+                }
+            }
+        }
+        Err("no response (transaction timed out)".into())
+    }
+
+    async fn keepalive_loop(self: Arc<Self>, trunk: SipTrunk) {
+        let every = Duration::from_secs(trunk.keepalive_secs);
+        loop {
+            let r = tokio::select! {
+                r = self.options_ping(&trunk.host) => r,
+                _ = self.cancel.cancelled() => return,
+            };
+            let was = self.trunk_status().get(&trunk.name).map(|s| s.options.clone());
+            match r {
+                Ok(code) => {
+                    if was.as_deref() != Some("up") {
+                        tracing::info!(trunk = trunk.name, code, "trunk answers OPTIONS: up");
+                    }
+                    self.set_status(&trunk.name, |s| {
+                        s.options = "up".into();
+                        s.options_code = Some(code);
+                    });
+                }
+                Err(e) => {
+                    if was.as_deref() != Some("down") {
+                        tracing::warn!(trunk = trunk.name, "trunk does not answer OPTIONS: down ({e})");
+                    }
+                    self.set_status(&trunk.name, |s| {
+                        s.options = "down".into();
+                        s.options_code = None;
+                    });
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
     async fn register_loop(self: Arc<Self>, trunk: SipTrunk) {
         let cred = rsipstack::dialog::authenticate::Credential {
             username: trunk.username.clone().unwrap_or_default(),
@@ -340,11 +428,13 @@ impl SipService {
                 {
                     let expires = reg.expires().max(60);
                     tracing::info!(trunk = trunk.name, expires, "registered");
+                    self.set_status(&trunk.name, |s| s.registration = Some("registered".into()));
                     backoff = Duration::from_secs(5);
                     Duration::from_secs(expires as u64 * 4 / 5)
                 }
                 Ok(resp) => {
                     tracing::warn!(trunk = trunk.name, status = %resp.status_code, "registration refused; retrying in {backoff:?}");
+                    self.set_status(&trunk.name, |s| s.registration = Some("failed".into()));
                     backoff = (backoff * 2).min(Duration::from_secs(300));
                     backoff
                 }
