@@ -637,22 +637,131 @@ async fn options_keepalive_reports_the_trunk_up_in_health() {
     )
     .unwrap();
     let port = free_udp_port();
-    let sipp = tokio::spawn(run_sipp_on_m(port, 2, vec!["-sf".into(), scen.display().to_string()], dir.path().to_path_buf()));
+    let sipp = tokio::spawn(run_sipp_on_m(
+        port,
+        2,
+        vec!["-sf".into(), scen.display().to_string()],
+        dir.path().to_path_buf(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let config = format!("[[sip.trunks]]\nname = \"pbx\"\nhost = \"127.0.0.1:{port}\"\nkeepalive_secs = 1\n");
+    let config = format!(
+        "[[sip.trunks]]\nname = \"pbx\"\nhost = \"127.0.0.1:{port}\"\nkeepalive_secs = 1\n"
+    );
     let server = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &config);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut health = serde_json::Value::Null;
     while std::time::Instant::now() < deadline {
-        health = reqwest::get(server.http("/health")).await.unwrap().json().await.unwrap();
+        health = reqwest::get(server.http("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if health["sip"]["trunks"]["pbx"]["options"] == "up" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(health["sip"]["trunks"]["pbx"]["options"], "up", "{health}");
-    assert_eq!(health["sip"]["trunks"]["pbx"]["optionsCode"], 200, "{health}");
+    assert_eq!(
+        health["sip"]["trunks"]["pbx"]["optionsCode"], 200,
+        "{health}"
+    );
     assert_eq!(health["sip"]["listen"], server.sip_addr.as_str());
     let (code, log) = sipp.await.unwrap();
     assert_eq!(code, 0, "two keepalives answered:\n{log}");
+}
+
+/// A one-request HTTP server: returns its URL and a receiver for the JSON body it is POSTed.
+async fn webhook_once() -> (String, tokio::sync::oneshot::Receiver<serde_json::Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let body = loop {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "webhook connection closed early");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break body[..len].to_string();
+                }
+            }
+        };
+        sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = tx.send(serde_json::from_str(&body).unwrap());
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_over_tcp_through_a_webhook_and_unknown_numbers_get_404() {
+    sipp_available();
+    let (hook, body) = webhook_once().await;
+    let config = format!("[[sip.numbers]]\nnumber = \"2000\"\nwebhook = \"{hook}\"\n");
+    let server = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &config);
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uac_hold.xml", &[]);
+    let sipp = tokio::spawn(run_sipp(
+        vec![
+            server.sip_addr.clone(),
+            "-sf".into(),
+            scen.display().to_string(),
+            "-s".into(),
+            "2000".into(),
+            "-t".into(),
+            "t1".into(),
+        ],
+        dir.path().to_path_buf(),
+    ));
+    let hook_body = tokio::time::timeout(Duration::from_secs(20), body)
+        .await
+        .expect("webhook called")
+        .unwrap();
+    assert_eq!(
+        (
+            hook_body["event"].as_str(),
+            hook_body["caller"].as_str(),
+            hook_body["callee"].as_str()
+        ),
+        (Some("incoming"), Some("5551234"), Some("2000")),
+        "{hook_body}"
+    );
+    let id = hook_body["callId"].as_str().unwrap().to_string();
+    assert_eq!(hook_body["url"], format!("/call/sip?id={id}"));
+    let mut client = Client::connect(&server.sip_ws_url(&format!("?id={id}&dump=false"))).await;
+    let incoming = client.wait_event("incoming", Duration::from_secs(5)).await;
+    assert_eq!(incoming["trackId"], id.as_str());
+    client.send(json!({"command": "accept"})).await;
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(30)).await;
+    assert_eq!(hangup["reason"], "bye");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "call over TCP:\n{log}");
+
+    // No [[sip.numbers]] entry for 3000 (and no "*"): 404.
+    let sip = server.sip_addr.clone();
+    let invite = format!(
+        "INVITE sip:3000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5997;branch=z9hG4bKnf1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n\
+         To: <sip:3000@{sip}>\r\nCall-ID: nf1\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5997>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(
+        udp_exchange(&sip, invite.as_bytes()).as_deref(),
+        Some("SIP/2.0 404 Not Found")
+    );
 }

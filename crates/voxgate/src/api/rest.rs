@@ -34,6 +34,11 @@ pub async fn ice_servers(State(st): State<AppState>) -> Json<serde_json::Value> 
 /// `GET /health`: `{"status": "ok", "version", "calls", "sip"}`; `sip` (when enabled) holds the
 /// SIP address and each trunk's OPTIONS/REGISTER status.
 pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
-    let sip = st.sip.as_ref().map(|s| json!({ "listen": s.local_addr.to_string(), "trunks": s.trunk_status() }));
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "calls": st.registry.len(), "sip": sip }))
+    let sip = st
+        .sip
+        .as_ref()
+        .map(|s| json!({ "listen": s.local_addr.to_string(), "trunks": s.trunk_status() }));
+    Json(
+        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "calls": st.registry.len(), "sip": sip }),
+    )
 }

@@ -341,7 +341,10 @@ impl SipService {
 
     fn set_status(&self, trunk: &str, f: impl FnOnce(&mut TrunkStatus)) {
         let mut m = self.trunk_status.lock().expect("lock");
-        let st = m.entry(trunk.to_string()).or_insert_with(|| TrunkStatus { options: "unknown".into(), ..Default::default() });
+        let st = m.entry(trunk.to_string()).or_insert_with(|| TrunkStatus {
+            options: "unknown".into(),
+            ..Default::default()
+        });
         f(st);
         st.updated_at = crate::call::now_ms();
     }
@@ -349,12 +352,30 @@ impl SipService {
     /// One out-of-dialog OPTIONS to `host`; the final status code, or why there was none.
     async fn options_ping(&self, host: &str) -> Result<u16, String> {
         use rsipstack::transaction::key::{TransactionKey, TransactionRole};
-        let uri: rsipstack::sip::Uri = format!("sip:{host}").as_str().try_into().map_err(|e| format!("bad host: {e}"))?;
-        let via = self.endpoint.get_via(None, None).map_err(|e| e.to_string())?;
-        let from = rsipstack::sip::typed::From { display_name: None, uri: self.contact("voxgate"), params: vec![] }.with_tag(rsipstack::transaction::make_tag());
-        let to = rsipstack::sip::typed::To { display_name: None, uri: uri.clone(), params: vec![] };
-        let req = self.endpoint.make_request(Method::Options, uri, via, from, to, 1, None);
-        let key = TransactionKey::from_request(&req, TransactionRole::Client).map_err(|e| e.to_string())?;
+        let uri: rsipstack::sip::Uri = format!("sip:{host}")
+            .as_str()
+            .try_into()
+            .map_err(|e| format!("bad host: {e}"))?;
+        let via = self
+            .endpoint
+            .get_via(None, None)
+            .map_err(|e| e.to_string())?;
+        let from = rsipstack::sip::typed::From {
+            display_name: None,
+            uri: self.contact("voxgate"),
+            params: vec![],
+        }
+        .with_tag(rsipstack::transaction::make_tag());
+        let to = rsipstack::sip::typed::To {
+            display_name: None,
+            uri: uri.clone(),
+            params: vec![],
+        };
+        let req = self
+            .endpoint
+            .make_request(Method::Options, uri, via, from, to, 1, None);
+        let key = TransactionKey::from_request(&req, TransactionRole::Client)
+            .map_err(|e| e.to_string())?;
         let mut tx = Transaction::new_client(key, req, self.endpoint.clone(), None);
         tx.send().await.map_err(|e| e.to_string())?;
         while let Some(msg) = tx.receive().await {
@@ -374,7 +395,10 @@ impl SipService {
                 r = self.options_ping(&trunk.host) => r,
                 _ = self.cancel.cancelled() => return,
             };
-            let was = self.trunk_status().get(&trunk.name).map(|s| s.options.clone());
+            let was = self
+                .trunk_status()
+                .get(&trunk.name)
+                .map(|s| s.options.clone());
             match r {
                 Ok(code) => {
                     if was.as_deref() != Some("up") {
@@ -387,7 +411,10 @@ impl SipService {
                 }
                 Err(e) => {
                     if was.as_deref() != Some("down") {
-                        tracing::warn!(trunk = trunk.name, "trunk does not answer OPTIONS: down ({e})");
+                        tracing::warn!(
+                            trunk = trunk.name,
+                            "trunk does not answer OPTIONS: down ({e})"
+                        );
                     }
                     self.set_status(&trunk.name, |s| {
                         s.options = "down".into();
