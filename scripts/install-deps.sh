@@ -9,7 +9,7 @@ set -euo pipefail
 what="${1:-run}"
 pkgs=(espeak-ng flite pocketsphinx-testdata)
 if [ "$what" = "test" ]; then
-  pkgs+=(sip-tester baresip-core)
+  pkgs+=(sip-tester baresip-core openssl)
   # Debian's python3 needs python3-venv for `python3 -m venv`.
   python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 fi

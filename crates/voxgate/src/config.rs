@@ -40,6 +40,11 @@ pub struct SipConfig {
     pub listen: String,
     /// Also accept SIP over TCP on the same port.
     pub tcp: bool,
+    /// SIP over TLS (RFC 3261 §26.2): address to listen on, e.g. `0.0.0.0:5061`, with
+    /// `tls_cert` and `tls_key` (PEM files). Off unless all three are set.
+    pub tls_listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Address written in Contact headers and SDP when it differs from the bound one (NAT).
     pub public_address: Option<String>,
     /// Local IP for RTP sockets; default: the SIP listen IP.
@@ -203,6 +208,9 @@ impl Default for SipConfig {
             enabled: true,
             listen: "127.0.0.1:5060".into(),
             tcp: true,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             public_address: None,
             rtp_address: None,
             rtp_port_min: 20000,
@@ -387,6 +395,20 @@ impl Config {
                 "sip.listen: `{}` is not an address:port",
                 sip.listen
             ));
+        }
+        match (&sip.tls_listen, &sip.tls_cert, &sip.tls_key) {
+            (None, None, None) => {}
+            (Some(l), Some(c), Some(k)) => {
+                if l.parse::<SocketAddr>().is_err() {
+                    errs.push(format!("sip.tls_listen: `{l}` is not an address:port"));
+                }
+                for (name, f) in [("tls_cert", c), ("tls_key", k)] {
+                    if !f.is_file() {
+                        errs.push(format!("sip.{name}: {} is not a readable file", f.display()));
+                    }
+                }
+            }
+            _ => errs.push("sip.tls_listen, sip.tls_cert and sip.tls_key go together: set all three for SIP over TLS".into()),
         }
         if let Some(a) = &sip.rtp_address {
             if a.parse::<std::net::IpAddr>().is_err() {

@@ -44,6 +44,9 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Two rustls crypto providers are linked (rsipstack's ring, reqwest's aws-lc-rs): pick one for
+    // the whole process, or the first TLS connection panics (DEPENDENCIES.md).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -56,6 +56,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             .await
             .context("starting SIP")?;
         println!("voxgate sip listening on udp:{}", svc.local_addr);
+        if let Some(t) = svc.tls_addr {
+            println!("voxgate sip listening on tls:{t}");
+        }
         tracing::info!(
             "SIP on {} (udp{})",
             svc.local_addr,

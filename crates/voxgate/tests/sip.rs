@@ -765,3 +765,107 @@ async fn inbound_over_tcp_through_a_webhook_and_unknown_numbers_get_404() {
         Some("SIP/2.0 404 Not Found")
     );
 }
+
+/// SIP over TLS with OpenSSL's `s_client` as the peer: OPTIONS gets 200, an INVITE rings a
+/// waiting client (`incoming`), and the client's refusal (`busy`) comes back as 486 on the TLS
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_over_tls_with_a_configured_certificate() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let gen = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian package openssl) makes the test certificate");
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tls = format!("127.0.0.1:{tls_port}");
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let server = Server::start_with(&[
+        ("VOXGATE_ASR__ENGINE", "none"),
+        ("VOXGATE_SIP__TLS_LISTEN", &tls),
+        ("VOXGATE_SIP__TLS_CERT", &c),
+        ("VOXGATE_SIP__TLS_KEY", &k),
+    ]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+
+    let mut s_client = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &tls,
+            "-quiet",
+            "-verify_return_error",
+            "-CAfile",
+            &c,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = s_client.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(s_client.stdout.take().unwrap()).lines();
+    let via = "Via: SIP/2.0/TLS 127.0.0.1:5996;branch=z9hG4bK";
+    let options = format!("OPTIONS sip:{tls} SIP/2.0\r\n{via}tls1\r\nFrom: <sip:a@127.0.0.1>;tag=t1\r\nTo: <sip:{tls}>\r\nCall-ID: tls-opt\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    stdin.write_all(options.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut wait_for = async |want: &str, seen: &mut Vec<String>| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no `{want}` over TLS; got {seen:?}"))
+                .unwrap()
+                .expect("TLS stream open");
+            seen.push(line.clone());
+            if line.starts_with(want) {
+                return;
+            }
+        }
+    };
+    wait_for("SIP/2.0 200 OK", &mut seen).await;
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let invite = format!(
+        "INVITE sip:1000@{tls};transport=tls SIP/2.0\r\n{via}tls2\r\nFrom: <sip:5551234@127.0.0.1>;tag=t2\r\nTo: <sip:1000@{tls}>\r\n\
+         Call-ID: tls-inv\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5996;transport=tls>\r\nMax-Forwards: 70\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    stdin.write_all(invite.as_bytes()).await.unwrap();
+    wait_for("SIP/2.0 180", &mut seen).await;
+    let incoming = client.wait_event("incoming", Duration::from_secs(5)).await;
+    assert_eq!(incoming["caller"], "5551234");
+    client
+        .send(json!({"command": "hangup", "reason": "busy"}))
+        .await;
+    wait_for("SIP/2.0 486", &mut seen).await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(5)).await;
+    assert_eq!(hangup["reason"], "busy");
+}

@@ -72,6 +72,8 @@ pub struct SipService {
     pub(crate) dialogs: Arc<DialogLayer>,
     /// Bound SIP address (UDP; TCP on the same port when enabled).
     pub local_addr: SocketAddr,
+    /// SIP over TLS address, when configured.
+    pub tls_addr: Option<SocketAddr>,
     /// IP our RTP sockets bind to.
     pub(crate) rtp_ip: IpAddr,
     /// IP written in SDP and Contact.
@@ -218,6 +220,24 @@ impl SipService {
                 Err(e) => tracing::warn!("SIP over TCP disabled: cannot bind {local_addr}: {e}"),
             }
         }
+        let mut tls_addr = None;
+        if let (Some(l), Some(c), Some(k)) = (&cfg.tls_listen, &cfg.tls_cert, &cfg.tls_key) {
+            let addr: SocketAddr = l.parse()?;
+            let cert =
+                std::fs::read(c).map_err(|e| anyhow::anyhow!("reading {}: {e}", c.display()))?;
+            let key =
+                std::fs::read(k).map_err(|e| anyhow::anyhow!("reading {}: {e}", k.display()))?;
+            let tls_cfg = rsipstack::transport::tls::TlsConfig {
+                cert: Some(cert),
+                key: Some(key),
+                ..Default::default()
+            };
+            let tls = rsipstack::transport::tls::TlsListenerConnection::new(addr, None, tls_cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("SIP TLS on {addr}: {e}"))?;
+            transport.add_transport(tls.into());
+            tls_addr = Some(addr);
+        }
         let endpoint = rsipstack::EndpointBuilder::new()
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transport)
@@ -241,6 +261,7 @@ impl SipService {
             endpoint: inner,
             dialogs,
             local_addr,
+            tls_addr,
             rtp_ip,
             public_ip,
             pending: Mutex::new(HashMap::new()),
