@@ -255,8 +255,16 @@ impl Leg {
         mut audio: mpsc::Receiver<Bytes>,
         mut control: mpsc::Receiver<MediaControl>,
     ) -> Quality {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // No fixed playout tick: caller audio is played out when packets arrive (each arrival
+        // makes the packets `delay` older due), and a flush timer covers the end of a talkspurt.
+        // The 20 ms tick runs only while RFC 4733 events are being sent.
+        let mut dtmf_tick = tokio::time::interval(Duration::from_millis(20));
+        dtmf_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dtmf_was_active = false;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let flush = tokio::time::sleep_until(far);
+        tokio::pin!(flush);
+        let mut flush_armed = false;
         let mut rtcp_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
         let mut rtp_buf = vec![0u8; 2048];
@@ -264,9 +272,23 @@ impl Leg {
         let mut audio_open = true;
         let mut control_open = true;
         loop {
+            let dtmf_active = !self.dtmf_queue.is_empty();
+            if dtmf_active && !dtmf_was_active {
+                dtmf_tick.reset_immediately();
+            }
+            dtmf_was_active = dtmf_active;
             tokio::select! {
                 r = self.sockets.rtp.recv_from(&mut rtp_buf) => match r {
-                    Ok((n, from)) => self.on_datagram(&rtp_buf[..n], from).await,
+                    Ok((n, from)) => {
+                        self.on_datagram(&rtp_buf[..n], from).await;
+                        self.playout();
+                        // Whatever is left plays when due, even if no packet follows.
+                        flush_armed = !self.jitter.is_empty();
+                        if flush_armed {
+                            let wait = self.jitter.delay() + Duration::from_millis(self.neg.ptime_ms as u64);
+                            flush.as_mut().reset(tokio::time::Instant::now() + wait);
+                        }
+                    }
                     Err(e) => tracing::debug!("rtp recv: {e}"),
                 },
                 r = self.sockets.rtcp.recv_from(&mut rtcp_buf) => {
@@ -274,7 +296,14 @@ impl Leg {
                         self.on_rtcp(&rtcp_buf[..n]);
                     }
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = &mut flush, if flush_armed => {
+                    self.playout();
+                    flush_armed = !self.jitter.is_empty();
+                    if flush_armed {
+                        flush.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(self.neg.ptime_ms as u64));
+                    }
+                }
+                _ = dtmf_tick.tick(), if dtmf_active => self.send_dtmf_packet().await,
                 _ = rtcp_timer.tick() => self.send_rtcp().await,
                 m = audio.recv(), if audio_open => match m {
                     Some(pcm) => self.on_bot_audio(&pcm).await,
@@ -368,7 +397,8 @@ impl Leg {
         }
     }
 
-    async fn on_tick(&mut self) {
+    /// Sends the next queued RFC 4733 packet (one per 20 ms tick).
+    async fn send_dtmf_packet(&mut self) {
         // Outbound DTMF: one packet per tick.
         if let Some((marker, payload, last)) = self.dtmf_queue.pop_front() {
             if marker {
@@ -399,6 +429,10 @@ impl Leg {
                 self.last_send = None;
             }
         }
+    }
+
+    /// Plays out every packet (or gap) that is due and hands the audio to the actor.
+    fn playout(&mut self) {
         // Inbound playout.
         let now = self.start.elapsed();
         let mut pcm: Vec<i16> = Vec::new();
