@@ -172,7 +172,7 @@ pub struct CallActor {
     sip_service: Option<Arc<SipService>>,
     sip: Option<SipLeg>,
     /// Bot audio goes here instead of the outbox (the RTP leg).
-    audio_sink: Option<mpsc::Sender<Bytes>>,
+    audio_sink: Option<crate::sip::media::AudioSink>,
     /// The `invite` options while an outbound SIP call rings.
     dialing: Option<InviteOptions>,
 }
@@ -1034,7 +1034,7 @@ impl CallActor {
             if !frame.samples.is_empty() {
                 let payload = Bytes::from(enc.encode(&frame));
                 let sent = match &self.audio_sink {
-                    Some(sink) => sink.try_send(payload).is_ok(),
+                    Some(sink) => sink.send(&payload),
                     None => self.out.try_send(Outbound::Audio(payload)).is_ok(),
                 };
                 if !sent {

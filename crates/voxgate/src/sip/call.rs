@@ -11,7 +11,6 @@ use super::media::{self, MediaControl, MediaHandle, Quality, RtpSockets};
 use super::{IncomingCall, SipService};
 use crate::call::actor::ActorInput;
 use crate::call::{EventKind, InviteOptions};
-use bytes::Bytes;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
@@ -294,7 +293,7 @@ impl SipLeg {
     }
 
     /// Where the actor sends bot audio: 16-bit LE PCM at the codec's rate.
-    pub fn audio_sink(&self) -> Option<mpsc::Sender<Bytes>> {
+    pub fn audio_sink(&self) -> Option<media::AudioSink> {
         self.media.as_ref().map(|m| m.audio.clone())
     }
 

@@ -16,6 +16,7 @@ use crate::call::actor::ActorInput;
 use crate::call::EventKind;
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -32,8 +33,6 @@ use voxgate_rtp::telephone_event::{key_press_packets, EventReceiver};
 
 /// Interval between RTCP reports (RFC 3550 §6.2 minimum 5 s).
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
-/// Bot audio waiting to be packetised, messages of 20 ms.
-pub const AUDIO_QUEUE: usize = 16;
 /// Longest gap filled with silence for the pipeline (longer gaps are skipped).
 const MAX_FILL_MS: u64 = 1000;
 
@@ -50,7 +49,7 @@ pub fn codec_for(name: &str, clock_rate: u32) -> Option<Codec> {
 
 /// A bound RTP/RTCP socket pair.
 pub struct RtpSockets {
-    pub rtp: UdpSocket,
+    pub rtp: Arc<UdpSocket>,
     pub rtcp: UdpSocket,
     pub port: u16,
 }
@@ -72,7 +71,11 @@ pub async fn bind_pair(ip: IpAddr, min: u16, max: u16) -> std::io::Result<RtpSoc
         let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await else {
             continue;
         };
-        return Ok(RtpSockets { rtp, rtcp, port });
+        return Ok(RtpSockets {
+            rtp: Arc::new(rtp),
+            rtcp,
+            port,
+        });
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
@@ -110,12 +113,118 @@ pub struct Quality {
     pub final_jitter_delay_ms: u64,
 }
 
-/// A running leg: feed bot audio into `audio`, steer with `control`; the task ends when both are
-/// dropped and returns the call quality.
+/// A running leg: send bot audio through `audio`, steer with `control`; the task ends when
+/// `control` is dropped and returns the call quality.
 pub struct MediaHandle {
-    pub audio: mpsc::Sender<Bytes>,
+    pub audio: AudioSink,
     pub control: mpsc::Sender<MediaControl>,
     pub task: JoinHandle<Quality>,
+}
+
+/// Where the call actor puts bot audio: 16-bit little-endian PCM at the codec's sampling rate,
+/// any length. It is framed to `ptime`, encoded and sent as RTP at once from the caller's task
+/// (a non-blocking `sendto`; a full socket buffer drops the packet), so that bot audio costs no
+/// extra task wake-up per frame.
+#[derive(Clone)]
+pub struct AudioSink(Arc<Mutex<SendHalf>>);
+
+impl AudioSink {
+    /// Sends `pcm`; `false` when nothing could be sent (on hold, DTMF in progress, socket full).
+    pub fn send(&self, pcm: &[u8]) -> bool {
+        self.0.lock().map(|mut h| h.send_pcm(pcm)).unwrap_or(false)
+    }
+}
+
+/// The sending half of the RTP stream, shared by the actor (audio) and the leg (DTMF, RTCP).
+struct SendHalf {
+    socket: Arc<UdpSocket>,
+    remote: SocketAddr,
+    sends: bool,
+    pt: u8,
+    clock_rate: u32,
+    ptime_ms: u32,
+    rate: voxgate_media::SampleRate,
+    start: Instant,
+    ssrc: u32,
+    seq: u16,
+    /// Random initial RTP timestamp (RFC 3550 §5.1); the send clock is `ts_base + elapsed`.
+    ts_base: u32,
+    next_ts: u32,
+    last_send: Option<Instant>,
+    /// RFC 4733 events are being sent: audio waits.
+    dtmf_busy: bool,
+    encoder: AudioEncoder,
+    framer: SampleFramer,
+    samples: Vec<i16>,
+    packets: u64,
+    octets: u64,
+    buf: Vec<u8>,
+}
+
+impl SendHalf {
+    fn ts_now(&self) -> u32 {
+        let units = self.start.elapsed().as_micros() as u64 * self.clock_rate as u64 / 1_000_000;
+        self.ts_base.wrapping_add(units as u32)
+    }
+
+    /// The timestamp to use now: the wall clock when it is ahead of the stream.
+    fn ts_at_least_now(&self) -> u32 {
+        let now = self.ts_now();
+        if now.wrapping_sub(self.next_ts) as i32 > 0 {
+            now
+        } else {
+            self.next_ts
+        }
+    }
+
+    fn send_packet(&mut self, marker: bool, pt: u8, timestamp: u32, payload: &[u8]) -> bool {
+        let h = RtpHeader {
+            marker,
+            payload_type: pt,
+            sequence: self.seq,
+            timestamp,
+            ssrc: self.ssrc,
+        };
+        self.buf.clear();
+        h.write(payload, &mut self.buf);
+        self.seq = self.seq.wrapping_add(1);
+        if self.socket.try_send_to(&self.buf, self.remote).is_ok() {
+            self.packets += 1;
+            self.octets += payload.len() as u64;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn send_pcm(&mut self, pcm: &[u8]) -> bool {
+        if !self.sends || self.dtmf_busy {
+            return false;
+        }
+        self.samples.clear();
+        self.samples.extend(
+            pcm.chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]])),
+        );
+        self.framer.push(&self.samples);
+        let mut sent = true;
+        while let Some(frame) = self.framer.pop() {
+            let payload = self.encoder.encode(&AudioFrame::mono(self.rate, frame));
+            let step = self.clock_rate * self.ptime_ms / 1000;
+            let gap = self
+                .last_send
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(3 * self.ptime_ms as u64));
+            if gap {
+                // After a silence the timestamp follows the wall clock.
+                self.next_ts = self.ts_at_least_now();
+            }
+            let (pt, ts) = (self.pt, self.next_ts);
+            sent &= self.send_packet(gap, pt, ts, &payload);
+            self.next_ts = self.next_ts.wrapping_add(step);
+            self.last_send = Some(Instant::now());
+        }
+        sent
+    }
 }
 
 /// Jitter-buffer bounds from the configuration (`sip.jitter_min_ms`, `sip.jitter_max_ms`).
@@ -150,20 +259,11 @@ struct Leg {
     last_sr: Option<(u32, Instant)>,
     // Send side.
     ssrc: u32,
-    seq: u16,
-    /// Random initial RTP timestamp (RFC 3550 §5.1); the send clock is `ts_base + elapsed`.
-    ts_base: u32,
-    next_ts: u32,
-    last_send: Option<Instant>,
-    encoder: AudioEncoder,
-    framer: SampleFramer,
-    sent_packets: u64,
-    sent_octets: u64,
+    send: Arc<Mutex<SendHalf>>,
     /// One entry per ptime tick: `(marker, payload, last packet of the key)`; `None` is a pause.
     dtmf_queue: std::collections::VecDeque<(bool, Option<[u8; 4]>, bool)>,
     dtmf_ts: u32,
     q: Quality,
-    buf: Vec<u8>,
 }
 
 /// Starts the leg for a negotiated stream. Caller audio and DTMF go to `actor`.
@@ -176,12 +276,12 @@ pub fn spawn(
 ) -> Result<MediaHandle, String> {
     let codec = codec_for(&neg.codec.name, neg.codec.clock_rate)
         .ok_or_else(|| format!("codec {} is not supported", neg.codec.name))?;
-    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE);
     let (control_tx, control_rx) = mpsc::channel(16);
     let leg = Leg::new(sockets, neg, codec, settings, actor, track_id);
-    let task = tokio::spawn(leg.run(audio_rx, control_rx));
+    let audio = AudioSink(leg.send.clone());
+    let task = tokio::spawn(leg.run(control_rx));
     Ok(MediaHandle {
-        audio: audio_tx,
+        audio,
         control: control_tx,
         task,
     })
@@ -208,6 +308,29 @@ impl Leg {
         let clock = neg.codec.clock_rate;
         let ptime = neg.ptime_ms;
         let samples = codec.sample_rate().hz() as usize * ptime as usize / 1000;
+        let start = Instant::now();
+        let send = SendHalf {
+            socket: sockets.rtp.clone(),
+            remote: neg.remote_rtp,
+            sends: neg.direction.sends(),
+            pt: neg.codec.pt,
+            clock_rate: clock,
+            ptime_ms: ptime,
+            rate: codec.sample_rate(),
+            start,
+            ssrc: rand as u32,
+            seq: (rand >> 32) as u16,
+            ts_base: (rand >> 48) as u32,
+            next_ts: (rand >> 48) as u32,
+            last_send: None,
+            dtmf_busy: false,
+            encoder: AudioEncoder::new(codec),
+            framer: SampleFramer::new(samples),
+            samples: Vec::with_capacity(samples),
+            packets: 0,
+            octets: 0,
+            buf: Vec::with_capacity(1500),
+        };
         Leg {
             jitter: JitterBuffer::new(JitterConfig {
                 clock_rate: clock,
@@ -218,8 +341,6 @@ impl Leg {
             }),
             stats: ReceiveStats::new(clock),
             decoder: AudioDecoder::new(codec),
-            encoder: AudioEncoder::new(codec),
-            framer: SampleFramer::new(samples),
             q: Quality {
                 codec: neg.codec.name.clone(),
                 ..Default::default()
@@ -228,7 +349,7 @@ impl Leg {
             codec,
             actor,
             track_id,
-            start: Instant::now(),
+            start,
             remote_ssrc: None,
             latched: false,
             last_frame: Vec::new(),
@@ -237,24 +358,14 @@ impl Leg {
             dropped_to_actor: 0,
             last_sr: None,
             ssrc: rand as u32,
-            seq: (rand >> 32) as u16,
-            ts_base: (rand >> 48) as u32,
-            next_ts: (rand >> 48) as u32,
-            last_send: None,
-            sent_packets: 0,
-            sent_octets: 0,
+            send: Arc::new(Mutex::new(send)),
             dtmf_queue: Default::default(),
             dtmf_ts: 0,
-            buf: Vec::with_capacity(1500),
             neg,
         }
     }
 
-    async fn run(
-        mut self,
-        mut audio: mpsc::Receiver<Bytes>,
-        mut control: mpsc::Receiver<MediaControl>,
-    ) -> Quality {
+    async fn run(mut self, mut control: mpsc::Receiver<MediaControl>) -> Quality {
         // No fixed playout tick: caller audio is played out when packets arrive (each arrival
         // makes the packets `delay` older due), and a flush timer covers the end of a talkspurt.
         // The 20 ms tick runs only while RFC 4733 events are being sent.
@@ -269,8 +380,6 @@ impl Leg {
             tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
-        let mut audio_open = true;
-        let mut control_open = true;
         loop {
             let dtmf_active = !self.dtmf_queue.is_empty();
             if dtmf_active && !dtmf_was_active {
@@ -305,18 +414,11 @@ impl Leg {
                 }
                 _ = dtmf_tick.tick(), if dtmf_active => self.send_dtmf_packet().await,
                 _ = rtcp_timer.tick() => self.send_rtcp().await,
-                m = audio.recv(), if audio_open => match m {
-                    Some(pcm) => self.on_bot_audio(&pcm).await,
-                    None => audio_open = false,
-                },
-                c = control.recv(), if control_open => match c {
+                c = control.recv() => match c {
                     Some(MediaControl::Update(n)) => self.update(n),
                     Some(MediaControl::Dtmf(keys)) => self.queue_dtmf(&keys),
-                    None => control_open = false,
+                    None => break,
                 },
-            }
-            if !audio_open && !control_open {
-                break;
             }
         }
         self.finish()
@@ -325,6 +427,10 @@ impl Leg {
     fn update(&mut self, n: Negotiated) {
         if n.remote_rtp != self.neg.remote_rtp {
             self.latched = false;
+        }
+        if let Ok(mut h) = self.send.lock() {
+            h.remote = n.remote_rtp;
+            h.sends = n.direction.sends();
         }
         // A codec change within the supported set keeps the same decoder type only if equal;
         // the SIP layer refuses others with 488 before we get here.
@@ -344,6 +450,9 @@ impl Leg {
             if from != self.neg.remote_rtp {
                 tracing::debug!(track = %self.track_id, "RTP latched to {from} (SDP said {})", self.neg.remote_rtp);
                 self.neg.remote_rtp = from;
+                if let Ok(mut h) = self.send.lock() {
+                    h.remote = from;
+                }
             }
         } else if from != self.neg.remote_rtp {
             return;
@@ -397,37 +506,24 @@ impl Leg {
         }
     }
 
-    /// Sends the next queued RFC 4733 packet (one per 20 ms tick).
+    /// Sends the next queued RFC 4733 packet (one per 20 ms tick); audio waits meanwhile.
     async fn send_dtmf_packet(&mut self) {
-        // Outbound DTMF: one packet per tick.
-        if let Some((marker, payload, last)) = self.dtmf_queue.pop_front() {
-            if marker {
-                // Each key is a new event with its own start timestamp (RFC 4733 §2.5.1.2).
-                let now = self.ts_now();
-                self.dtmf_ts = if now.wrapping_sub(self.next_ts) as i32 > 0 {
-                    now
-                } else {
-                    self.next_ts
-                };
-            }
-            if let (Some(pt), Some(payload)) = (self.neg.telephone_event, payload) {
-                let h = RtpHeader {
-                    marker,
-                    payload_type: pt,
-                    sequence: self.seq,
-                    timestamp: self.dtmf_ts,
-                    ssrc: self.ssrc,
-                };
-                self.send_rtp(h, &payload).await;
-                self.seq = self.seq.wrapping_add(1);
-            }
-            if last {
-                // The next audio starts after the event.
-                if self.ts_now().wrapping_sub(self.next_ts) as i32 > 0 {
-                    self.next_ts = self.ts_now();
-                }
-                self.last_send = None;
-            }
+        let Some((marker, payload, last)) = self.dtmf_queue.pop_front() else {
+            return;
+        };
+        let Ok(mut h) = self.send.lock() else { return };
+        h.dtmf_busy = !self.dtmf_queue.is_empty();
+        if marker {
+            // Each key is a new event with its own start timestamp (RFC 4733 §2.5.1.2).
+            self.dtmf_ts = h.ts_at_least_now();
+        }
+        if let (Some(pt), Some(payload)) = (self.neg.telephone_event, payload) {
+            h.send_packet(marker, pt, self.dtmf_ts, &payload);
+        }
+        if last {
+            // The next audio starts after the event, with the marker bit.
+            h.next_ts = h.ts_at_least_now();
+            h.last_send = None;
         }
     }
 
@@ -483,65 +579,6 @@ impl Leg {
         }
     }
 
-    fn ts_now(&self) -> u32 {
-        let units =
-            self.start.elapsed().as_micros() as u64 * self.neg.codec.clock_rate as u64 / 1_000_000;
-        self.ts_base.wrapping_add(units as u32)
-    }
-
-    async fn on_bot_audio(&mut self, pcm: &[u8]) {
-        if !self.neg.direction.sends() || !self.dtmf_queue.is_empty() {
-            return;
-        }
-        let samples: Vec<i16> = pcm
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        self.framer.push(&samples);
-        while let Some(frame) = self.framer.pop() {
-            let payload = self
-                .encoder
-                .encode(&AudioFrame::mono(self.codec.sample_rate(), frame));
-            let step = self.neg.codec.clock_rate * self.neg.ptime_ms / 1000;
-            let gap = self
-                .last_send
-                .is_none_or(|t| t.elapsed() > Duration::from_millis(3 * self.neg.ptime_ms as u64));
-            if gap {
-                // After a silence the timestamp follows the wall clock.
-                let wall = self.ts_now();
-                if wall.wrapping_sub(self.next_ts) as i32 > 0 {
-                    self.next_ts = wall;
-                }
-            }
-            let h = RtpHeader {
-                marker: gap,
-                payload_type: self.neg.codec.pt,
-                sequence: self.seq,
-                timestamp: self.next_ts,
-                ssrc: self.ssrc,
-            };
-            self.send_rtp(h, &payload).await;
-            self.seq = self.seq.wrapping_add(1);
-            self.next_ts = self.next_ts.wrapping_add(step);
-            self.last_send = Some(Instant::now());
-        }
-    }
-
-    async fn send_rtp(&mut self, h: RtpHeader, payload: &[u8]) {
-        self.buf.clear();
-        h.write(payload, &mut self.buf);
-        if self
-            .sockets
-            .rtp
-            .send_to(&self.buf, self.neg.remote_rtp)
-            .await
-            .is_ok()
-        {
-            self.sent_packets += 1;
-            self.sent_octets += payload.len() as u64;
-        }
-    }
-
     fn queue_dtmf(&mut self, keys: &str) {
         let step = self.neg.ptime_ms.clamp(10, 60);
         for k in keys.chars() {
@@ -555,6 +592,11 @@ impl Leg {
             // 100 ms of pause between keys.
             for _ in 0..(100 / step) {
                 self.dtmf_queue.push_back((false, None, false));
+            }
+        }
+        if !self.dtmf_queue.is_empty() {
+            if let Ok(mut h) = self.send.lock() {
+                h.dtmf_busy = true;
             }
         }
     }
@@ -579,12 +621,17 @@ impl Leg {
                 delay_since_last_sr: dlsr,
             });
         }
-        let sender = (self.sent_packets > 0).then(|| rtcp::SenderInfo {
-            ntp: ntp_now(),
-            rtp_timestamp: self.ts_now(),
-            packets: self.sent_packets as u32,
-            octets: self.sent_octets as u32,
-        });
+        let sender = self
+            .send
+            .lock()
+            .ok()
+            .filter(|h| h.packets > 0)
+            .map(|h| rtcp::SenderInfo {
+                ntp: ntp_now(),
+                rtp_timestamp: h.ts_now(),
+                packets: h.packets as u32,
+                octets: h.octets as u32,
+            });
         let mut buf = Vec::with_capacity(128);
         rtcp::build(self.ssrc, sender, &reports, "voxgate", &mut buf);
         let _ = self.sockets.rtcp.send_to(&buf, self.neg.remote_rtcp).await;
@@ -601,7 +648,7 @@ impl Leg {
         self.collect_stats();
         let js = self.jitter.stats();
         self.q.late = js.late;
-        self.q.packets_sent = self.sent_packets;
+        self.q.packets_sent = self.send.lock().map(|h| h.packets).unwrap_or(0);
         self.q.loss_percent = if self.q.packets_expected > 0 {
             100.0 * self.q.packets_lost as f64 / self.q.packets_expected as f64
         } else {
