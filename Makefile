@@ -5,7 +5,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: run test deps deps-test models build build-dev bench fmt clippy
+.PHONY: run test deps deps-test models build build-dev bench bench-sip fmt clippy
 
 ## Install what is missing, fetch models, build (release) and serve on the embedded defaults.
 run: deps models build
@@ -39,6 +39,11 @@ build-dev:
 bench: deps-test models
 	$(CARGO) build --release -p voxgate -p voxgate-bench
 	bench/run-load.sh
+
+## SIP load benchmark: SIPp calls with RTP both ways (see bench/README.md).
+bench-sip: deps-test models
+	$(CARGO) build --release -p voxgate -p voxgate-bench
+	bench/run-sip-load.sh
 
 fmt:
 	$(CARGO) fmt --all
