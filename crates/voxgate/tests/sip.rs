@@ -869,3 +869,69 @@ async fn sip_over_tls_with_a_configured_certificate() {
     let hangup = client.wait_event("hangup", Duration::from_secs(5)).await;
     assert_eq!(hangup["reason"], "busy");
 }
+
+/// The first lines of every datagram answering `msg`, until a final response (≥ 200) or `wait`.
+fn udp_responses(to: &str, msg: &[u8], wait: Duration) -> Vec<String> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.send_to(msg, to).unwrap();
+    let deadline = std::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = s.recv(&mut buf) {
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let code: u16 = line
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            out.push(line);
+            if code >= 200 {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_call_nobody_accepts_gets_480_after_the_ring_timeout() {
+    let server = Server::start_with(&[
+        ("VOXGATE_ASR__ENGINE", "none"),
+        ("VOXGATE_SIP__RING_TIMEOUT_SECS", "1"),
+    ]);
+    let client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sip = server.sip_addr.clone();
+    let invite = format!(
+        "INVITE sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5995;branch=z9hG4bKrt1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n\
+         To: <sip:1000@{sip}>\r\nCall-ID: rt1\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5995>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    let lines = tokio::task::spawn_blocking(move || {
+        udp_responses(&sip, invite.as_bytes(), Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("SIP/2.0 480 Temporarily Unavailable"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("SIP/2.0 180")),
+        "{lines:?}"
+    );
+    client.wait_event("incoming", Duration::from_secs(2)).await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(5)).await;
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("no_answer"), Some("system")),
+        "{hangup}"
+    );
+}

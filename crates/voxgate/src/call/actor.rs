@@ -483,11 +483,7 @@ impl CallActor {
                     .await
             }
             SipSignal::RingTimeout => {
-                if self
-                    .sip
-                    .as_ref()
-                    .is_some_and(|l| l.is_outbound() && !l.is_answered())
-                {
+                if self.sip.as_ref().is_some_and(|l| !l.is_answered()) {
                     return self.end("no_answer", "system").await;
                 }
             }

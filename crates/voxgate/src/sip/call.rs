@@ -32,7 +32,7 @@ pub enum SipSignal {
     Failed { code: u16, reason: String },
     /// The far end ended the dialog (BYE, CANCEL) or it timed out.
     Ended { reason: String },
-    /// Our INVITE rang for `sip.ring_timeout_secs` without an answer.
+    /// The call rang for `sip.ring_timeout_secs` without an answer (ours or the far end's).
     RingTimeout,
     /// The transfer target answered (NOTIFY sipfrag 2xx after our REFER): we hang up.
     Transferred,
@@ -255,6 +255,7 @@ impl SipLeg {
             ..
         } = call;
         let local = svc.local_media(0, None);
+        let ring = std::time::Duration::from_secs(svc.cfg.ring_timeout_secs);
         let mut leg = SipLeg {
             svc,
             dialog: Some(dialog),
@@ -275,6 +276,12 @@ impl SipLeg {
             track_id,
             actor,
         };
+        // Not accepted in time: the caller gets 480 (`hangup` reason `no_answer`).
+        let a = leg.actor.clone();
+        leg.tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(ring).await;
+            let _ = a.send(ActorInput::Sip(SipSignal::RingTimeout)).await;
+        }));
         leg.watch(states);
         leg
     }
