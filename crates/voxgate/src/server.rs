@@ -52,19 +52,28 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let registry = Registry::default();
     let sip = if cfg.sip.enabled {
-        let svc = crate::sip::SipService::start(cfg.sip.clone(), http.clone())
-            .await
-            .context("starting SIP")?;
-        println!("voxgate sip listening on udp:{}", svc.local_addr);
-        if let Some(t) = svc.tls_addr {
-            println!("voxgate sip listening on tls:{t}");
+        match crate::sip::SipService::start(cfg.sip.clone(), http.clone()).await {
+            Ok(svc) => {
+                println!("voxgate sip listening on udp:{}", svc.local_addr);
+                if let Some(t) = svc.tls_addr {
+                    println!("voxgate sip listening on tls:{t}");
+                }
+                tracing::info!(
+                    "SIP on {} (udp{})",
+                    svc.local_addr,
+                    if cfg.sip.tcp { ", tcp" } else { "" }
+                );
+                Some(svc)
+            }
+            // The default port may belong to a PBX on this machine: serve the rest and say so.
+            Err(e) if cfg.sip.listen == crate::config::SipConfig::default().listen => {
+                tracing::warn!(
+                    "SIP disabled: {e:#}; set sip.listen (VOXGATE_SIP__LISTEN) to a free address"
+                );
+                None
+            }
+            Err(e) => return Err(e.context("starting SIP")),
         }
-        tracing::info!(
-            "SIP on {} (udp{})",
-            svc.local_addr,
-            if cfg.sip.tcp { ", tcp" } else { "" }
-        );
-        Some(svc)
     } else {
         None
     };
