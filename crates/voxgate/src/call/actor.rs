@@ -447,7 +447,7 @@ impl CallActor {
                 };
                 match leg.on_answered(&sdp) {
                     Ok(rate) => {
-                        let o = self.dialing.take().unwrap_or_else(|| InviteOptions {
+                        let o = self.dialing.take().unwrap_or(InviteOptions {
                             caller: None,
                             callee: None,
                             offer: None,

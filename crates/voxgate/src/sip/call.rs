@@ -667,3 +667,43 @@ fn reoffer(shared: &Arc<Mutex<Shared>>, offer: &str, track: &str) -> (StatusCode
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notify(event: &str, body: &str) -> rsipstack::sip::Request {
+        let text = format!(
+            "NOTIFY sip:voxgate@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKn\r\nFrom: <sip:a@127.0.0.1>;tag=a\r\n\
+             To: <sip:v@127.0.0.1>;tag=b\r\nCall-ID: c\r\nCSeq: 2 NOTIFY\r\nEvent: {event}\r\nSubscription-State: terminated\r\n\
+             Content-Type: message/sipfrag;version=2.0\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        match rsipstack::sip::SipMessage::try_from(text.as_str()).unwrap() {
+            rsipstack::sip::SipMessage::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn refer_progress_reads_the_sipfrag_status_line() {
+        assert_eq!(
+            refer_progress(&notify("refer", "SIP/2.0 200 OK\r\n")),
+            Some((200, "OK".into()))
+        );
+        assert_eq!(
+            refer_progress(&notify("refer;id=7", "SIP/2.0 486 Busy Here")),
+            Some((486, "Busy Here".into()))
+        );
+        assert_eq!(
+            refer_progress(&notify("refer", "SIP/2.0 100 Trying\r\n")),
+            Some((100, "Trying".into()))
+        );
+        assert_eq!(
+            refer_progress(&notify("presence", "SIP/2.0 200 OK")),
+            None,
+            "another event package"
+        );
+        assert_eq!(refer_progress(&notify("refer", "garbage")), None);
+    }
+}
