@@ -385,12 +385,9 @@ pub fn build_offer(local: &LocalMedia) -> String {
     )
 }
 
-/// Answers a remote offer: returns the answer SDP and the negotiated stream, or
-/// [`SdpError::NoCommonCodec`] (SIP 488) / a parse error (SIP 400).
-pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), SdpError> {
-    let s = parse_session(offer)?;
-    let remote = parse_audio(offer)?;
-    let codec = remote
+/// The remote's first payload format (its order of preference) that we can code.
+fn first_common_codec(remote: &RemoteAudio, local: &LocalMedia) -> Result<PayloadFormat, SdpError> {
+    remote
         .formats
         .iter()
         .find(|f| !f.is_telephone_event() && local.formats.iter().any(|l| l.same_codec(f)))
@@ -404,7 +401,15 @@ pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), S
                     .collect::<Vec<_>>()
                     .join(", "),
             )
-        })?;
+        })
+}
+
+/// Answers a remote offer: returns the answer SDP and the negotiated stream, or
+/// [`SdpError::NoCommonCodec`] (SIP 488) / a parse error (SIP 400).
+pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), SdpError> {
+    let s = parse_session(offer)?;
+    let remote = parse_audio(offer)?;
+    let codec = first_common_codec(&remote, local)?;
     let telephone_event = if local.telephone_events.is_empty() {
         None
     } else {
@@ -467,21 +472,7 @@ pub fn read_answer(answer: &str, local: &LocalMedia) -> Result<Negotiated, SdpEr
             "the answer rejected the audio stream (port 0)".into(),
         ));
     }
-    let codec = remote
-        .formats
-        .iter()
-        .find(|f| !f.is_telephone_event() && local.formats.iter().any(|l| l.same_codec(f)))
-        .cloned()
-        .ok_or_else(|| {
-            SdpError::NoCommonCodec(
-                remote
-                    .formats
-                    .iter()
-                    .map(|f| format!("{}/{}", f.name, f.clock_rate))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )
-        })?;
+    let codec = first_common_codec(&remote, local)?;
     let telephone_event = remote
         .formats
         .iter()

@@ -40,6 +40,17 @@ pub enum SipSignal {
     TransferFailed { code: u16, reason: String },
 }
 
+/// The SDP encoding name of a codec the client asked to prefer (`None`: no preference).
+fn sdp_name(codec: Codec) -> Option<&'static str> {
+    match codec {
+        Codec::Pcmu => Some("PCMU"),
+        Codec::Pcma => Some("PCMA"),
+        Codec::G722 => Some("G722"),
+        Codec::Opus => Some("opus"),
+        Codec::Pcm(_) => None,
+    }
+}
+
 /// Maps a final SIP status to a `hangup` reason.
 pub fn reason_for_status(code: u16) -> &'static str {
     match code {
@@ -147,14 +158,7 @@ impl SipLeg {
         let sockets = media::bind_pair(svc.rtp_ip, svc.cfg.rtp_port_min, svc.cfg.rtp_port_max)
             .await
             .map_err(|e| e.to_string())?;
-        let prefer = match o.codec {
-            Codec::Pcmu => Some("PCMU"),
-            Codec::Pcma => Some("PCMA"),
-            Codec::G722 => Some("G722"),
-            Codec::Opus => Some("opus"),
-            _ => None,
-        };
-        let local = svc.local_media(sockets.port, prefer);
+        let local = svc.local_media(sockets.port, sdp_name(o.codec));
         let offer = sdp::build_offer(&local);
         let credential = trunk.as_ref().and_then(|t| {
             Some(rsipstack::dialog::authenticate::Credential {
@@ -229,12 +233,7 @@ impl SipLeg {
             };
             let _ = a.send(ActorInput::Sip(signal)).await;
         }));
-        let a = actor.clone();
-        let ring = std::time::Duration::from_secs(svc.cfg.ring_timeout_secs);
-        leg.tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(ring).await;
-            let _ = a.send(ActorInput::Sip(SipSignal::RingTimeout)).await;
-        }));
+        leg.start_ring_timer();
         leg.watch(states);
         Ok(leg)
     }
@@ -255,7 +254,6 @@ impl SipLeg {
             ..
         } = call;
         let local = svc.local_media(0, None);
-        let ring = std::time::Duration::from_secs(svc.cfg.ring_timeout_secs);
         let mut leg = SipLeg {
             svc,
             dialog: Some(dialog),
@@ -277,13 +275,20 @@ impl SipLeg {
             actor,
         };
         // Not accepted in time: the caller gets 480 (`hangup` reason `no_answer`).
-        let a = leg.actor.clone();
-        leg.tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(ring).await;
-            let _ = a.send(ActorInput::Sip(SipSignal::RingTimeout)).await;
-        }));
+        leg.start_ring_timer();
         leg.watch(states);
         leg
+    }
+
+    /// After `sip.ring_timeout_secs` the actor gets [`SipSignal::RingTimeout`] (it ignores it once
+    /// the call is answered).
+    fn start_ring_timer(&mut self) {
+        let actor = self.actor.clone();
+        let ring = std::time::Duration::from_secs(self.svc.cfg.ring_timeout_secs);
+        self.tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(ring).await;
+            let _ = actor.send(ActorInput::Sip(SipSignal::RingTimeout)).await;
+        }));
     }
 
     /// The inbound offer (for the `incoming` event).
@@ -335,14 +340,7 @@ impl SipLeg {
         )
         .await
         .map_err(|e| (503, e.to_string()))?;
-        let prefer = match prefer {
-            Codec::Pcmu => Some("PCMU"),
-            Codec::Pcma => Some("PCMA"),
-            Codec::G722 => Some("G722"),
-            Codec::Opus => Some("opus"),
-            _ => None,
-        };
-        let local = self.svc.local_media(sockets.port, prefer);
+        let local = self.svc.local_media(sockets.port, sdp_name(prefer));
         let dialog = self.dialog.clone().ok_or((500, "no dialog".to_string()))?;
         let body = match self.offer.clone() {
             Some(offer) => {
