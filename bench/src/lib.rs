@@ -89,3 +89,23 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s.sort_by(f64::total_cmp);
     s[((p / 100.0) * (s.len() - 1) as f64).round() as usize]
 }
+
+/// CPU time (user + system) a process has used, seconds (`/proc/PID/stat`, 100 ticks/s).
+pub fn proc_cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Resident memory of a process, MB (`/proc/PID/status` VmRSS).
+pub fn proc_rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}

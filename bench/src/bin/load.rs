@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
-use voxgate_bench::{librivox, percentile};
+use voxgate_bench::{librivox, percentile, proc_cpu_secs, proc_rss_mb};
 use voxgate_media::codec::{AudioEncoder, Codec};
 use voxgate_media::{AudioFrame, SampleRate};
 
@@ -62,24 +62,6 @@ struct Stats {
     lateness: Vec<f64>,
     errors: Vec<String>,
     finals: usize,
-}
-
-fn proc_cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn proc_rss_mb(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 #[allow(clippy::too_many_arguments)]

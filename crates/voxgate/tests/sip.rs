@@ -115,6 +115,25 @@ async fn run_sipp_on_m(
     .unwrap()
 }
 
+/// SIPp as a UAC running `scen` against the server, calling `service` (the Request-URI user).
+fn sipp_uac(
+    server: &Server,
+    scen: &Path,
+    service: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> impl std::future::Future<Output = (i32, String)> + use<> {
+    let mut args = vec![
+        server.sip_addr.clone(),
+        "-sf".into(),
+        scen.display().to_string(),
+        "-s".into(),
+        service.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    run_sipp(args, dir.to_path_buf())
+}
+
 fn digits(c: &Client) -> String {
     c.events_named("dtmf")
         .iter()
@@ -137,16 +156,7 @@ async fn sipp_caller_speech_and_rfc4733_dtmf_reach_a_waiting_client() {
             ("@DTMF2@", &format!("{PCAPS}/dtmf_2833_pound.pcap")),
         ],
     );
-    let sipp = tokio::spawn(run_sipp(
-        vec![
-            server.sip_addr.clone(),
-            "-sf".into(),
-            scen.display().to_string(),
-            "-s".into(),
-            "1000".into(),
-        ],
-        dir.path().to_path_buf(),
-    ));
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
 
     let incoming = client.wait_event("incoming", Duration::from_secs(20)).await;
     assert_eq!(incoming["caller"], "5551234");
@@ -391,16 +401,7 @@ async fn far_end_holds_resumes_and_gets_488_for_an_unusable_codec_change() {
     let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
     let dir = tempfile::tempdir().unwrap();
     let scen = scenario(dir.path(), "uac_hold.xml", &[]);
-    let sipp = tokio::spawn(run_sipp(
-        vec![
-            server.sip_addr.clone(),
-            "-sf".into(),
-            scen.display().to_string(),
-            "-s".into(),
-            "1000".into(),
-        ],
-        dir.path().to_path_buf(),
-    ));
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
     client.wait_event("incoming", Duration::from_secs(20)).await;
     client.send(json!({"command": "accept"})).await;
     client.wait_event("answer", Duration::from_secs(10)).await;
@@ -424,16 +425,7 @@ async fn late_offer_invite_gets_our_offer_and_media_flows() {
         "uac_late_offer.xml",
         &[("@SPEECH@", &format!("{PCAPS}/g711a.pcap"))],
     );
-    let sipp = tokio::spawn(run_sipp(
-        vec![
-            server.sip_addr.clone(),
-            "-sf".into(),
-            scen.display().to_string(),
-            "-s".into(),
-            "1000".into(),
-        ],
-        dir.path().to_path_buf(),
-    ));
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
     let incoming = client.wait_event("incoming", Duration::from_secs(20)).await;
     assert_eq!(incoming["sdp"], "", "late offer: no SDP in the INVITE");
     client.send(json!({"command": "accept"})).await;
@@ -489,17 +481,7 @@ async fn cancel_before_answer_unsupported_codecs_and_malformed_sip() {
     // CANCEL while a waiting client has the call ringing.
     let client = Client::connect(&server.sip_ws_url("?dump=false")).await;
     let scen = scenario(dir.path(), "uac_cancel.xml", &[]);
-    let (code, log) = run_sipp(
-        vec![
-            server.sip_addr.clone(),
-            "-sf".into(),
-            scen.display().to_string(),
-            "-s".into(),
-            "1000".into(),
-        ],
-        dir.path().to_path_buf(),
-    )
-    .await;
+    let (code, log) = sipp_uac(&server, &scen, "1000", dir.path(), &[]).await;
     assert_eq!(code, 0, "CANCEL not answered with 200 + 487:\n{log}");
     client.wait_event("incoming", Duration::from_secs(5)).await;
     let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
@@ -511,17 +493,7 @@ async fn cancel_before_answer_unsupported_codecs_and_malformed_sip() {
 
     // Only unsupported codecs: 488 before anyone is bothered.
     let scen = scenario(dir.path(), "uac_488.xml", &[]);
-    let (code, log) = run_sipp(
-        vec![
-            server.sip_addr.clone(),
-            "-sf".into(),
-            scen.display().to_string(),
-            "-s".into(),
-            "1000".into(),
-        ],
-        dir.path().to_path_buf(),
-    )
-    .await;
+    let (code, log) = sipp_uac(&server, &scen, "1000", dir.path(), &[]).await;
     assert_eq!(code, 0, "expected 488:\n{log}");
 
     // Malformed SIP: dropped or answered 4xx, never a crash.
@@ -589,16 +561,7 @@ async fn refer_transfers_the_caller_then_voxgate_hangs_up() {
     let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
     let dir = tempfile::tempdir().unwrap();
     let scen = scenario(dir.path(), "uac_refer.xml", &[]);
-    let sipp = tokio::spawn(run_sipp(
-        vec![
-            server.sip_addr.clone(),
-            "-sf".into(),
-            scen.display().to_string(),
-            "-s".into(),
-            "1000".into(),
-        ],
-        dir.path().to_path_buf(),
-    ));
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
     client.wait_event("incoming", Duration::from_secs(20)).await;
     client.send(json!({"command": "accept"})).await;
     client.wait_event("answer", Duration::from_secs(10)).await;
@@ -720,18 +683,7 @@ async fn inbound_over_tcp_through_a_webhook_and_unknown_numbers_get_404() {
     let server = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &config);
     let dir = tempfile::tempdir().unwrap();
     let scen = scenario(dir.path(), "uac_hold.xml", &[]);
-    let sipp = tokio::spawn(run_sipp(
-        vec![
-            server.sip_addr.clone(),
-            "-sf".into(),
-            scen.display().to_string(),
-            "-s".into(),
-            "2000".into(),
-            "-t".into(),
-            "t1".into(),
-        ],
-        dir.path().to_path_buf(),
-    ));
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "2000", dir.path(), &["-t", "t1"]));
     let hook_body = tokio::time::timeout(Duration::from_secs(20), body)
         .await
         .expect("webhook called")
