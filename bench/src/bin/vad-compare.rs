@@ -106,10 +106,15 @@ fn main() -> anyhow::Result<()> {
                 dtmf: false,
                 ..InboundConfig::default()
             };
-            let mut p = InboundPipeline::new(Codec::Pcmu, det, cfg);
+            let mut ingress = voxgate_media::edge::Ingress::new(Codec::Pcmu, 160);
+            let mut p = InboundPipeline::new(det, cfg);
             let mut ev = Vec::new();
+            let mut frames = Vec::new();
             for chunk in payload.chunks(160) {
-                p.push_payload(chunk, &mut ev);
+                ingress.push_payload(chunk, &mut frames);
+                for f in frames.drain(..) {
+                    p.process_frame(f, &mut ev);
+                }
             }
             p.finish(&mut ev);
             let mut hyp = Vec::new();

@@ -8,14 +8,16 @@
 //! - [`codec`]: L16 PCM, PCMU, PCMA (ITU-T G.711) and G.722 encode/decode.
 //! - [`resample`]: sample-rate conversion between 8, 16, 22.05, 24 and 48 kHz.
 //! - [`framer`]: cutting a byte or sample stream into fixed 20 ms frames.
+//! - [`edge`]: a leg's conversion between codec bytes and the core's 16 kHz 20 ms frames.
 //! - [`dtmf`]: in-band DTMF detection (Goertzel).
 //! - [`vad`]: voice-activity detection trait, the earshot engine and the speech/silence segmenter.
 //! - [`player`]: the flushable outbound playout queue (barge-in, interrupt, pause/resume).
-//! - [`pipeline`]: the inbound processor chain (decode → resample → DTMF → VAD) run per 20 ms tick.
+//! - [`pipeline`]: the core's inbound chain on 16 kHz frames (DTMF → VAD → endpointing → ASR tap).
 //! - [`speech`]: the ASR and TTS engine traits that offline and cloud engines implement.
 
 pub mod codec;
 pub mod dtmf;
+pub mod edge;
 pub mod framer;
 pub mod pipeline;
 pub mod player;

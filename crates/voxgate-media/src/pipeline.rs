@@ -1,14 +1,15 @@
-//! The inbound processor chain for caller audio:
-//! encoded payload → [`ByteFramer`] (20 ms) → decode → resample to 16 kHz → in-band DTMF → VAD →
-//! [`Segmenter`] → utterance tap for ASR.
+//! The call core's processor chain for caller audio, on 16 kHz mono 20 ms frames (what every leg
+//! hands the core; decoding and resampling happen in the leg, see [`crate::edge`]):
+//! in-band DTMF → VAD → [`Segmenter`] (endpointing) → utterance tap for ASR.
 //!
-//! Synchronous and sans-IO: audio in, [`MediaEvent`]s out as data. Media time is the amount of
+//! Synchronous and sans-IO: frames in, [`MediaEvent`]s out as data. Media time is the amount of
 //! caller audio processed, in milliseconds since the leg started (20 ms per frame).
+//!
+//! A VAD whose model must not run on the call's task ([`crate::vad::VoiceDetector::is_blocking`])
+//! is taken out with [`InboundPipeline::take_vad`], run elsewhere, and its probabilities fed back
+//! with [`InboundPipeline::process_frame_with_prob`] in frame order.
 
-use crate::codec::{AudioDecoder, Codec};
 use crate::dtmf::DtmfDetector;
-use crate::framer::{ByteFramer, SampleFramer};
-use crate::resample::StreamResampler;
 use crate::types::{AudioFrame, SampleRate};
 use crate::vad::{Segment, Segmenter, SegmenterConfig, Vad, VoiceDetector};
 use std::collections::VecDeque;
@@ -71,15 +72,13 @@ pub enum MediaEvent {
     },
 }
 
-/// Per-leg inbound chain.
+/// Per-call inbound chain over 16 kHz mono 20 ms frames.
 pub struct InboundPipeline {
     cfg: InboundConfig,
-    decoder: AudioDecoder,
-    framer: ByteFramer,
-    resampler: StreamResampler,
-    frames16: SampleFramer,
     dtmf: DtmfDetector,
-    vad: Vad,
+    vad: Option<Vad>,
+    /// The last speech probability (used while the VAD is out, see [`Self::take_vad`]).
+    last_prob: f32,
     seg: Segmenter,
     now_ms: u64,
     pre_roll: VecDeque<i16>,
@@ -95,19 +94,12 @@ struct Utterance {
 }
 
 impl InboundPipeline {
-    /// A chain for caller audio in `codec`, with the given voice detector.
-    pub fn new(codec: Codec, detector: Box<dyn VoiceDetector>, cfg: InboundConfig) -> Self {
-        let rate = codec.sample_rate();
-        let frame_bytes = codec.bytes_in_ms(20);
+    /// A chain with the given voice detector.
+    pub fn new(detector: Box<dyn VoiceDetector>, cfg: InboundConfig) -> Self {
         InboundPipeline {
-            decoder: AudioDecoder::new(codec),
-            // At most one second of unprocessed bytes: processing is synchronous, so this only
-            // fills when a client sends faster than real time; then the oldest audio is dropped.
-            framer: ByteFramer::new(frame_bytes, frame_bytes * 50),
-            resampler: StreamResampler::new(rate, SampleRate::HZ_16000).expect("supported rates"),
-            frames16: SampleFramer::new(320),
             dtmf: DtmfDetector::new(),
-            vad: Vad::with_gate(detector, cfg.vad_gate_dbfs),
+            vad: Some(Vad::with_gate(detector, cfg.vad_gate_dbfs)),
+            last_prob: 0.0,
             seg: Segmenter::new(cfg.segmenter.clone()),
             now_ms: 0,
             pre_roll: VecDeque::with_capacity(16 * cfg.pre_roll_ms as usize + 320),
@@ -122,11 +114,6 @@ impl InboundPipeline {
         self.now_ms
     }
 
-    /// Bytes dropped because the client sent faster than the chain consumes.
-    pub fn dropped_bytes(&self) -> u64 {
-        self.framer.dropped_bytes()
-    }
-
     /// Length of the caller's current voiced run in ms (for barge-in).
     pub fn voiced_run_ms(&self) -> u64 {
         self.seg.voiced_run_ms(self.now_ms)
@@ -137,23 +124,47 @@ impl InboundPipeline {
         self.seg.in_speech()
     }
 
-    /// Feeds an encoded payload of any size; processes every whole 20 ms frame it completes.
-    pub fn push_payload(&mut self, payload: &[u8], out: &mut Vec<MediaEvent>) {
-        self.framer.push(payload);
-        let mut pcm16 = Vec::with_capacity(640);
-        while let Some(frame) = self.framer.pop() {
-            let decoded = self.decoder.decode(&frame);
-            pcm16.clear();
-            self.resampler.process(&decoded.samples, &mut pcm16);
-            self.frames16.push(&pcm16);
-            while let Some(f) = self.frames16.pop() {
-                self.process_frame(AudioFrame::mono(SampleRate::HZ_16000, f), out);
-            }
-        }
+    /// Whether the VAD must run off the caller's task ([`Vad::is_blocking`]).
+    pub fn vad_is_blocking(&self) -> bool {
+        self.vad.as_ref().is_some_and(Vad::is_blocking)
     }
 
-    /// Processes one 20 ms, 16 kHz mono frame.
+    /// Takes the VAD out to run it elsewhere; `None` while it is out. Feed its probabilities to
+    /// [`Self::process_frame_with_prob`] and give it back with [`Self::restore_vad`].
+    pub fn take_vad(&mut self) -> Option<Vad> {
+        self.vad.take()
+    }
+
+    /// Returns the VAD taken with [`Self::take_vad`].
+    pub fn restore_vad(&mut self, vad: Vad) {
+        self.vad = Some(vad);
+    }
+
+    /// The last speech probability the VAD gave.
+    pub fn last_prob(&self) -> f32 {
+        self.last_prob
+    }
+
+    /// Processes one 20 ms, 16 kHz mono frame, running the VAD here. While the VAD is taken out,
+    /// the last probability stands in for it.
     pub fn process_frame(&mut self, frame: AudioFrame, out: &mut Vec<MediaEvent>) {
+        let p = match self.vad.as_mut() {
+            Some(v) => v.process(&frame),
+            None => self.last_prob,
+        };
+        self.process_frame_with_prob(frame, p, out);
+    }
+
+    /// Processes one 20 ms, 16 kHz mono frame whose speech probability `prob` (0..=1) the VAD
+    /// computed elsewhere. Frames must come in order.
+    pub fn process_frame_with_prob(
+        &mut self,
+        frame: AudioFrame,
+        prob: f32,
+        out: &mut Vec<MediaEvent>,
+    ) {
+        debug_assert_eq!(frame.rate, SampleRate::HZ_16000);
+        self.last_prob = prob;
         let start = self.now_ms;
         let dur = frame.duration_ms();
         self.now_ms += dur;
@@ -165,8 +176,7 @@ impl InboundPipeline {
                 });
             }
         }
-        let p = self.vad.process(&frame);
-        let seg = self.seg.process(p, start, dur);
+        let seg = self.seg.process(prob, start, dur);
 
         if self.cfg.asr {
             let keep = 16 * self.cfg.pre_roll_ms as usize;
@@ -288,9 +298,10 @@ mod tests {
 
     #[test]
     fn pcmu_speech_burst_gives_speaking_silence_and_one_utterance() {
-        let codec = Codec::Pcmu;
+        let codec = crate::codec::Codec::Pcmu;
         let mut enc = crate::codec::AudioEncoder::new(codec);
-        let mut p = InboundPipeline::new(codec, Box::new(Energy), InboundConfig::default());
+        let mut ingress = crate::edge::Ingress::new(codec, 1 << 20);
+        let mut p = InboundPipeline::new(Box::new(Energy), InboundConfig::default());
         // 1 s silence, 1.5 s of a 300 Hz buzz, 1 s silence, as 8 kHz PCMU in odd-sized messages.
         let mut pcm = vec![0i16; 8000];
         pcm.extend((0..12000).map(|i| {
@@ -299,8 +310,12 @@ mod tests {
         pcm.extend(vec![0i16; 8000]);
         let bytes = enc.encode(&AudioFrame::mono(SampleRate::HZ_8000, pcm));
         let mut ev = Vec::new();
+        let mut frames = Vec::new();
         for chunk in bytes.chunks(333) {
-            p.push_payload(chunk, &mut ev);
+            ingress.push_payload(chunk, &mut frames);
+            for f in frames.drain(..) {
+                p.process_frame(f, &mut ev);
+            }
         }
         let speaking: Vec<_> = ev
             .iter()
@@ -336,5 +351,48 @@ mod tests {
             .iter()
             .any(|e| matches!(e, MediaEvent::UtterancePartial { index: 1, .. })));
         assert_eq!(p.now_ms(), 3500);
+    }
+
+    #[test]
+    fn a_vad_run_elsewhere_gives_the_same_events() {
+        let buzz: Vec<AudioFrame> = (0..150)
+            .map(|k| {
+                let loud = (50..100).contains(&k);
+                AudioFrame::mono(
+                    SampleRate::HZ_16000,
+                    (0..320)
+                        .map(|i| {
+                            if loud {
+                                if i % 2 == 0 {
+                                    3000
+                                } else {
+                                    -3000
+                                }
+                            } else {
+                                0
+                            }
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut inline = InboundPipeline::new(Box::new(Energy), InboundConfig::default());
+        let mut a = Vec::new();
+        for f in &buzz {
+            inline.process_frame(f.clone(), &mut a);
+        }
+        let mut offloaded = InboundPipeline::new(Box::new(Energy), InboundConfig::default());
+        let mut vad = offloaded.take_vad().unwrap();
+        assert!(offloaded.take_vad().is_none());
+        let mut b = Vec::new();
+        for f in &buzz {
+            let p = vad.process(f);
+            offloaded.process_frame_with_prob(f.clone(), p, &mut b);
+        }
+        offloaded.restore_vad(vad);
+        assert_eq!(a, b);
+        assert!(a
+            .iter()
+            .any(|e| matches!(e, MediaEvent::UtteranceFinal { .. })));
     }
 }

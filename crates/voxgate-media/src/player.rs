@@ -24,6 +24,8 @@ struct Track {
     input_done: bool,
     started: bool,
     auto_hangup: bool,
+    /// A mark (no audio): reported as [`PlayerEvent::Mark`] when playout reaches it.
+    mark: Option<String>,
 }
 
 /// Events produced while playing out.
@@ -41,6 +43,8 @@ pub enum PlayerEvent {
         duration_ms: u64,
         auto_hangup: bool,
     },
+    /// Playout reached a mark queued with [`Player::mark`]: all audio queued before it went out.
+    Mark { name: String },
 }
 
 /// What [`Player::interrupt`] stopped.
@@ -50,6 +54,14 @@ pub struct Interrupted {
     pub play_id: Option<String>,
     /// Milliseconds of the track already played.
     pub position_ms: u64,
+}
+
+/// What [`Player::clear`] stopped: the playing (or first queued) track, and the marks queued
+/// behind it, which will never be reached by playout.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Cleared {
+    pub interrupted: Option<Interrupted>,
+    pub marks: Vec<String>,
 }
 
 /// The playout queue. Sans-IO: the caller calls [`Player::next_frame`] once per 20 ms tick.
@@ -74,12 +86,29 @@ impl Player {
             input_done: false,
             started: false,
             auto_hangup,
+            mark: None,
+        });
+    }
+
+    /// Queues a mark after everything queued so far (Twilio `mark`, seed 003 `checkPoint`).
+    pub fn mark(&mut self, name: &str) {
+        self.tracks.push_back(Track {
+            id: String::new(),
+            play_id: None,
+            samples: VecDeque::new(),
+            played: 0,
+            input_done: true,
+            started: false,
+            auto_hangup: false,
+            mark: Some(name.to_string()),
         });
     }
 
     /// Whether a track with this id is queued or playing.
     pub fn has_track(&self, track_id: &str) -> bool {
-        self.tracks.iter().any(|t| t.id == track_id)
+        self.tracks
+            .iter()
+            .any(|t| t.mark.is_none() && t.id == track_id)
     }
 
     /// The track id the given `playId` is using, if it is queued or playing.
@@ -93,7 +122,11 @@ impl Player {
     /// Appends 16 kHz mono samples to a track. Unknown track ids (already interrupted) are ignored
     /// and `false` is returned: the producer should stop.
     pub fn push_audio(&mut self, track_id: &str, samples: &[i16]) -> bool {
-        match self.tracks.iter_mut().find(|t| t.id == track_id) {
+        match self
+            .tracks
+            .iter_mut()
+            .find(|t| t.mark.is_none() && t.id == track_id)
+        {
             Some(t) => {
                 t.samples.extend(samples);
                 true
@@ -105,14 +138,18 @@ impl Player {
     /// Removes a track that will produce nothing (its producer failed). Returns whether it existed.
     pub fn remove_track(&mut self, track_id: &str) -> bool {
         let before = self.tracks.len();
-        self.tracks.retain(|t| t.id != track_id);
+        self.tracks.retain(|t| t.mark.is_some() || t.id != track_id);
         before != self.tracks.len()
     }
 
     /// Marks a track's input complete (its `trackEnd` follows when its audio has played), and sets
     /// whether the call hangs up after it.
     pub fn finish_track(&mut self, track_id: &str, auto_hangup: bool) {
-        if let Some(t) = self.tracks.iter_mut().find(|t| t.id == track_id) {
+        if let Some(t) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.mark.is_none() && t.id == track_id)
+        {
             t.input_done = true;
             t.auto_hangup |= auto_hangup;
         }
@@ -144,15 +181,30 @@ impl Player {
         self.paused
     }
 
-    /// Drops every queued track. Returns the playing (or first queued) track and its position.
+    /// Drops every queued track and mark, and resumes a paused player (the next track plays).
+    /// Returns the playing (or first queued) track and its position.
     pub fn interrupt(&mut self) -> Option<Interrupted> {
-        let first = self.tracks.pop_front()?;
-        self.tracks.clear();
-        Some(Interrupted {
-            track_id: first.id,
-            play_id: first.play_id,
-            position_ms: first.played * 1000 / 16_000,
-        })
+        self.clear().interrupted
+    }
+
+    /// Like [`Self::interrupt`], also returning the marks that were queued.
+    pub fn clear(&mut self) -> Cleared {
+        self.paused = false;
+        let mut out = Cleared::default();
+        for t in self.tracks.drain(..) {
+            match t.mark {
+                Some(name) => out.marks.push(name),
+                None if out.interrupted.is_none() => {
+                    out.interrupted = Some(Interrupted {
+                        track_id: t.id,
+                        play_id: t.play_id,
+                        position_ms: t.played * 1000 / 16_000,
+                    })
+                }
+                None => {}
+            }
+        }
+        out
     }
 
     /// Produces the next 20 ms frame at 16 kHz (the last frame of a track is padded with silence),
@@ -163,6 +215,13 @@ impl Player {
         }
         loop {
             let t = self.tracks.front_mut()?;
+            if t.mark.is_some() {
+                let name = self.tracks.pop_front().and_then(|t| t.mark);
+                events.push(PlayerEvent::Mark {
+                    name: name.unwrap_or_default(),
+                });
+                continue;
+            }
             if t.samples.is_empty() {
                 if t.input_done {
                     let t = self.tracks.pop_front().expect("front exists");
@@ -256,6 +315,49 @@ mod tests {
         assert_eq!((i.track_id.as_str(), i.position_ms), ("t1", 200));
         assert!(p.next_frame(&mut ev).is_none());
         assert!(!p.push_audio("t1", &[1; 10]));
+    }
+
+    #[test]
+    fn marks_are_reached_after_the_audio_before_them() {
+        let mut p = Player::new();
+        let mut ev = Vec::new();
+        p.open_track("t1", None, false);
+        p.push_audio("t1", &[1; 640]);
+        p.finish_track("t1", false);
+        p.mark("m1");
+        p.open_track("t2", None, false);
+        p.push_audio("t2", &[1; 320]);
+        p.mark("m2");
+        assert!(p.next_frame(&mut ev).is_some());
+        assert!(p.next_frame(&mut ev).is_some());
+        assert!(!ev.iter().any(|e| matches!(e, PlayerEvent::Mark { .. })));
+        // t1 ends, m1 is reached, and t2's first frame goes out in the same tick.
+        assert!(p.next_frame(&mut ev).is_some());
+        let names: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                PlayerEvent::Mark { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["m1"]);
+        // Clearing reports the playing track and the mark behind it.
+        let c = p.clear();
+        assert_eq!(c.interrupted.unwrap().track_id, "t2");
+        assert_eq!(c.marks, ["m2"]);
+    }
+
+    #[test]
+    fn interrupt_resumes_a_paused_player() {
+        let mut p = Player::new();
+        let mut ev = Vec::new();
+        p.open_track("t1", None, false);
+        p.push_audio("t1", &[1; 3200]);
+        p.pause();
+        assert!(p.interrupt().is_some());
+        p.open_track("t2", None, false);
+        p.push_audio("t2", &[1; 320]);
+        assert!(p.next_frame(&mut ev).is_some(), "the next track plays");
     }
 
     #[test]

@@ -42,43 +42,129 @@ pub trait Synthesizer: Send + Sync {
     fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<AudioFrame, SpeechError>;
 }
 
-/// Splits text into sentences for streaming synthesis: a sentence ends at `.`, `!`, `?`, `;` or a
-/// newline followed by whitespace (or the end, when `final_chunk`). Returns the complete sentences
-/// and leaves the unfinished rest in `buf`.
-pub fn take_sentences(buf: &mut String, final_chunk: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let chars: Vec<(usize, char)> = buf.char_indices().collect();
-    for (k, &(i, c)) in chars.iter().enumerate() {
-        let ends = matches!(c, '.' | '!' | '?' | ';' | '\n' | '。' | '！' | '？');
-        let next_is_space = chars.get(k + 1).is_none_or(|&(_, n)| n.is_whitespace());
-        let at_end = k + 1 == chars.len();
-        if ends && next_is_space && (!at_end || final_chunk || c == '\n') {
-            let end = i + c.len_utf8();
-            let s = buf[start..end].trim();
-            if s.chars().any(|c| c.is_alphanumeric()) {
+/// Longest text a [`SentenceSplitter`] holds without a sentence end, in characters. Past it, the
+/// text is cut at the last clause or word boundary and synthesised: an LLM that streams text
+/// without punctuation must not grow the buffer without bound.
+pub const MAX_PENDING_CHARS: usize = 300;
+
+fn ends_sentence(c: char) -> bool {
+    matches!(c, '.' | '!' | '?' | ';' | '\n' | '。' | '！' | '？')
+}
+
+fn worth_speaking(s: &str) -> bool {
+    s.chars().any(|c| c.is_alphanumeric())
+}
+
+/// Cuts streamed text (e.g. LLM tokens of a `tts` command with `streaming: true`) into sentences
+/// for synthesis, as they complete.
+///
+/// A sentence ends at `.`, `!`, `?`, `;`, a newline, or `。！？`, followed by whitespace; a chunk
+/// that ends with `.`, `!`, `?` or a newline also closes its sentence (a streamed sentence is
+/// spoken without waiting for the next token). Pieces without a letter or digit (`"..."`) are
+/// dropped. Each character is scanned once, and at most [`MAX_PENDING_CHARS`] (or the configured
+/// bound) wait for a sentence end: longer text is cut at its last `,` `:` or space.
+#[derive(Debug, Clone)]
+pub struct SentenceSplitter {
+    buf: String,
+    /// Byte offset in `buf` from which no decision has been made yet.
+    scan_from: usize,
+    max_chars: usize,
+}
+
+impl Default for SentenceSplitter {
+    fn default() -> Self {
+        Self::new(MAX_PENDING_CHARS)
+    }
+}
+
+impl SentenceSplitter {
+    /// A splitter that holds at most `max_chars` characters (at least 16) without a sentence end.
+    pub fn new(max_chars: usize) -> Self {
+        SentenceSplitter {
+            buf: String::new(),
+            scan_from: 0,
+            max_chars: max_chars.max(16),
+        }
+    }
+
+    /// Text received but not yet part of a complete sentence.
+    pub fn pending(&self) -> &str {
+        &self.buf
+    }
+
+    /// Appends `text` and returns the sentences it completes, in order. With `final_chunk`, the
+    /// rest is returned too (the stream ended) and the splitter is empty afterwards.
+    pub fn push(&mut self, text: &str, final_chunk: bool) -> Vec<String> {
+        self.buf.push_str(text);
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        let mut undecided: Option<usize> = None;
+        let mut iter = self.buf[self.scan_from..].char_indices().peekable();
+        while let Some((off, c)) = iter.next() {
+            if !ends_sentence(c) {
+                continue;
+            }
+            let at = self.scan_from + off;
+            let end = at + c.len_utf8();
+            let closes = match iter.peek() {
+                Some(&(_, n)) => n.is_whitespace(),
+                // The mark ends the chunk: `.!?` and newlines close the sentence now; `;` and
+                // the CJK marks wait for what follows unless the stream ended.
+                None => final_chunk || matches!(c, '.' | '!' | '?' | '\n'),
+            };
+            if closes {
+                let s = self.buf[start..end].trim();
+                if worth_speaking(s) {
+                    out.push(s.to_string());
+                }
+                start = end;
+            } else if iter.peek().is_none() {
+                undecided = Some(at);
+            }
+        }
+        let scanned_to = undecided.unwrap_or(self.buf.len());
+        self.buf.drain(..start);
+        self.scan_from = scanned_to - start;
+        if final_chunk {
+            let s = self.buf.trim();
+            if worth_speaking(s) {
                 out.push(s.to_string());
             }
-            start = end;
+            self.buf.clear();
+            self.scan_from = 0;
+            return out;
         }
-    }
-    // A sentence-final mark at the very end of a non-final chunk also closes the sentence.
-    if !final_chunk {
-        let tail = buf[start..].trim_end();
-        if tail.ends_with(['.', '!', '?']) && tail.chars().any(|c| c.is_alphanumeric()) {
-            out.push(tail.trim().to_string());
-            start = buf.len();
+        // Bound the text that waits for a sentence end.
+        while self.buf.chars().count() > self.max_chars {
+            let limit = self
+                .buf
+                .char_indices()
+                .nth(self.max_chars)
+                .map_or(self.buf.len(), |(i, _)| i);
+            let head = &self.buf[..limit];
+            let cut = head
+                .rfind([',', ':'])
+                .map(|i| i + 1)
+                .or_else(|| head.rfind(char::is_whitespace))
+                .filter(|&i| i > 0)
+                .unwrap_or(limit);
+            let s = self.buf[..cut].trim();
+            if worth_speaking(s) {
+                out.push(s.to_string());
+            }
+            self.buf.drain(..cut);
+            self.scan_from = self.scan_from.saturating_sub(cut);
         }
+        out
     }
-    let rest = buf[start..].to_string();
-    *buf = rest;
-    if final_chunk {
-        let s = buf.trim().to_string();
-        if s.chars().any(|c| c.is_alphanumeric()) {
-            out.push(s);
-        }
-        buf.clear();
-    }
+}
+
+/// Splits `buf` into complete sentences with a fresh [`SentenceSplitter`] (see its rules), leaving
+/// the unfinished rest in `buf`. For one-off text; a stream keeps one splitter.
+pub fn take_sentences(buf: &mut String, final_chunk: bool) -> Vec<String> {
+    let mut s = SentenceSplitter::new(usize::MAX);
+    let out = s.push(buf, final_chunk);
+    *buf = s.buf;
     out
 }
 
@@ -100,5 +186,52 @@ mod tests {
             take_sentences(&mut c, false),
             vec!["It costs 3.50 dollars."]
         );
+    }
+
+    #[test]
+    fn splitter_streams_tokens_and_scans_once() {
+        let mut s = SentenceSplitter::default();
+        let mut got = Vec::new();
+        for tok in [
+            "Hel",
+            "lo the",
+            "re",
+            ". How",
+            " are you",
+            "?",
+            " Fine; th",
+            "anks",
+        ] {
+            got.extend(s.push(tok, false));
+        }
+        assert_eq!(got, vec!["Hello there.", "How are you?", "Fine;"]);
+        assert_eq!(s.pending(), " thanks");
+        assert_eq!(s.push("", true), vec!["thanks"]);
+        assert_eq!(s.pending(), "");
+        // Pieces without words are dropped; a `;` at the end of a chunk waits for more.
+        assert_eq!(s.push("... ok; ", false), vec!["ok;"]);
+        assert!(s.push("wait;", false).is_empty());
+        assert_eq!(s.push(" go", true), vec!["wait;", "go"]);
+    }
+
+    #[test]
+    fn text_without_punctuation_stays_bounded() {
+        let mut s = SentenceSplitter::new(50);
+        let mut spoken = Vec::new();
+        for _ in 0..1000 {
+            spoken.extend(s.push("word ", false));
+            assert!(s.pending().chars().count() <= 50, "{}", s.pending().len());
+        }
+        assert!(spoken.len() >= 90, "{}", spoken.len());
+        assert!(spoken
+            .iter()
+            .all(|p| p.split_whitespace().all(|w| w == "word")));
+        // A clause boundary is preferred to a word boundary.
+        let mut s = SentenceSplitter::new(20);
+        assert_eq!(
+            s.push("one two, three four five six", false),
+            vec!["one two,"]
+        );
+        assert_eq!(s.pending(), " three four five six");
     }
 }

@@ -15,6 +15,12 @@ pub trait VoiceDetector: Send {
     fn predict(&mut self, chunk: &[i16]) -> f32;
     /// Clears recurrent state (between calls, never mid-utterance).
     fn reset(&mut self);
+    /// Whether [`Self::predict`] is too slow, or may wait on a shared model, to run on a call's
+    /// task: the call core then runs it on the blocking thread pool (Silero on ONNX Runtime).
+    /// Default `false` (earshot: microseconds per chunk, no shared state).
+    fn is_blocking(&self) -> bool {
+        false
+    }
 }
 
 /// earshot (pyke.io): a small neural VAD compiled into the binary; 256-sample chunks at 16 kHz.
@@ -71,6 +77,11 @@ impl Vad {
             gate_dbfs,
             quiet_ms: 0,
         }
+    }
+
+    /// Whether the detector must run off the call's task (see [`VoiceDetector::is_blocking`]).
+    pub fn is_blocking(&self) -> bool {
+        self.detector.is_blocking()
     }
 
     /// Whether the gate is closed (the model is idle).

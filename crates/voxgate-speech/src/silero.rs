@@ -100,4 +100,10 @@ impl VoiceDetector for Silero {
         self.state.iter_mut().for_each(|x| *x = 0.0);
         self.context.iter_mut().for_each(|x| *x = 0.0);
     }
+
+    /// ONNX inference (about 0.1 ms per chunk) on a session shared through a pool: the call core
+    /// runs it on the blocking thread pool, never on a call's task.
+    fn is_blocking(&self) -> bool {
+        true
+    }
 }

@@ -1,5 +1,6 @@
 //! Audio for the `play` command: fetch (http(s) URL, `file://` URL or server path) and decode
-//! (WAV or MP3 through symphonia) to 16 kHz mono samples.
+//! (WAV or MP3 through symphonia) to 16 kHz mono samples. [`Loader`] is the call core's
+//! [`voxgate_call::AudioLoader`] port.
 
 use std::io::Cursor;
 use symphonia::core::audio::GenericAudioBufferRef;
@@ -10,6 +11,22 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use voxgate_media::resample::resample_clip;
 use voxgate_media::SampleRate;
+
+/// Fetches over HTTP(S) with the server's client, reads files, decodes on the blocking pool.
+pub struct Loader {
+    pub http: reqwest::Client,
+}
+
+#[async_trait::async_trait]
+impl voxgate_call::AudioLoader for Loader {
+    async fn load(&self, url: &str) -> Result<Vec<i16>, String> {
+        let bytes = fetch(&self.http, url).await?;
+        let hint = url.to_string();
+        tokio::task::spawn_blocking(move || decode_to_16k(bytes, &hint))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    }
+}
 
 /// Largest file `play` accepts, bytes (about 10 minutes of 44.1 kHz stereo WAV).
 pub const MAX_BYTES: usize = 100 * 1024 * 1024;

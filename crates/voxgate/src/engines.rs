@@ -1,8 +1,10 @@
-//! Wiring of the speech engines (loaded once per server, shared by every call).
+//! Wiring of the speech engines (loaded once per server, shared by every call): the call core's
+//! [`Speech`] port filled from the configuration.
 
 use crate::config::Config;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use voxgate_call::{Speech, VadFactory};
 use voxgate_media::speech::{Synthesizer, Transcriber};
 use voxgate_media::vad::{Earshot, VoiceDetector};
 use voxgate_speech::silero::{Silero, SileroModel};
@@ -14,50 +16,25 @@ pub enum VadEngine {
     Silero(Arc<SileroModel>),
 }
 
-/// The server's speech engines.
-#[derive(Clone)]
-pub struct Engines {
-    pub asr: Option<Arc<dyn Transcriber>>,
-    /// One permit per ASR model instance. Final transcripts wait for a permit; partial ones run
-    /// only when a permit is free at once, so that partials never delay finals under load.
-    pub asr_slots: Arc<tokio::sync::Semaphore>,
-    /// TTS engines by name (`piper`, `flite`).
-    pub tts: BTreeMap<String, Arc<dyn Synthesizer>>,
-    pub default_tts: String,
-    pub vad: VadEngine,
-}
-
-impl Engines {
-    /// A fresh per-call voice detector.
-    pub fn new_detector(&self) -> Box<dyn VoiceDetector> {
-        match &self.vad {
+impl VadFactory for VadEngine {
+    fn detector(&self) -> Box<dyn VoiceDetector> {
+        match self {
             VadEngine::Earshot => Box::new(Earshot::default()),
             VadEngine::Silero(m) => Box::new(Silero::new(m.clone())),
         }
     }
+}
 
-    /// The TTS engine for a request: `provider` when given, else the call's, else the default.
-    ///
-    /// # Errors
-    /// A message naming the unknown provider and the available ones.
-    pub fn synthesizer(&self, provider: Option<&str>) -> Result<Arc<dyn Synthesizer>, String> {
-        let name = provider
-            .filter(|p| !p.is_empty())
-            .unwrap_or(&self.default_tts);
-        self.tts.get(name).cloned().ok_or_else(|| {
-            format!(
-                "tts provider `{name}` is not available (available: {})",
-                self.tts.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
-        })
-    }
+/// Loads the speech engines the configuration names.
+pub struct Engines;
 
+impl Engines {
     /// Loads what the configuration names. Missing model files are reported with the command
     /// that fetches them.
     ///
     /// # Errors
     /// Every engine that failed to load, one per line.
-    pub fn load(cfg: &Config) -> Result<Engines, String> {
+    pub fn load(cfg: &Config) -> Result<Speech, String> {
         let mut errs = Vec::new();
         let models = &cfg.models_dir;
         let needs_ort = cfg.asr.engine == "moonshine"
@@ -135,12 +112,12 @@ impl Engines {
         }
         if errs.is_empty() {
             let asr_slots = Arc::new(tokio::sync::Semaphore::new(cfg.asr.instances.max(1)));
-            Ok(Engines {
+            Ok(Speech {
                 asr,
                 asr_slots,
                 tts,
                 default_tts: cfg.tts.engine.clone(),
-                vad,
+                vad: Arc::new(vad),
             })
         } else {
             Err(errs.join("\n"))

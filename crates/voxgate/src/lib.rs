@@ -1,9 +1,9 @@
-//! voxgate server: the call core (L3), the APIs, store and speech wiring (L4) and the server
-//! itself (L5). See `DESIGN.md` for the layers and the README for the protocol.
+//! voxgate server: the adapters (L4: APIs, SIP, store, speech wiring) around the call core
+//! (`voxgate-call`, L3), and the server itself (L5). See `DESIGN.md` for the layers and the README
+//! for the protocols.
 
 pub mod api;
 pub mod audio_file;
-pub mod call;
 pub mod cli;
 pub mod config;
 pub mod engines;

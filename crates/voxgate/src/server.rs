@@ -1,15 +1,17 @@
 //! `voxgate serve`: load config and engines, open the store, serve HTTP, shut down gracefully.
 
 use crate::api::{router, AppState};
-use crate::call::actor::{ActorInput, CallContext, CallSettings};
-use crate::call::registry::Registry;
 use crate::config::Config;
 use crate::engines::Engines;
 use crate::store::sqlite::SqliteStore;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
+use voxgate_call::{CallContext, CallCore, CallSettings, Dialer};
 use voxgate_media::vad::SegmenterConfig;
+
+/// How long shutdown waits for transcripts still being computed after the calls ended.
+const SHUTDOWN_WRITES: Duration = Duration::from_secs(120);
 
 /// Runs the server until SIGINT/SIGTERM. Prints `voxgate listening on http://ADDR` on stdout
 /// once it accepts connections (tests and scripts wait for that line).
@@ -20,22 +22,24 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let started = std::time::Instant::now();
-    let engines = tokio::task::spawn_blocking({
+    let speech = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
         move || Engines::load(&cfg)
     })
     .await?
     .map_err(|e| anyhow::anyhow!("speech engines failed to load:\n{e}"))?;
     tracing::info!(
-        asr = engines.asr.as_ref().map(|a| a.name().to_string()).unwrap_or("none".into()),
-        tts = ?engines.tts.keys().collect::<Vec<_>>(),
+        asr = speech.asr.as_ref().map(|a| a.name().to_string()).unwrap_or("none".into()),
+        tts = ?speech.tts.keys().collect::<Vec<_>>(),
         vad = cfg.vad.engine,
         "speech engines loaded in {:.1}s",
         started.elapsed().as_secs_f32()
     );
-    let store = SqliteStore::open(&cfg.database_url())
-        .await
-        .with_context(|| format!("opening store {}", cfg.database_url()))?;
+    let store = Arc::new(
+        SqliteStore::open(&cfg.database_url())
+            .await
+            .with_context(|| format!("opening store {}", cfg.database_url()))?,
+    );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -49,8 +53,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         },
         partial_interval_ms: cfg.asr.partial_interval_ms,
         drain: Duration::from_secs(cfg.call.drain_secs),
+        leg_close: Duration::from_secs(5),
     };
-    let registry = Registry::default();
     let sip = if cfg.sip.enabled {
         match crate::sip::SipService::start(cfg.sip.clone(), http.clone()).await {
             Ok(svc) => {
@@ -77,15 +81,19 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let core = CallCore::new(CallContext {
+        speech: Arc::new(speech),
+        store: store.clone(),
+        dialer: sip
+            .clone()
+            .map(|s| Arc::new(crate::sip::SipDialer(s)) as Arc<dyn Dialer>),
+        loader: Arc::new(crate::audio_file::Loader { http: http.clone() }),
+        settings,
+    });
     let state = AppState {
         config: Arc::new(cfg.clone()),
-        registry: registry.clone(),
-        call_context: CallContext {
-            engines: Arc::new(engines),
-            store: Arc::new(store),
-            http,
-            settings,
-        },
+        core: core.clone(),
+        store,
         sip: sip.clone(),
     };
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -98,16 +106,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: ending {} calls", registry.len());
-            for inbox in registry.inboxes() {
-                let _ = inbox.send(ActorInput::Shutdown).await;
-            }
-            let deadline = tokio::time::Instant::now() + drain;
-            while !registry.is_empty() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // Calls end (`server_shutdown`) and finish their transcripts up to the drain time;
+            // transcripts still being computed then are finished and stored before we exit.
+            core.shutdown(drain + Duration::from_secs(5), SHUTDOWN_WRITES)
+                .await;
             if let Some(s) = &sip {
-                s.stop();
+                s.stop(Duration::from_secs(3)).await;
             }
         })
         .await?;

@@ -3,9 +3,8 @@
 pub mod call_ws;
 pub mod rest;
 
-use crate::call::actor::CallContext;
-use crate::call::registry::Registry;
 use crate::config::Config;
+use crate::store::sqlite::SqliteStore;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,8 +15,10 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub registry: Registry,
-    pub call_context: CallContext,
+    /// The live calls of this node.
+    pub core: voxgate_call::CallCore,
+    /// Reads of stored calls (the core writes through its own port).
+    pub store: Arc<SqliteStore>,
     /// The SIP user agent, when `sip.enabled`.
     pub sip: Option<Arc<crate::sip::SipService>>,
 }

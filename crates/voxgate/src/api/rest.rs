@@ -2,22 +2,33 @@
 //! `GET /health`.
 
 use super::{json_error, AppState};
-use crate::call::actor::ActorInput;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-/// `GET /call/lists`: `{"calls": [{id, call_type, created_at, option}]}`.
+/// `GET /call/lists`: `{"calls": [{id, call_type, created_at (RFC 3339), option}]}`.
 pub async fn list_calls(State(st): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "calls": st.registry.list() }))
+    let calls: Vec<serde_json::Value> = st
+        .core
+        .list()
+        .into_iter()
+        .map(|c| {
+            let created = chrono::DateTime::from_timestamp_millis(c.created_at)
+                .unwrap_or_default()
+                .to_rfc3339();
+            json!({ "id": c.id, "call_type": c.kind, "created_at": created, "option": c.option })
+        })
+        .collect();
+    Json(json!({ "calls": calls }))
 }
 
-/// `POST /call/kill/{id}`: `true`, or 404 `{code, message}` for an unknown id.
+/// `POST /call/kill/{id}`: `true` (the call ends with `hangup`, reason `killed`), or 404
+/// `{code, message}` for an unknown id. Never waits on the call.
 pub async fn kill_call(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.registry.inbox(&id) {
-        Some(inbox) if inbox.send(ActorInput::Kill).await.is_ok() => Json(true).into_response(),
+    match st.core.get(&id) {
+        Some(call) if call.end("killed", "system") => Json(true).into_response(),
         _ => json_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -39,6 +50,6 @@ pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
         .as_ref()
         .map(|s| json!({ "listen": s.local_addr.to_string(), "trunks": s.trunk_status() }));
     Json(
-        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "calls": st.registry.len(), "sip": sip }),
+        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "calls": st.core.len(), "sip": sip }),
     )
 }

@@ -1,48 +1,38 @@
-//! One call's SIP side, driven by the call actor: the dialog (outbound INVITE or inbound
-//! INVITE), its in-dialog requests (re-INVITE/UPDATE hold, INFO DTMF, OPTIONS, BYE) and the RTP
-//! leg. rsipstack types stay in this module; the actor sees [`SipSignal`]s and plain values.
+//! One call's SIP side as a leg of the call core: the dialog (outbound INVITE or inbound
+//! INVITE), its in-dialog requests (re-INVITE/UPDATE hold, INFO DTMF, OPTIONS, NOTIFY, BYE) and
+//! the RTP leg ([`super::media`]). rsipstack types stay in this module; the core sees
+//! [`LegEvent`]s and plain values.
+//!
+//! Nothing here makes the call's task wait: answering (which may wait up to 5 s for a late
+//! offer's ACK), REFER, and the BYE or CANCEL at the end run on the leg's own tasks.
 //!
 //! SIP status → `hangup` reason (RFC 3261 §21): 486/600 `busy`, 408/480/487 `no_answer`,
 //! 603 `declined`, 404/484/604 `not_found`, 488/606 `codec_mismatch`, other 4xx–6xx `failed`.
 //! `hangup` reason → SIP status when refusing an inbound call: `busy` 486, `no_answer` 480,
 //! anything else 603 Decline.
 
-use super::media::{self, MediaControl, MediaHandle, Quality, RtpSockets};
+use super::media::{self, AudioSink, MediaControl, MediaHandle, RtpSockets};
 use super::{IncomingCall, SipService};
-use crate::call::actor::ActorInput;
-use crate::call::{EventKind, InviteOptions};
+use async_trait::async_trait;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, StatusCode};
-use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::task::JoinHandle;
+use voxgate_call::{
+    DialError, DialOptions, Leg, LegCaps, LegCommand, LegEvent, LegInfo, LegPort, LegReply,
+    LegReport, PendingLeg,
+};
 use voxgate_media::codec::Codec;
+use voxgate_media::resample::StreamResampler;
+use voxgate_media::{AudioFrame, SampleRate};
 use voxgate_rtp::sdp::{self, LocalMedia, Negotiated, SdpError};
 
-/// What the SIP side tells the actor.
-#[derive(Debug)]
-pub enum SipSignal {
-    /// 180/183 for our INVITE; `early_media` when it carried SDP.
-    Ringing { early_media: bool },
-    /// 2xx for our INVITE with the SDP answer.
-    Answered { sdp: String },
-    /// The outbound call failed before answer.
-    Failed { code: u16, reason: String },
-    /// The far end ended the dialog (BYE, CANCEL) or it timed out.
-    Ended { reason: String },
-    /// The call rang for `sip.ring_timeout_secs` without an answer (ours or the far end's).
-    RingTimeout,
-    /// The transfer target answered (NOTIFY sipfrag 2xx after our REFER): we hang up.
-    Transferred,
-    /// The far end refused the REFER, or the transfer target did not answer.
-    TransferFailed { code: u16, reason: String },
-}
-
 /// The SDP encoding name of a codec the client asked to prefer (`None`: no preference).
-fn sdp_name(codec: Codec) -> Option<&'static str> {
-    match codec {
+fn sdp_name(codec: Option<Codec>) -> Option<&'static str> {
+    match codec? {
         Codec::Pcmu => Some("PCMU"),
         Codec::Pcma => Some("PCMA"),
         Codec::G722 => Some("G722"),
@@ -72,250 +62,335 @@ pub fn status_for_reason(reason: &str) -> StatusCode {
     }
 }
 
+/// The seed-002 codec name of a negotiated SDP codec (stored with the call).
+fn codec_label(neg: &Negotiated) -> String {
+    media::codec_for(&neg.codec.name, neg.codec.clock_rate)
+        .map(|c| c.name().to_string())
+        .unwrap_or_else(|| neg.codec.name.to_ascii_lowercase())
+}
+
 /// State shared with the in-dialog request handler.
 struct Shared {
     local: LocalMedia,
     negotiated: Option<Negotiated>,
-    control: Option<mpsc::Sender<MediaControl>>,
+    control: Option<tokio::sync::mpsc::Sender<MediaControl>>,
 }
 
-/// One call's SIP dialog and RTP leg.
-pub struct SipLeg {
+/// Everything about one call's SIP side that its tasks share.
+struct SipCall {
     svc: Arc<SipService>,
-    dialog: Option<InviteDialog>,
+    dialog: InviteDialog,
     outbound: bool,
     offer: Option<String>,
-    sockets: Option<RtpSockets>,
+    port: LegPort,
+    call_id: String,
     shared: Arc<Mutex<Shared>>,
-    media: Option<MediaHandle>,
-    tasks: Vec<JoinHandle<()>>,
-    answered: bool,
-    ended_remotely: bool,
-    pub caller: String,
-    pub callee: String,
-    track_id: String,
-    actor: mpsc::Sender<ActorInput>,
+    sockets: Mutex<Option<RtpSockets>>,
+    media: Mutex<Option<MediaHandle>>,
+    sink: OnceLock<AudioSink>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    answered: AtomicBool,
+    /// The dialog is over without us: the far end ended it, or a final answer went out.
+    ended: AtomicBool,
 }
 
 fn sdp_header() -> Header {
     Header::ContentType("application/sdp".into())
 }
 
-impl SipLeg {
-    /// Places a call: `callee` is a `sip:` URI, or a number sent through the first trunk.
-    ///
-    /// # Errors
-    /// A message for the `error` event: no trunk for a number, a bad URI, no free RTP port.
-    pub async fn dial(
-        svc: Arc<SipService>,
-        o: &InviteOptions,
-        actor: mpsc::Sender<ActorInput>,
-        track_id: String,
-    ) -> Result<SipLeg, String> {
-        let callee = o
-            .callee
-            .clone()
-            .filter(|c| !c.trim().is_empty())
-            .ok_or("`invite` on /call/sip needs `option.callee` (a number or a sip: URI)")?;
-        let (target, trunk) = if callee.starts_with("sip:") || callee.starts_with("sips:") {
-            (callee.clone(), None)
-        } else {
-            let t = svc.trunk().ok_or_else(|| format!("callee `{callee}` is a number but no [[sip.trunks]] is configured; use a sip: URI"))?.clone();
-            let mut number = callee.clone();
-            if let Some(p) = &t.strip_prefix {
-                if let Some(rest) = number.strip_prefix(p.as_str()) {
-                    number = rest.to_string();
-                }
-            }
-            if let Some(p) = &t.add_prefix {
-                number = format!("{p}{number}");
-            }
-            let transport = if t.transport == "tcp" {
-                ";transport=tcp"
-            } else {
-                ""
-            };
-            (format!("sip:{number}@{}{transport}", t.host), Some(t))
+fn caps() -> LegCaps {
+    LegCaps {
+        rfc4733: true,
+        transfer: true,
+        playout_marks: false,
+    }
+}
+
+/// An inbound SIP call waiting for a call to take it (a waiting `/call/sip` client, the
+/// `/call/sip?id=` a webhook announced, a bot's number).
+pub struct IncomingSip {
+    svc: Arc<SipService>,
+    call: IncomingCall,
+    info: LegInfo,
+}
+
+impl IncomingSip {
+    pub fn new(svc: Arc<SipService>, call: IncomingCall) -> Self {
+        let info = LegInfo {
+            kind: "sip",
+            caller: call.caller.clone(),
+            callee: call.callee.clone(),
+            offer: call.offer.clone(),
+            ringing: true,
+            caps: caps(),
         };
-        let caller = o
-            .caller
-            .clone()
-            .filter(|c| !c.is_empty())
-            .or_else(|| trunk.as_ref().and_then(|t| t.caller_id.clone()))
-            .unwrap_or_else(|| "voxgate".into());
-        let callee_uri: rsipstack::sip::Uri = target
-            .as_str()
-            .try_into()
-            .map_err(|e| format!("bad callee URI `{target}`: {e}"))?;
-        let from_host = trunk
-            .as_ref()
-            .map(|t| t.host.clone())
-            .unwrap_or_else(|| svc.local_addr.to_string());
-        let caller_uri: rsipstack::sip::Uri = format!("sip:{caller}@{from_host}")
-            .as_str()
-            .try_into()
-            .map_err(|e| format!("bad caller `{caller}`: {e}"))?;
-        let sockets = media::bind_pair(svc.rtp_ip, svc.cfg.rtp_port_min, svc.cfg.rtp_port_max)
-            .await
-            .map_err(|e| e.to_string())?;
-        let local = svc.local_media(sockets.port, sdp_name(o.codec));
-        let offer = sdp::build_offer(&local);
-        let credential = trunk.as_ref().and_then(|t| {
-            Some(rsipstack::dialog::authenticate::Credential {
-                username: t.username.clone()?,
-                password: t.password.clone()?,
-                realm: t.realm.clone(),
-                auth_username: None,
-            })
-        });
-        let opt = InviteOption {
-            caller: caller_uri,
-            callee: callee_uri,
-            content_type: Some("application/sdp".into()),
-            offer: Some(offer.clone().into_bytes()),
-            contact: svc.contact(&caller),
-            credential,
-            ..Default::default()
-        };
-        let (state_tx, states) = svc.dialogs.new_dialog_state_channel();
-        let (dialog, result) = svc
-            .dialogs
-            .do_invite_async(opt, state_tx)
-            .map_err(|e| format!("INVITE failed: {e}"))?;
-        tracing::info!(call = %track_id, target, "dialing");
-        let shared = Arc::new(Mutex::new(Shared {
-            local,
-            negotiated: None,
-            control: None,
-        }));
-        let mut leg = SipLeg {
-            svc: svc.clone(),
-            dialog: Some(dialog),
-            outbound: true,
-            offer: Some(offer),
-            sockets: Some(sockets),
-            shared,
-            media: None,
-            tasks: Vec::new(),
-            answered: false,
-            ended_remotely: false,
-            caller,
-            callee,
-            track_id,
-            actor: actor.clone(),
-        };
-        let a = actor.clone();
-        leg.tasks.push(tokio::spawn(async move {
-            let signal = match result.await {
-                Ok(Ok((_, Some(resp))))
-                    if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
-                {
-                    SipSignal::Answered {
-                        sdp: String::from_utf8_lossy(&resp.body).to_string(),
-                    }
-                }
-                Ok(Ok((_, Some(resp)))) => SipSignal::Failed {
-                    code: resp.status_code.code(),
-                    reason: resp.status_code.to_string(),
-                },
-                Ok(Ok((_, None))) => SipSignal::Failed {
-                    code: 408,
-                    reason: "no final response".into(),
-                },
-                Ok(Err(e)) => SipSignal::Failed {
-                    code: 503,
-                    reason: e.to_string(),
-                },
-                Err(e) => SipSignal::Failed {
-                    code: 500,
-                    reason: e.to_string(),
-                },
-            };
-            let _ = a.send(ActorInput::Sip(signal)).await;
-        }));
-        leg.start_ring_timer();
-        leg.watch(states);
-        Ok(leg)
+        IncomingSip { svc, call, info }
+    }
+}
+
+impl PendingLeg for IncomingSip {
+    fn info(&self) -> &LegInfo {
+        &self.info
     }
 
-    /// Takes an inbound call (the actor has been handed it).
-    pub fn incoming(
-        svc: Arc<SipService>,
-        call: IncomingCall,
-        actor: mpsc::Sender<ActorInput>,
-        track_id: String,
-    ) -> SipLeg {
+    fn into_leg(self: Box<Self>, port: LegPort) -> Box<dyn Leg> {
+        let IncomingSip { svc, call, info } = *self;
         let IncomingCall {
-            caller,
-            callee,
+            id,
             offer,
             dialog,
             states,
             ..
         } = call;
         let local = svc.local_media(0, None);
-        let mut leg = SipLeg {
+        let c = Arc::new(SipCall {
             svc,
-            dialog: Some(dialog),
+            dialog,
             outbound: false,
             offer,
-            sockets: None,
+            port,
+            call_id: id,
             shared: Arc::new(Mutex::new(Shared {
                 local,
                 negotiated: None,
                 control: None,
             })),
-            media: None,
-            tasks: Vec::new(),
-            answered: false,
-            ended_remotely: false,
-            caller,
-            callee,
-            track_id,
-            actor,
-        };
+            sockets: Mutex::new(None),
+            media: Mutex::new(None),
+            sink: OnceLock::new(),
+            tasks: Mutex::new(Vec::new()),
+            answered: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+        });
         // Not accepted in time: the caller gets 480 (`hangup` reason `no_answer`).
-        leg.start_ring_timer();
-        leg.watch(states);
-        leg
+        c.start_ring_timer();
+        c.watch(states);
+        Box::new(SipLeg::new(info, c))
     }
 
-    /// After `sip.ring_timeout_secs` the actor gets [`SipSignal::RingTimeout`] (it ignores it once
-    /// the call is answered).
-    fn start_ring_timer(&mut self) {
-        let actor = self.actor.clone();
+    fn refuse(self: Box<Self>, reason: &str) {
+        let text = match reason {
+            "busy" => "client busy",
+            "no_answer" => "no client waiting",
+            other => other,
+        };
+        tracing::info!(call = %self.call.id, reason, "refusing inbound call");
+        let _ = self
+            .call
+            .dialog
+            .reject(Some(status_for_reason(reason)), Some(text.to_string()));
+        self.svc.dialogs.remove_dialog(&self.call.dialog.id());
+    }
+}
+
+/// Places a call: `callee` is a `sip:` URI, or a number sent through the first trunk.
+///
+/// # Errors
+/// [`DialError`] (sender `sip`, code 400): no callee, a number without a trunk, a bad URI, no
+/// free RTP port.
+pub async fn dial(
+    svc: Arc<SipService>,
+    call_id: &str,
+    o: &DialOptions,
+    port: LegPort,
+) -> Result<SipLeg, DialError> {
+    let err = |message: String| DialError {
+        sender: "sip",
+        message,
+        code: Some(400),
+    };
+    let callee = o
+        .callee
+        .clone()
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| {
+            err("`invite` on /call/sip needs `option.callee` (a number or a sip: URI)".into())
+        })?;
+    let (target, trunk) = if callee.starts_with("sip:") || callee.starts_with("sips:") {
+        (callee.clone(), None)
+    } else {
+        let t = svc.trunk().ok_or_else(|| err(format!("callee `{callee}` is a number but no [[sip.trunks]] is configured; use a sip: URI")))?.clone();
+        let mut number = callee.clone();
+        if let Some(p) = &t.strip_prefix {
+            if let Some(rest) = number.strip_prefix(p.as_str()) {
+                number = rest.to_string();
+            }
+        }
+        if let Some(p) = &t.add_prefix {
+            number = format!("{p}{number}");
+        }
+        let transport = if t.transport == "tcp" {
+            ";transport=tcp"
+        } else {
+            ""
+        };
+        (format!("sip:{number}@{}{transport}", t.host), Some(t))
+    };
+    let caller = o
+        .caller
+        .clone()
+        .filter(|c| !c.is_empty())
+        .or_else(|| trunk.as_ref().and_then(|t| t.caller_id.clone()))
+        .unwrap_or_else(|| "voxgate".into());
+    let callee_uri: rsipstack::sip::Uri = target
+        .as_str()
+        .try_into()
+        .map_err(|e| err(format!("bad callee URI `{target}`: {e}")))?;
+    let from_host = trunk
+        .as_ref()
+        .map(|t| t.host.clone())
+        .unwrap_or_else(|| svc.local_addr.to_string());
+    let caller_uri: rsipstack::sip::Uri =
+        format!("sip:{caller}@{from_host}")
+            .as_str()
+            .try_into()
+            .map_err(|e| err(format!("bad caller `{caller}`: {e}")))?;
+    let sockets = media::bind_pair(svc.rtp_ip, svc.cfg.rtp_port_min, svc.cfg.rtp_port_max)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let local = svc.local_media(sockets.port, sdp_name(o.codec));
+    let offer = sdp::build_offer(&local);
+    let credential = trunk.as_ref().and_then(|t| {
+        Some(rsipstack::dialog::authenticate::Credential {
+            username: t.username.clone()?,
+            password: t.password.clone()?,
+            realm: t.realm.clone(),
+            auth_username: None,
+        })
+    });
+    let opt = InviteOption {
+        caller: caller_uri,
+        callee: callee_uri,
+        content_type: Some("application/sdp".into()),
+        offer: Some(offer.clone().into_bytes()),
+        contact: svc.contact(&caller),
+        credential,
+        ..Default::default()
+    };
+    let (state_tx, states) = svc.dialogs.new_dialog_state_channel();
+    let (dialog, result) = svc
+        .dialogs
+        .do_invite_async(opt, state_tx)
+        .map_err(|e| err(format!("INVITE failed: {e}")))?;
+    tracing::info!(call = %call_id, target, "dialing");
+    let c = Arc::new(SipCall {
+        svc: svc.clone(),
+        dialog,
+        outbound: true,
+        offer: Some(offer),
+        port: port.clone(),
+        call_id: call_id.to_string(),
+        shared: Arc::new(Mutex::new(Shared {
+            local,
+            negotiated: None,
+            control: None,
+        })),
+        sockets: Mutex::new(Some(sockets)),
+        media: Mutex::new(None),
+        sink: OnceLock::new(),
+        tasks: Mutex::new(Vec::new()),
+        answered: AtomicBool::new(false),
+        ended: AtomicBool::new(false),
+    });
+    let cc = c.clone();
+    c.push_task(tokio::spawn(async move {
+        let events = match result.await {
+            Ok(Ok((_, Some(resp))))
+                if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
+            {
+                let sdp = String::from_utf8_lossy(&resp.body).to_string();
+                match cc.on_answered(&sdp) {
+                    Ok(codec) => vec![LegEvent::Answered {
+                        sdp: Some(sdp),
+                        codec,
+                    }],
+                    Err((code, e)) => vec![
+                        LegEvent::Error {
+                            sender: "sip".into(),
+                            message: format!("unusable SDP answer: {e}"),
+                            code: Some(code),
+                        },
+                        LegEvent::Ended {
+                            reason: "codec_mismatch".into(),
+                            initiator: "system".into(),
+                        },
+                    ],
+                }
+            }
+            other => {
+                let (code, reason) = match other {
+                    Ok(Ok((_, Some(resp)))) => {
+                        (resp.status_code.code(), resp.status_code.to_string())
+                    }
+                    Ok(Ok((_, None))) => (408, "no final response".to_string()),
+                    Ok(Err(e)) => (503, e.to_string()),
+                    Err(e) => (500, e.to_string()),
+                };
+                cc.ended.store(true, Ordering::SeqCst);
+                vec![
+                    LegEvent::Error {
+                        sender: "sip".into(),
+                        message: format!("call failed: {reason}"),
+                        code: Some(code),
+                    },
+                    LegEvent::Ended {
+                        reason: reason_for_status(code).into(),
+                        initiator: "callee".into(),
+                    },
+                ]
+            }
+        };
+        for e in events {
+            let _ = cc.port.event(e).await;
+        }
+    }));
+    c.start_ring_timer();
+    c.watch(states);
+    let info = LegInfo {
+        kind: "sip",
+        caller,
+        callee,
+        offer: None,
+        ringing: false,
+        caps: caps(),
+    };
+    Ok(SipLeg::new(info, c))
+}
+
+impl SipCall {
+    fn push_task(&self, t: JoinHandle<()>) {
+        if let Ok(mut v) = self.tasks.lock() {
+            v.push(t);
+        }
+    }
+
+    /// After `sip.ring_timeout_secs` an unanswered call ends with `no_answer` (inbound: 480;
+    /// outbound: CANCEL).
+    fn start_ring_timer(self: &Arc<Self>) {
+        let c = self.clone();
         let ring = std::time::Duration::from_secs(self.svc.cfg.ring_timeout_secs);
-        self.tasks.push(tokio::spawn(async move {
+        self.push_task(tokio::spawn(async move {
             tokio::time::sleep(ring).await;
-            let _ = actor.send(ActorInput::Sip(SipSignal::RingTimeout)).await;
+            if !c.answered.load(Ordering::SeqCst) && !c.ended.load(Ordering::SeqCst) {
+                let _ = c
+                    .port
+                    .event(LegEvent::Ended {
+                        reason: "no_answer".into(),
+                        initiator: "system".into(),
+                    })
+                    .await;
+            }
         }));
     }
 
-    /// The inbound offer (for the `incoming` event).
-    pub fn offer(&self) -> Option<&str> {
-        self.offer.as_deref()
-    }
-
-    pub fn is_outbound(&self) -> bool {
-        self.outbound
-    }
-
-    pub fn is_answered(&self) -> bool {
-        self.answered
-    }
-
-    /// Where the actor sends bot audio: 16-bit LE PCM at the codec's rate.
-    pub fn audio_sink(&self) -> Option<media::AudioSink> {
-        self.media.as_ref().map(|m| m.audio.clone())
-    }
-
     /// Sends DTMF keys as RFC 4733 events.
-    pub fn send_dtmf(&self, keys: &str) -> Result<(), String> {
-        let m = self.media.as_ref().ok_or("the call is not answered")?;
+    fn send_dtmf(&self, keys: &str) -> Result<(), String> {
+        let media = self.media.lock().map_err(|_| "media lock")?;
+        let m = media.as_ref().ok_or("the call is not answered")?;
         if self
             .shared
             .lock()
-            .expect("lock")
+            .map_err(|_| "lock")?
             .negotiated
             .as_ref()
             .and_then(|n| n.telephone_event)
@@ -328,11 +403,11 @@ impl SipLeg {
             .map_err(|_| "DTMF queue full".to_string())
     }
 
-    /// Answers an inbound call; returns our SDP and the sampling rate (Hz) the actor must use.
+    /// Answers an inbound call; returns our SDP and the negotiated codec's name.
     ///
     /// # Errors
-    /// `(SIP status, message)`: 488 when no codec is common.
-    pub async fn accept(&mut self, prefer: Codec) -> Result<(String, u32), (u16, String)> {
+    /// `(SIP status, message)`: 488 when no codec is common, 400 for an unusable late-offer ACK.
+    async fn accept(&self, prefer: Option<Codec>) -> Result<(String, String), (u16, String)> {
         let sockets = media::bind_pair(
             self.svc.rtp_ip,
             self.svc.cfg.rtp_port_min,
@@ -341,28 +416,26 @@ impl SipLeg {
         .await
         .map_err(|e| (503, e.to_string()))?;
         let local = self.svc.local_media(sockets.port, sdp_name(prefer));
-        let dialog = self.dialog.clone().ok_or((500, "no dialog".to_string()))?;
-        let body = match self.offer.clone() {
-            Some(offer) => {
-                let (answer, neg) = sdp::answer(&offer, &local).map_err(|e| {
-                    let code = if matches!(e, SdpError::Parse(_)) {
-                        400
-                    } else {
-                        488
-                    };
-                    let _ = dialog.reject(Some(StatusCode::from(code)), Some(e.to_string()));
-                    (code, e.to_string())
-                })?;
-                let rate = self.start_media(sockets, neg, local)?;
-                dialog
-                    .accept(Some(vec![sdp_header()]), Some(answer.clone().into_bytes()))
-                    .map_err(|e| (500, e.to_string()))?;
-                self.answered = true;
-                return Ok((answer, rate));
-            }
-            None => sdp::build_offer(&local),
-        };
+        let dialog = &self.dialog;
+        if let Some(offer) = self.offer.clone() {
+            let (answer, neg) = sdp::answer(&offer, &local).map_err(|e| {
+                let code = if matches!(e, SdpError::Parse(_)) {
+                    400
+                } else {
+                    488
+                };
+                let _ = dialog.reject(Some(StatusCode::from(code)), Some(e.to_string()));
+                (code, e.to_string())
+            })?;
+            let codec = self.start_media(sockets, neg, local)?;
+            dialog
+                .accept(Some(vec![sdp_header()]), Some(answer.clone().into_bytes()))
+                .map_err(|e| (500, e.to_string()))?;
+            self.answered.store(true, Ordering::SeqCst);
+            return Ok((answer, codec));
+        }
         // Late offer (RFC 3261 §13.2.1): our offer goes in the 200 OK, the answer in the ACK.
+        let body = sdp::build_offer(&local);
         dialog
             .accept(Some(vec![sdp_header()]), Some(body.clone().into_bytes()))
             .map_err(|e| (500, e.to_string()))?;
@@ -381,73 +454,79 @@ impl SipLeg {
             )
         })?;
         let neg = sdp::read_answer(&ack_sdp, &local).map_err(|e| (488, e.to_string()))?;
-        let rate = self.start_media(sockets, neg, local)?;
-        self.answered = true;
-        Ok((body, rate))
+        let codec = self.start_media(sockets, neg, local)?;
+        self.answered.store(true, Ordering::SeqCst);
+        Ok((body, codec))
     }
 
-    /// The far end answered our INVITE: start media. Returns the sampling rate (Hz) for the actor.
+    /// The far end answered our INVITE: start media. Returns the negotiated codec's name.
     ///
     /// # Errors
-    /// `(status, message)` when the answer is unusable (we then hang up).
-    pub fn on_answered(&mut self, answer: &str) -> Result<u32, (u16, String)> {
-        let local = self.shared.lock().expect("lock").local.clone();
+    /// `(status, message)` when the answer is unusable (the call then ends with BYE).
+    fn on_answered(&self, answer: &str) -> Result<String, (u16, String)> {
+        let local = self
+            .shared
+            .lock()
+            .map_err(|_| (500, "lock".to_string()))?
+            .local
+            .clone();
         let neg = sdp::read_answer(answer, &local).map_err(|e| (488, e.to_string()))?;
         let sockets = self
             .sockets
-            .take()
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
             .ok_or((500, "RTP sockets already in use".to_string()))?;
-        let rate = self.start_media(sockets, neg, local)?;
-        self.answered = true;
-        Ok(rate)
+        self.answered.store(true, Ordering::SeqCst);
+        self.start_media(sockets, neg, local)
     }
 
     fn start_media(
-        &mut self,
+        &self,
         sockets: RtpSockets,
         neg: Negotiated,
         local: LocalMedia,
-    ) -> Result<u32, (u16, String)> {
-        let codec = media::codec_for(&neg.codec.name, neg.codec.clock_rate)
-            .ok_or((488, format!("codec {} is not supported", neg.codec.name)))?;
-        tracing::info!(call = %self.track_id, codec = neg.codec.name, remote = %neg.remote_rtp, ptime = neg.ptime_ms, "media up");
+    ) -> Result<String, (u16, String)> {
+        tracing::info!(call = %self.call_id, codec = neg.codec.name, remote = %neg.remote_rtp, ptime = neg.ptime_ms, "media up");
         let m = media::spawn(
             sockets,
             neg.clone(),
             self.svc.media_settings(),
-            self.actor.clone(),
-            self.track_id.clone(),
+            self.port.clone(),
+            self.call_id.clone(),
         )
         .map_err(|e| (488, e))?;
-        let mut sh = self.shared.lock().expect("lock");
-        sh.local = local;
-        sh.negotiated = Some(neg);
-        sh.control = Some(m.control.clone());
-        drop(sh);
-        self.media = Some(m);
-        Ok(codec.sample_rate().hz())
+        let codec = codec_label(&neg);
+        if let Ok(mut sh) = self.shared.lock() {
+            sh.local = local;
+            sh.negotiated = Some(neg);
+            sh.control = Some(m.control.clone());
+        }
+        let _ = self.sink.set(m.audio.clone());
+        if let Ok(mut media) = self.media.lock() {
+            *media = Some(m);
+        }
+        Ok(codec)
     }
 
-    /// Forwards dialog states to the actor and answers in-dialog requests.
-    fn watch(&mut self, mut states: DialogStateReceiver) {
-        let actor = self.actor.clone();
-        let shared = self.shared.clone();
-        let dialogs = self.svc.dialogs.clone();
-        let track = self.track_id.clone();
-        self.tasks.push(tokio::spawn(async move {
+    /// Answers in-dialog requests and reports the dialog's progress to the call.
+    fn watch(self: &Arc<Self>, mut states: DialogStateReceiver) {
+        let c = self.clone();
+        self.push_task(tokio::spawn(async move {
             while let Some(st) = states.recv().await {
                 match st {
                     DialogState::Early(_, resp) => {
-                        let _ = actor
-                            .send(ActorInput::Sip(SipSignal::Ringing {
+                        let _ = c
+                            .port
+                            .event(LegEvent::Ringing {
                                 early_media: !resp.body.is_empty(),
-                            }))
+                            })
                             .await;
                     }
                     DialogState::Updated(_, req, handle) => {
                         // re-INVITE or UPDATE from the far end (hold/resume, new address).
                         let offer = String::from_utf8_lossy(&req.body).to_string();
-                        let (status, body) = reoffer(&shared, &offer, &track);
+                        let (status, body) = reoffer(&c.shared, &offer, &c.call_id);
                         let headers = body.as_ref().map(|_| vec![sdp_header()]);
                         let _ = handle
                             .respond(status, headers, body.map(String::into_bytes))
@@ -463,11 +542,9 @@ impl SipLeg {
                         });
                         let _ = handle.reply(StatusCode::OK).await;
                         if let Some(digit) = digit.filter(|d| "0123456789*#ABCDabcd".contains(*d)) {
-                            let _ = actor
-                                .send(ActorInput::LegEvent(EventKind::Dtmf {
-                                    track_id: track.clone(),
-                                    digit: digit.to_ascii_uppercase(),
-                                }))
+                            let _ = c
+                                .port
+                                .event(LegEvent::Dtmf(digit.to_ascii_uppercase()))
                                 .await;
                         }
                     }
@@ -478,13 +555,17 @@ impl SipLeg {
                         // Progress of our REFER (RFC 3515 §2.4.5): a message/sipfrag status line.
                         let _ = handle.reply(StatusCode::OK).await;
                         if let Some((code, reason)) = refer_progress(&req) {
-                            let signal = match code {
-                                200..=299 => Some(SipSignal::Transferred),
-                                300.. => Some(SipSignal::TransferFailed { code, reason }),
+                            let ev = match code {
+                                200..=299 => Some(LegEvent::Transferred),
+                                300.. => Some(LegEvent::Error {
+                                    sender: "sip".into(),
+                                    message: format!("transfer failed: {reason}"),
+                                    code: Some(code),
+                                }),
                                 _ => None,
                             };
-                            if let Some(s) = signal {
-                                let _ = actor.send(ActorInput::Sip(s)).await;
+                            if let Some(ev) = ev {
+                                let _ = c.port.event(ev).await;
                             }
                         }
                     }
@@ -494,7 +575,8 @@ impl SipLeg {
                         let _ = handle.reply(StatusCode::NotImplemented).await;
                     }
                     DialogState::Terminated(id, reason) => {
-                        dialogs.remove_dialog(&id);
+                        c.svc.dialogs.remove_dialog(&id);
+                        c.ended.store(true, Ordering::SeqCst);
                         let reason = match reason {
                             TerminatedReason::UacBye | TerminatedReason::UasBye => {
                                 "bye".to_string()
@@ -506,14 +588,19 @@ impl SipLeg {
                             }
                             TerminatedReason::UasDecline => "declined".to_string(),
                             TerminatedReason::ProxyAuthRequired => "auth_failed".to_string(),
-                            TerminatedReason::ProxyError(c)
-                            | TerminatedReason::UacOther(c)
-                            | TerminatedReason::UasOther(c) => {
-                                reason_for_status(c.code()).to_string()
+                            TerminatedReason::ProxyError(code)
+                            | TerminatedReason::UacOther(code)
+                            | TerminatedReason::UasOther(code) => {
+                                reason_for_status(code.code()).to_string()
                             }
                         };
-                        let _ = actor
-                            .send(ActorInput::Sip(SipSignal::Ended { reason }))
+                        let initiator = if c.outbound { "callee" } else { "caller" };
+                        let _ = c
+                            .port
+                            .event(LegEvent::Ended {
+                                reason,
+                                initiator: initiator.into(),
+                            })
                             .await;
                         break;
                     }
@@ -524,12 +611,8 @@ impl SipLeg {
     }
 
     /// Blind transfer (RFC 3515): REFER with `Refer-To: target`; the outcome comes back as
-    /// [`SipSignal::Transferred`] or [`SipSignal::TransferFailed`].
-    ///
-    /// # Errors
-    /// A bad target, or no dialog.
-    pub fn refer(&mut self, target: &str) -> Result<(), String> {
-        let dialog = self.dialog.clone().ok_or("the call has no dialog")?;
+    /// [`LegEvent::Transferred`] or an `error`.
+    fn refer(self: &Arc<Self>, target: &str) -> Result<(), String> {
         let uri = if target.starts_with("sip:") || target.starts_with("sips:") {
             target.to_string()
         } else {
@@ -544,72 +627,187 @@ impl SipLeg {
             .as_str()
             .try_into()
             .map_err(|e| format!("bad transfer target `{target}`: {e}"))?;
-        let actor = self.actor.clone();
-        let track = self.track_id.clone();
-        self.tasks.push(tokio::spawn(async move {
-            tracing::info!(call = %track, %uri, "REFER");
-            let signal = match dialog.refer(uri, None, None).await {
+        let c = self.clone();
+        self.push_task(tokio::spawn(async move {
+            tracing::info!(call = %c.call_id, %uri, "REFER");
+            let failure = match c.dialog.refer(uri, None, None).await {
                 Ok(Some(resp))
                     if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
                 {
                     None
                 }
-                Ok(Some(resp)) => Some(SipSignal::TransferFailed {
-                    code: resp.status_code.code(),
-                    reason: resp.status_code.to_string(),
-                }),
-                Ok(None) => Some(SipSignal::TransferFailed {
-                    code: 408,
-                    reason: "no answer to REFER".into(),
-                }),
-                Err(e) => Some(SipSignal::TransferFailed {
-                    code: 500,
-                    reason: e.to_string(),
-                }),
+                Ok(Some(resp)) => Some((resp.status_code.code(), resp.status_code.to_string())),
+                Ok(None) => Some((408, "no answer to REFER".to_string())),
+                Err(e) => Some((500, e.to_string())),
             };
-            if let Some(s) = signal {
-                let _ = actor.send(ActorInput::Sip(s)).await;
+            if let Some((code, reason)) = failure {
+                let _ = c
+                    .port
+                    .event(LegEvent::Error {
+                        sender: "sip".into(),
+                        message: format!("transfer failed: {reason}"),
+                        code: Some(code),
+                    })
+                    .await;
             }
         }));
         Ok(())
     }
+}
 
-    /// The far end ended the dialog: no BYE from us.
-    pub fn mark_remote_end(&mut self) {
-        self.ended_remotely = true;
+/// One call's SIP dialog and RTP leg, as the call core sees it.
+pub struct SipLeg {
+    info: LegInfo,
+    call: Arc<SipCall>,
+    /// 16 kHz → the codec's rate, created with the media.
+    resampler: Option<StreamResampler>,
+    pcm: Vec<i16>,
+}
+
+impl SipLeg {
+    fn new(info: LegInfo, call: Arc<SipCall>) -> Self {
+        SipLeg {
+            info,
+            call,
+            resampler: None,
+            pcm: Vec::with_capacity(960),
+        }
+    }
+}
+
+#[async_trait]
+impl Leg for SipLeg {
+    fn info(&self) -> &LegInfo {
+        &self.info
     }
 
-    /// Ends our side (BYE, CANCEL, or a final refusal for an unanswered inbound call), stops the
-    /// RTP leg and returns its quality figures.
-    pub async fn hangup(&mut self, reason: &str) -> Option<Quality> {
-        if let Some(d) = self.dialog.take() {
-            if !self.ended_remotely {
-                let r = if self.outbound {
-                    d.hangup().await
-                } else if self.answered {
-                    d.bye().await
-                } else {
-                    d.reject(Some(status_for_reason(reason)), Some(reason.to_string()))
-                };
-                if let Err(e) = r {
-                    tracing::debug!(call = %self.track_id, "ending dialog: {e}");
+    fn send_audio(&mut self, frame: &AudioFrame) -> bool {
+        let Some(sink) = self.call.sink.get() else {
+            return false;
+        };
+        let rs = self.resampler.get_or_insert_with(|| {
+            StreamResampler::new(SampleRate::HZ_16000, sink.rate()).expect("supported rates")
+        });
+        self.pcm.clear();
+        rs.process(&frame.samples, &mut self.pcm);
+        self.pcm.is_empty() || sink.send_samples(&self.pcm)
+    }
+
+    fn command(&mut self, cmd: LegCommand) -> LegReply {
+        match cmd {
+            LegCommand::Answer { codec } => {
+                if self.call.outbound || self.call.answered.load(Ordering::SeqCst) {
+                    return LegReply::Refused {
+                        sender: "command",
+                        code: 400,
+                        message: "`accept` needs an inbound call that is still ringing".into(),
+                    };
                 }
+                let c = self.call.clone();
+                self.call.push_task(tokio::spawn(async move {
+                    match c.accept(codec).await {
+                        Ok((sdp, codec)) => {
+                            let _ = c
+                                .port
+                                .event(LegEvent::Answered {
+                                    sdp: Some(sdp),
+                                    codec,
+                                })
+                                .await;
+                        }
+                        Err((code, e)) => {
+                            c.ended.store(true, Ordering::SeqCst);
+                            let _ = c
+                                .port
+                                .event(LegEvent::Error {
+                                    sender: "sip".into(),
+                                    message: format!("cannot answer: {e}"),
+                                    code: Some(code),
+                                })
+                                .await;
+                            let _ = c
+                                .port
+                                .event(LegEvent::Ended {
+                                    reason: reason_for_status(code).into(),
+                                    initiator: "system".into(),
+                                })
+                                .await;
+                        }
+                    }
+                }));
+                LegReply::Pending
             }
-            self.svc.dialogs.remove_dialog(&d.id());
+            LegCommand::Clear | LegCommand::Mark(_) => LegReply::Done,
+            LegCommand::SendDtmf(keys) => match self.call.send_dtmf(&keys) {
+                Ok(()) => LegReply::Done,
+                Err(message) => LegReply::Refused {
+                    sender: "dtmf",
+                    code: 400,
+                    message,
+                },
+            },
+            LegCommand::Transfer(target) => match self.call.refer(&target) {
+                Ok(()) => LegReply::Pending,
+                Err(message) => LegReply::Refused {
+                    sender: "sip",
+                    code: 400,
+                    message,
+                },
+            },
         }
-        let quality = match self.media.take() {
+    }
+
+    /// Ends our side (BYE, CANCEL, or a final refusal for an unanswered inbound call; the BYE's
+    /// answer is awaited in the background), stops the RTP leg and returns its quality figures.
+    async fn close(self: Box<Self>, reason: &str) -> Option<LegReport> {
+        let c = self.call;
+        let answered = c.answered.load(Ordering::SeqCst);
+        if !c.ended.swap(true, Ordering::SeqCst) {
+            if !c.outbound && !answered {
+                let _ = c
+                    .dialog
+                    .reject(Some(status_for_reason(reason)), Some(reason.to_string()));
+                c.svc.dialogs.remove_dialog(&c.dialog.id());
+            } else {
+                let d = c.dialog.clone();
+                let svc = c.svc.clone();
+                let outbound = c.outbound;
+                let call = c.call_id.clone();
+                c.svc.spawn(async move {
+                    // CANCEL while ringing, BYE once answered.
+                    let r = if outbound {
+                        d.hangup().await
+                    } else {
+                        d.bye().await
+                    };
+                    if let Err(e) = r {
+                        tracing::debug!(%call, "ending dialog: {e}");
+                    }
+                    svc.dialogs.remove_dialog(&d.id());
+                });
+            }
+        }
+        let media = c.media.lock().ok().and_then(|mut m| m.take());
+        let quality = match media {
             Some(m) => {
                 drop(m.audio);
                 drop(m.control);
-                self.shared.lock().expect("lock").control = None;
+                if let Ok(mut sh) = c.shared.lock() {
+                    sh.control = None;
+                }
                 m.task.await.ok()
             }
             None => None,
         };
-        for t in self.tasks.drain(..) {
-            t.abort();
+        if let Ok(mut tasks) = c.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
         }
-        quality
+        quality.map(|q| LegReport {
+            key: "rtp".into(),
+            data: serde_json::to_value(&q).unwrap_or_default(),
+        })
     }
 }
 

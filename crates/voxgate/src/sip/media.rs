@@ -2,18 +2,18 @@
 //! `voxgate-rtp` with a UDP socket pair (RTP on an even port, RTCP on the next).
 //!
 //! Caller audio: RTP → [`ReceiveStats`] → [`JitterBuffer`] → decode (PCMU/PCMA at 8 kHz, G.722
-//! at 16 kHz, Opus at 48 kHz) → packet-loss concealment → 20 ms of 16-bit little-endian PCM at the codec's
-//! sampling rate → the call actor. telephone-event packets become `dtmf` events.
+//! at 16 kHz, Opus at 48 kHz) → packet-loss concealment → resampled to 16 kHz → 20 ms frames →
+//! the call, through the leg's port (which waits for room: caller audio is never dropped between
+//! the leg and the call; while the call is behind, packets wait in the socket's buffer).
+//! telephone-event packets become `dtmf` events.
 //!
-//! Bot audio: PCM from the actor (same format) → frames of `ptime` → encode → RTP, with the
-//! timestamp following the wall clock across silences (marker bit on the first packet after a
-//! gap, RFC 3551 §4.1).
+//! Bot audio: 16-bit PCM at the codec's rate from the leg ([`AudioSink`], called on the call's
+//! task) → frames of `ptime` → encode → RTP, with the timestamp following the wall clock across
+//! silences (marker bit on the first packet after a gap, RFC 3551 §4.1).
 //!
 //! Symmetric RTP (RFC 4961): we send from the port we receive on, and latch the destination to
 //! the source of the first packet received, so a caller behind NAT hears us.
 
-use crate::call::actor::ActorInput;
-use crate::call::EventKind;
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use voxgate_call::{LegEvent, LegPort};
 use voxgate_media::codec::{AudioDecoder, AudioEncoder, Codec};
+use voxgate_media::edge::Ingress;
 use voxgate_media::framer::SampleFramer;
 use voxgate_media::types::AudioFrame;
 use voxgate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
@@ -121,21 +123,30 @@ pub struct MediaHandle {
     pub task: JoinHandle<Quality>,
 }
 
-/// Where the call actor puts bot audio: 16-bit little-endian PCM at the codec's sampling rate,
-/// any length. It is framed to `ptime`, encoded and sent as RTP at once from the caller's task
-/// (a non-blocking `sendto`; a full socket buffer drops the packet), so that bot audio costs no
-/// extra task wake-up per frame.
+/// Where the leg puts bot audio: mono samples at the codec's sampling rate ([`AudioSink::rate`]),
+/// any length. They are framed to `ptime`, encoded and sent as RTP at once from the caller's
+/// task (the call's: a non-blocking `sendto`; a full socket buffer drops the packet), so that bot
+/// audio costs no extra task wake-up per frame.
 #[derive(Clone)]
-pub struct AudioSink(Arc<Mutex<SendHalf>>);
+pub struct AudioSink(Arc<Mutex<SendHalf>>, voxgate_media::SampleRate);
 
 impl AudioSink {
-    /// Sends `pcm`; `false` when nothing could be sent (on hold, DTMF in progress, socket full).
-    pub fn send(&self, pcm: &[u8]) -> bool {
-        self.0.lock().map(|mut h| h.send_pcm(pcm)).unwrap_or(false)
+    /// Sends `samples`; `false` when nothing could be sent (on hold, DTMF in progress, socket
+    /// full).
+    pub fn send_samples(&self, samples: &[i16]) -> bool {
+        self.0
+            .lock()
+            .map(|mut h| h.send_samples(samples))
+            .unwrap_or(false)
+    }
+
+    /// The sampling rate the sink takes.
+    pub fn rate(&self) -> voxgate_media::SampleRate {
+        self.1
     }
 }
 
-/// The sending half of the RTP stream, shared by the actor (audio) and the leg (DTMF, RTCP).
+/// The sending half of the RTP stream, shared by the call (bot audio) and the leg task (DTMF, RTCP).
 struct SendHalf {
     socket: Arc<UdpSocket>,
     remote: SocketAddr,
@@ -155,7 +166,6 @@ struct SendHalf {
     dtmf_busy: bool,
     encoder: AudioEncoder,
     framer: SampleFramer,
-    samples: Vec<i16>,
     packets: u64,
     octets: u64,
     buf: Vec<u8>,
@@ -197,16 +207,11 @@ impl SendHalf {
         }
     }
 
-    fn send_pcm(&mut self, pcm: &[u8]) -> bool {
+    fn send_samples(&mut self, samples: &[i16]) -> bool {
         if !self.sends || self.dtmf_busy {
             return false;
         }
-        self.samples.clear();
-        self.samples.extend(
-            pcm.chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]])),
-        );
-        self.framer.push(&self.samples);
+        self.framer.push(samples);
         let mut sent = true;
         while let Some(frame) = self.framer.pop() {
             let payload = self.encoder.encode(&AudioFrame::mono(self.rate, frame));
@@ -243,8 +248,14 @@ struct Leg {
     sockets: RtpSockets,
     neg: Negotiated,
     codec: Codec,
-    actor: mpsc::Sender<ActorInput>,
+    port: LegPort,
     track_id: String,
+    /// Decoded audio at the codec's rate → 16 kHz 20 ms frames for the call.
+    ingress: Ingress,
+    /// Frames played out, waiting to be handed to the call.
+    to_call: Vec<AudioFrame>,
+    /// Samples played out in one pass (scratch).
+    pcm: Vec<i16>,
     start: Instant,
     // Receive side.
     remote_ssrc: Option<u32>,
@@ -255,7 +266,6 @@ struct Leg {
     last_frame: Vec<i16>,
     conceal_run: u32,
     events: EventReceiver,
-    dropped_to_actor: u64,
     last_sr: Option<(u32, Instant)>,
     // Send side.
     ssrc: u32,
@@ -266,19 +276,19 @@ struct Leg {
     q: Quality,
 }
 
-/// Starts the leg for a negotiated stream. Caller audio and DTMF go to `actor`.
+/// Starts the leg for a negotiated stream. Caller audio and DTMF go to the call through `port`.
 pub fn spawn(
     sockets: RtpSockets,
     neg: Negotiated,
     settings: MediaSettings,
-    actor: mpsc::Sender<ActorInput>,
+    port: LegPort,
     track_id: String,
 ) -> Result<MediaHandle, String> {
     let codec = codec_for(&neg.codec.name, neg.codec.clock_rate)
         .ok_or_else(|| format!("codec {} is not supported", neg.codec.name))?;
     let (control_tx, control_rx) = mpsc::channel(16);
-    let leg = Leg::new(sockets, neg, codec, settings, actor, track_id);
-    let audio = AudioSink(leg.send.clone());
+    let leg = Leg::new(sockets, neg, codec, settings, port, track_id);
+    let audio = AudioSink(leg.send.clone(), codec.sample_rate());
     let task = tokio::spawn(leg.run(control_rx));
     Ok(MediaHandle {
         audio,
@@ -301,7 +311,7 @@ impl Leg {
         neg: Negotiated,
         codec: Codec,
         settings: MediaSettings,
-        actor: mpsc::Sender<ActorInput>,
+        port: LegPort,
         track_id: String,
     ) -> Self {
         let rand = uuid::Uuid::new_v4().as_u128();
@@ -326,7 +336,6 @@ impl Leg {
             dtmf_busy: false,
             encoder: AudioEncoder::new(codec),
             framer: SampleFramer::new(samples),
-            samples: Vec::with_capacity(samples),
             packets: 0,
             octets: 0,
             buf: Vec::with_capacity(1500),
@@ -347,15 +356,17 @@ impl Leg {
             },
             sockets,
             codec,
-            actor,
+            port,
             track_id,
+            ingress: Ingress::new(codec, 0),
+            to_call: Vec::new(),
+            pcm: Vec::new(),
             start,
             remote_ssrc: None,
             latched: false,
             last_frame: Vec::new(),
             conceal_run: 0,
             events: EventReceiver::default(),
-            dropped_to_actor: 0,
             last_sr: None,
             ssrc: rand as u32,
             send: Arc::new(Mutex::new(send)),
@@ -420,6 +431,12 @@ impl Leg {
                     None => break,
                 },
             }
+            // Hand what was played out to the call, waiting for room (never dropped).
+            for f in self.to_call.drain(..) {
+                if self.port.audio(f).await.is_err() {
+                    break;
+                }
+            }
         }
         self.finish()
     }
@@ -477,11 +494,7 @@ impl Leg {
         if Some(h.payload_type) == self.neg.telephone_event {
             if let Some(digit) = self.events.on_packet(h.timestamp, p.payload) {
                 self.q.dtmf_received += 1;
-                let ev = ActorInput::LegEvent(EventKind::Dtmf {
-                    track_id: self.track_id.clone(),
-                    digit,
-                });
-                let _ = self.actor.send(ev).await;
+                let _ = self.port.event(LegEvent::Dtmf(digit)).await;
             }
             self.jitter.push(now, ext, h.timestamp, Slot::Event);
         } else if h.payload_type == self.neg.codec.pt {
@@ -527,11 +540,12 @@ impl Leg {
         }
     }
 
-    /// Plays out every packet (or gap) that is due and hands the audio to the actor.
+    /// Plays out every packet (or gap) that is due, as 16 kHz frames for the call.
     fn playout(&mut self) {
         // Inbound playout.
         let now = self.start.elapsed();
-        let mut pcm: Vec<i16> = Vec::new();
+        let mut pcm = std::mem::take(&mut self.pcm);
+        pcm.clear();
         while let Some(p) = self.jitter.pop(now) {
             match p {
                 Playout::Packet {
@@ -565,18 +579,9 @@ impl Leg {
             }
         }
         if !pcm.is_empty() {
-            let mut bytes = Vec::with_capacity(pcm.len() * 2);
-            for s in pcm {
-                bytes.extend_from_slice(&s.to_le_bytes());
-            }
-            if self
-                .actor
-                .try_send(ActorInput::Audio(Bytes::from(bytes)))
-                .is_err()
-            {
-                self.dropped_to_actor += 1;
-            }
+            self.ingress.push_samples(&pcm, &mut self.to_call);
         }
+        self.pcm = pcm;
     }
 
     fn queue_dtmf(&mut self, keys: &str) {
@@ -655,9 +660,6 @@ impl Leg {
             0.0
         };
         self.q.final_jitter_delay_ms = self.jitter.delay().as_millis() as u64;
-        if self.dropped_to_actor > 0 {
-            tracing::warn!(track = %self.track_id, "{} caller audio batches dropped: the call actor was behind", self.dropped_to_actor);
-        }
         self.q
     }
 }

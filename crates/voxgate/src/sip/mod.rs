@@ -5,14 +5,15 @@
 //!   answers out-of-dialog requests and routes inbound INVITEs to a handler (`[[sip.numbers]]`):
 //!   a waiting `/call/sip` client, or a webhook after which the application connects to
 //!   `/call/sip?id=<callId>`.
-//! - [`call::SipLeg`] is one call's dialog and RTP leg, driven by the call actor.
+//! - [`call::SipLeg`] is one call's dialog and RTP leg: a leg of the call core
+//!   ([`voxgate_call::Leg`]); [`SipDialer`] places calls for the core.
 //! - [`media`] is the RTP/RTCP task.
 
 pub mod call;
 pub mod media;
 
-use crate::call::actor::ActorInput;
 use crate::config::{SipConfig, SipTrunk};
+use async_trait::async_trait;
 use rsipstack::dialog::dialog::DialogStateReceiver;
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invite_dialog::InviteDialog;
@@ -25,8 +26,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use voxgate_call::{now_ms, CallHandle, DialError, DialOptions, Dialer, Leg, LegPort, PendingLeg};
 use voxgate_rtp::sdp::{Direction, LocalMedia, PayloadFormat};
 
 /// A trunk's health as `/health` reports it.
@@ -81,9 +83,22 @@ pub struct SipService {
     pending: Mutex<HashMap<String, IncomingCall>>,
     /// Trunk name → what the last OPTIONS keepalive and REGISTER found.
     trunk_status: Mutex<HashMap<String, TrunkStatus>>,
-    waiting: Mutex<VecDeque<(String, mpsc::Sender<ActorInput>)>>,
+    waiting: Mutex<VecDeque<(String, CallHandle)>>,
+    /// Takes calls to numbers it owns before `[[sip.numbers]]` is consulted (bots).
+    router: Mutex<Option<Arc<dyn InboundRouter>>>,
     http: reqwest::Client,
     cancel: CancellationToken,
+    /// BYEs and CANCELs still waiting for the far end's answer.
+    tasks: TaskTracker,
+}
+
+/// Takes inbound calls to numbers it owns (a bot's number), before `[[sip.numbers]]`.
+#[async_trait]
+pub trait InboundRouter: Send + Sync {
+    /// Whether `callee` is one of its numbers.
+    async fn owns(&self, callee: &str) -> bool;
+    /// Takes the call (answers or refuses it).
+    async fn take(&self, callee: &str, leg: Box<dyn PendingLeg>);
 }
 
 fn user_of(uri: &rsipstack::sip::Uri) -> String {
@@ -267,8 +282,10 @@ impl SipService {
             pending: Mutex::new(HashMap::new()),
             trunk_status: Mutex::new(HashMap::new()),
             waiting: Mutex::new(VecDeque::new()),
+            router: Mutex::new(None),
             http,
             cancel: cancel.clone(),
+            tasks: TaskTracker::new(),
         });
         tokio::spawn(async move {
             endpoint.serve().await;
@@ -284,9 +301,25 @@ impl SipService {
         Ok(svc)
     }
 
-    /// Stops the endpoint (server shutdown).
-    pub fn stop(&self) {
+    /// Waits up to `grace` for BYEs and CANCELs in flight, then stops the endpoint (server
+    /// shutdown).
+    pub async fn stop(&self, grace: Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
         self.cancel.cancel();
+    }
+
+    /// Runs SIP work that must finish even after its call has ended (a BYE's transaction).
+    pub(crate) fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(f);
+    }
+
+    /// Sets who takes calls to numbers outside `[[sip.numbers]]` first (the bots).
+    pub fn set_router(&self, router: Arc<dyn InboundRouter>) {
+        *self.router.lock().expect("lock") = Some(router);
     }
 
     /// Our Contact URI.
@@ -333,11 +366,11 @@ impl SipService {
     }
 
     /// A `/call/sip` client that has not placed a call waits for inbound calls.
-    pub fn add_waiting(&self, id: &str, inbox: mpsc::Sender<ActorInput>) {
+    pub fn add_waiting(&self, id: &str, call: CallHandle) {
         self.waiting
             .lock()
             .expect("lock")
-            .push_back((id.to_string(), inbox));
+            .push_back((id.to_string(), call));
     }
 
     /// The client placed a call or left.
@@ -346,8 +379,9 @@ impl SipService {
     }
 
     /// A webhook-announced call that `/call/sip?id=` connects to.
-    pub fn take_pending(&self, id: &str) -> Option<IncomingCall> {
-        self.pending.lock().expect("lock").remove(id)
+    pub fn take_pending(self: &Arc<Self>, id: &str) -> Option<call::IncomingSip> {
+        let c = self.pending.lock().expect("lock").remove(id)?;
+        Some(call::IncomingSip::new(self.clone(), c))
     }
 
     /// The trunk for a callee (a number), if any.
@@ -367,7 +401,7 @@ impl SipService {
             ..Default::default()
         });
         f(st);
-        st.updated_at = crate::call::now_ms();
+        st.updated_at = now_ms();
     }
 
     /// One out-of-dialog OPTIONS to `host`; the final status code, or why there was none.
@@ -566,6 +600,11 @@ impl SipService {
                 return;
             }
         }
+        let router = self.router.lock().expect("lock").clone();
+        let bot = match &router {
+            Some(r) => r.owns(&callee).await,
+            None => false,
+        };
         let route = self
             .cfg
             .numbers
@@ -573,11 +612,11 @@ impl SipService {
             .find(|n| n.number == callee)
             .or_else(|| self.cfg.numbers.iter().find(|n| n.number == "*"))
             .cloned();
-        let Some(route) = route else {
+        if route.is_none() && !bot {
             tracing::info!(caller, callee, "no [[sip.numbers]] entry: 404");
             let _ = tx.reply(StatusCode::NotFound).await;
             return;
-        };
+        }
         let (state_tx, states) = self.dialogs.new_dialog_state_channel();
         let dialog = match self.dialogs.get_or_create_server_invite(
             &tx,
@@ -611,12 +650,20 @@ impl SipService {
         });
         let _ = dialog.ringing(None, None);
         let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
-        match route.webhook {
+        if let (true, Some(r)) = (bot, router) {
+            r.take(
+                &callee,
+                Box::new(call::IncomingSip::new(self.clone(), call)),
+            )
+            .await;
+            return;
+        }
+        match route.and_then(|r| r.webhook) {
             Some(url) => {
                 self.pending.lock().expect("lock").insert(id.clone(), call);
                 let body = serde_json::json!({
                     "event": "incoming", "callId": id, "caller": caller, "callee": callee, "sdp": offer,
-                    "timestamp": crate::call::now_ms(), "url": format!("/call/sip?id={id}"),
+                    "timestamp": now_ms(), "url": format!("/call/sip?id={id}"),
                 });
                 let ok = match self
                     .http
@@ -637,11 +684,12 @@ impl SipService {
                     }
                 };
                 if !ok {
-                    if let Some(c) = self.take_pending(&id) {
+                    if let Some(c) = self.pending.lock().expect("lock").remove(&id) {
                         let _ = c.dialog.reject(
                             Some(StatusCode::ServiceUnavailable),
                             Some("webhook failed".into()),
                         );
+                        self.dialogs.remove_dialog(&c.dialog.id());
                     }
                     return;
                 }
@@ -649,43 +697,53 @@ impl SipService {
                 let svc = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(ring).await;
-                    if let Some(c) = svc.take_pending(&id) {
+                    if let Some(c) = svc.pending.lock().expect("lock").remove(&id) {
                         tracing::info!(call = %id, "no client took the call in {ring:?}: 480");
                         let _ = c.dialog.reject(
                             Some(StatusCode::TemporarilyUnavailable),
                             Some("no answer".into()),
                         );
+                        svc.dialogs.remove_dialog(&c.dialog.id());
                     }
                 });
             }
             None => {
-                let mut call = Some(call);
+                let mut leg: Box<dyn PendingLeg> =
+                    Box::new(call::IncomingSip::new(self.clone(), call));
                 loop {
                     let next = self.waiting.lock().expect("lock").pop_front();
-                    let Some((client, inbox)) = next else { break };
-                    match inbox
-                        .send(ActorInput::SipIncoming(Box::new(
-                            call.take().expect("present"),
-                        )))
-                        .await
-                    {
+                    let Some((client, handle)) = next else {
+                        tracing::info!(call = %id, "no /call/sip client is waiting: 480");
+                        leg.refuse("no_answer");
+                        break;
+                    };
+                    match handle.attach(leg).await {
                         Ok(()) => {
                             tracing::debug!(call = %id, client, "handed to a waiting /call/sip client");
                             break;
                         }
-                        Err(mpsc::error::SendError(ActorInput::SipIncoming(c))) => call = Some(*c),
-                        Err(_) => unreachable!("we sent SipIncoming"),
+                        // That client is gone: the next one.
+                        Err(back) => leg = back,
                     }
-                }
-                if let Some(c) = call {
-                    tracing::info!(call = %id, "no /call/sip client is waiting: 480");
-                    let _ = c.dialog.reject(
-                        Some(StatusCode::TemporarilyUnavailable),
-                        Some("no client waiting".into()),
-                    );
                 }
             }
         }
+    }
+}
+
+/// Places calls for the call core through this user agent.
+pub struct SipDialer(pub Arc<SipService>);
+
+#[async_trait]
+impl Dialer for SipDialer {
+    async fn dial(
+        &self,
+        call_id: &str,
+        opts: &DialOptions,
+        port: LegPort,
+    ) -> Result<Box<dyn Leg>, DialError> {
+        let leg = call::dial(self.0.clone(), call_id, opts, port).await?;
+        Ok(Box::new(leg))
     }
 }
 
@@ -732,16 +790,18 @@ mod tests {
                 .1,
             400
         );
-        assert!(inspect_datagram(b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n")
-            .map(|r| r.is_none())
-            .unwrap_or(true));
-        for garbage in [
-            &b""[..],
-            b"\xff\xfe",
-            b"INVITE",
-            b"INVITE sip:x SIP/2.0\r\nContent-Length: 99\r\n\r\nabc",
-        ] {
-            let _ = inspect_datagram(garbage);
+        // A response is not routed.
+        let response = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\nFrom: <sip:a@127.0.0.1>;tag=a\r\n\
+                        To: <sip:b@127.0.0.1>;tag=b\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(inspect_datagram(response.as_bytes()), Ok(None));
+        // An OPTIONS request is parsed, not routed.
+        let options = invite("")
+            .replace("INVITE sip", "OPTIONS sip")
+            .replace("1 INVITE", "1 OPTIONS");
+        assert_eq!(inspect_datagram(options.as_bytes()), Ok(None));
+        // Bytes that are not SIP are an error, not a panic.
+        for garbage in [&b""[..], b"\xff\xfe", b"INVITE", b"hello world\r\n\r\n"] {
+            assert!(inspect_datagram(garbage).is_err(), "{garbage:?}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! SQLite backend (bundled SQLite through sqlx; WAL journal). Migrations are embedded from
 //! `migrations/sqlite/` and run at open.
 
-use super::{CallRecord, Store, StoreError, TranscriptRecord};
+use super::{CallRecord, CallStore, Store, StoreError, TranscriptRecord};
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -15,7 +15,7 @@ pub struct SqliteStore {
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Backend(e.to_string())
 }
 
 impl SqliteStore {
@@ -90,9 +90,11 @@ fn transcript_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TranscriptRecord, 
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl CallStore for SqliteStore {
     async fn call_created(&self, c: &CallRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO calls (id, transport, caller, callee, codec, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        // A plain INSERT: an id used before is a conflict (reusing it would mix two calls'
+        // records and transcripts).
+        let r = sqlx::query("INSERT OR IGNORE INTO calls (id, transport, caller, callee, codec, created_at) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(&c.id)
             .bind(&c.transport)
             .bind(&c.caller)
@@ -102,6 +104,9 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(err)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("call `{}`", c.id)));
+        }
         Ok(())
     }
 
@@ -166,7 +171,10 @@ impl Store for SqliteStore {
             .map_err(err)?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn call(&self, id: &str) -> Result<Option<CallRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM calls WHERE id = ?")
             .bind(id)
@@ -207,7 +215,10 @@ mod tests {
                 ..Default::default()
             };
             s.call_created(&c).await.unwrap();
-            s.call_created(&c).await.unwrap();
+            assert!(matches!(
+                s.call_created(&c).await,
+                Err(StoreError::Conflict(_))
+            ));
             s.call_answered("c1", "pcmu", Some("alice"), None, 20)
                 .await
                 .unwrap();

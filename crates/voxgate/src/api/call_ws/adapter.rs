@@ -1,22 +1,38 @@
 //! Pure translation between seed-002 JSON and the call core: text → [`CallCommand`], and
 //! [`CallEvent`] → JSON text. Table-tested below.
+//!
+//! `invite` means two things in seed 002: on `/call` the WebSocket already carries the audio, so
+//! it answers ([`CallCommand::Answer`]); on `/call/sip` it places a call ([`CallCommand::Dial`]).
+//! `accept` answers on both.
 
 use super::wire::{Command, COMMANDS};
-use crate::call::{CallCommand, CallEvent, EventKind, InviteOptions, PlayRequest, TtsRequest};
 use serde_json::{json, Value};
+use voxgate_call::{
+    AnswerOptions, CallCommand, CallEvent, DialOptions, EventKind, MediaOptions, PlayRequest,
+    TtsRequest,
+};
 use voxgate_media::codec::Codec;
+
+/// Which seed-002 endpoint a command came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/call`: audio in WebSocket binary messages.
+    Call,
+    /// `/call/sip`: audio over SIP/RTP.
+    Sip,
+}
 
 /// Why a text message could not become a command (sent back as an `error` event with
 /// `sender: "command"`, code 400).
 #[derive(Debug, PartialEq)]
 pub struct BadCommand(pub String);
 
-/// Parses one text message.
+/// Parses one text message from `endpoint`.
 ///
 /// # Errors
 /// [`BadCommand`] for malformed JSON, a missing or unknown `command`, wrong field types, an
-/// unknown codec, or a command this endpoint does not serve (`candidate`).
-pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
+/// unknown codec, or a command this endpoint does not serve (`candidate`; `opus` on `/call`).
+pub fn parse_command(text: &str, endpoint: Endpoint) -> Result<CallCommand, BadCommand> {
     let v: Value =
         serde_json::from_str(text).map_err(|e| BadCommand(format!("malformed JSON: {e}")))?;
     let name = match v.get("command") {
@@ -34,10 +50,19 @@ pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
         .map_err(|e| BadCommand(format!("invalid `{name}` command: {e}")))?;
     Ok(match cmd {
         Command::Invite { option } => {
-            CallCommand::Invite(invite_options(option.unwrap_or_default())?)
+            let o = invite_options(option.unwrap_or_default(), endpoint)?;
+            match endpoint {
+                Endpoint::Call => CallCommand::Answer(o),
+                Endpoint::Sip => CallCommand::Dial(DialOptions {
+                    callee: o.callee,
+                    caller: o.caller,
+                    codec: o.codec,
+                    media: o.media,
+                }),
+            }
         }
         Command::Accept { option } => {
-            CallCommand::Accept(invite_options(option.unwrap_or_default())?)
+            CallCommand::Answer(invite_options(option.unwrap_or_default(), endpoint)?)
         }
         Command::Tts {
             text,
@@ -106,7 +131,10 @@ pub fn parse_command(text: &str) -> Result<CallCommand, BadCommand> {
     })
 }
 
-fn invite_options(o: super::wire::InviteOption) -> Result<InviteOptions, BadCommand> {
+fn invite_options(
+    o: super::wire::InviteOption,
+    endpoint: Endpoint,
+) -> Result<AnswerOptions, BadCommand> {
     let codec = Codec::from_name(o.codec.as_deref().unwrap_or("pcm"), o.sample_rate)
         .map_err(|e| BadCommand(e.to_string()))?;
     if o.sample_rate.is_some() && !matches!(codec, Codec::Pcm(_)) {
@@ -114,6 +142,9 @@ fn invite_options(o: super::wire::InviteOption) -> Result<InviteOptions, BadComm
             "`sampleRate` applies to pcm only; {} has a fixed rate",
             codec.name()
         )));
+    }
+    if endpoint == Endpoint::Call && codec == Codec::Opus {
+        return Err(BadCommand("codec `opus` needs packets: use it on /call/sip (or /call/webrtc); /call carries pcm, pcmu, pcma or g722".into()));
     }
     let asr_provider = o.asr.as_ref().and_then(|a| a.provider.clone());
     let asr = match (&o.asr, asr_provider.as_deref()) {
@@ -127,22 +158,30 @@ fn invite_options(o: super::wire::InviteOption) -> Result<InviteOptions, BadComm
         }
     };
     let tts = o.tts.unwrap_or_default();
-    Ok(InviteOptions {
+    Ok(AnswerOptions {
         caller: o.caller,
         callee: o.callee,
         offer: o.offer,
-        codec,
-        asr,
-        tts_provider: tts.provider.filter(|p| !p.is_empty() && p != "default"),
-        tts_speaker: tts.speaker.or(tts.voice),
-        barge_in_ms: o.barge_in_ms,
-        barge_in: o.barge_in.unwrap_or(true),
+        codec: Some(codec),
+        media: MediaOptions {
+            asr,
+            tts_provider: tts.provider.filter(|p| !p.is_empty() && p != "default"),
+            tts_speaker: tts.speaker.or(tts.voice),
+            barge_in_ms: o.barge_in_ms,
+            barge_in: o.barge_in.unwrap_or(true),
+        },
     })
 }
 
-/// The `option` shown by `/call/lists` for a call.
-pub fn list_option(o: &InviteOptions) -> Value {
-    json!({ "caller": o.caller, "callee": o.callee, "offer": o.offer, "codec": o.codec.name() })
+/// The `option` shown by `/call/lists` for a call after `invite` or `accept`.
+pub fn list_option(c: &CallCommand) -> Option<Value> {
+    let (caller, callee, offer, codec) = match c {
+        CallCommand::Answer(o) => (&o.caller, &o.callee, &o.offer, o.codec),
+        CallCommand::Dial(o) => (&o.caller, &o.callee, &None, o.codec),
+        _ => return None,
+    };
+    let codec = codec.map_or("pcm", Codec::name);
+    Some(json!({ "caller": caller, "callee": callee, "offer": offer, "codec": codec }))
 }
 
 /// An event as seed-002 JSON.
@@ -235,6 +274,9 @@ pub fn event_json(e: &CallEvent) -> Value {
         } => {
             json!({ "event": "metrics", "timestamp": ts, "key": key, "duration": duration, "data": data })
         }
+        EventKind::Mark { name } => {
+            json!({ "event": "mark", "timestamp": ts, "name": name })
+        }
     }
 }
 
@@ -312,7 +354,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let got = parse_command(text);
+            let got = parse_command(text, Endpoint::Call);
             match want {
                 Ok(c) => assert_eq!(got, Ok(c), "{text}"),
                 Err(prefix) => {
@@ -324,22 +366,52 @@ mod tests {
     }
 
     #[test]
-    fn invite_defaults_and_codecs() {
-        let CallCommand::Invite(o) = parse_command(r#"{"command":"invite"}"#).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (o.codec, o.asr, o.barge_in),
-            (Codec::Pcm(SampleRate::HZ_16000), true, true)
-        );
-        let CallCommand::Accept(o) =
-            parse_command(r#"{"command":"accept","option":{"codec":"pcm","sampleRate":8000,"asr":{"enabled":false},"caller":"a"}}"#).unwrap()
+    fn invite_answers_on_call_and_dials_on_sip() {
+        let CallCommand::Answer(o) =
+            parse_command(r#"{"command":"invite"}"#, Endpoint::Call).unwrap()
         else {
             panic!()
         };
         assert_eq!(
-            (o.codec, o.asr, o.caller.as_deref()),
-            (Codec::Pcm(SampleRate::HZ_8000), false, Some("a"))
+            (o.codec, o.media.asr, o.media.barge_in),
+            (Some(Codec::Pcm(SampleRate::HZ_16000)), true, true)
+        );
+        let CallCommand::Answer(o) =
+            parse_command(r#"{"command":"accept","option":{"codec":"pcm","sampleRate":8000,"asr":{"enabled":false},"caller":"a"}}"#, Endpoint::Sip).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (o.codec, o.media.asr, o.caller.as_deref()),
+            (Some(Codec::Pcm(SampleRate::HZ_8000)), false, Some("a"))
+        );
+        let CallCommand::Dial(o) = parse_command(
+            r#"{"command":"invite","option":{"callee":"sip:bob@127.0.0.1","codec":"opus","bargeIn":false}}"#,
+            Endpoint::Sip,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (o.callee.as_deref(), o.codec, o.media.barge_in),
+            (Some("sip:bob@127.0.0.1"), Some(Codec::Opus), false)
+        );
+        assert!(parse_command(
+            r#"{"command":"invite","option":{"codec":"opus"}}"#,
+            Endpoint::Call
+        )
+        .unwrap_err()
+        .0
+        .contains("needs packets"));
+        assert_eq!(
+            list_option(
+                &parse_command(
+                    r#"{"command":"invite","option":{"codec":"pcmu","caller":"x"}}"#,
+                    Endpoint::Call
+                )
+                .unwrap()
+            ),
+            Some(json!({"caller":"x","callee":null,"offer":null,"codec":"pcmu"}))
         );
     }
 

@@ -1,19 +1,42 @@
-//! Socket glue for `/call`: upgrade, spawn the call actor, pump messages both ways, dump.
+//! Socket glue for seed 002's `/call` and `/call/sip`: upgrade, start the call, pump messages
+//! both ways, dump.
+//!
+//! On `/call` the WebSocket is both the call's **leg** (binary audio in the `invite` codec, see
+//! [`WsLeg`]) and its **controller** (JSON commands in, events out). Events and bot audio leave
+//! through one queue in the order the call produced them, so that no bot audio follows an
+//! `interruption`:
+//! - the queue holds [`OUT_QUEUE`] messages; bot audio may use [`MAX_QUEUED_AUDIO`] of them
+//!   (200 ms) and a frame that finds them used is dropped and counted (`audio_dropped`);
+//! - an event that finds the queue full means the client stopped reading: the call drops it as a
+//!   subscriber and this handler ends the call (`hangup` reason `disconnected`).
+//!
+//! On `/call/sip` the WebSocket is only the controller; the audio travels over SIP/RTP.
 
-use super::adapter::{event_json, list_option, parse_command};
+use super::adapter::{event_json, list_option, parse_command, Endpoint};
 use crate::api::{json_error, AppState};
-use crate::call::actor::{ActorInput, CallActor, Outbound, OUTBOX};
-use crate::call::registry::CallInfo;
-use crate::call::{now_ms, CallCommand, CallEvent, EventKind};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Notify};
+use voxgate_call::{
+    now_ms, CallCommand, CallEvent, CallSpec, Delivery, EventKind, Leg, LegCaps, LegCommand,
+    LegInfo, LegPort, LegReply, LegReport, PendingLeg, StartError, Subscriber, Unsubscribed,
+};
+use voxgate_media::codec::Codec;
+use voxgate_media::edge::{Egress, Ingress};
+use voxgate_media::{AudioFrame, SampleRate};
+
+/// Messages waiting for the socket (events and bot audio).
+pub const OUT_QUEUE: usize = 128;
+/// Bot audio frames that may wait for the socket (20 ms each).
+pub const MAX_QUEUED_AUDIO: usize = 10;
 
 /// Query of `GET /call`: `id` (session id; a UUID when absent) and `dump` (`true`/`false`).
 #[derive(Deserialize)]
@@ -22,7 +45,15 @@ pub struct CallQuery {
     dump: Option<String>,
 }
 
-type DumpFile = Arc<Mutex<tokio::io::BufWriter<tokio::fs::File>>>;
+/// What goes out on the socket, in order.
+pub(crate) enum Outbound {
+    Event(CallEvent),
+    /// A handler-made event (bad input), already JSON.
+    Json(serde_json::Value),
+    Audio(Bytes),
+}
+
+type DumpFile = Arc<tokio::sync::Mutex<tokio::io::BufWriter<tokio::fs::File>>>;
 
 async fn dump_line(dump: &Option<DumpFile>, direction: &str, data: serde_json::Value) {
     if let Some(d) = dump {
@@ -39,7 +70,7 @@ pub async fn call_ws(
     Query(q): Query<CallQuery>,
     State(st): State<AppState>,
 ) -> Response {
-    upgrade(ws, q, st, false)
+    upgrade(ws, q, st, Endpoint::Call).await
 }
 
 /// `GET /call/sip` (seed 002 "SIP Call Handler"): the same commands and events, with the audio on
@@ -57,10 +88,18 @@ pub async fn call_sip(
             "SIP is disabled on this server (sip.enabled = false)",
         );
     }
-    upgrade(ws, q, st, true)
+    upgrade(ws, q, st, Endpoint::Sip).await
 }
 
-fn upgrade(ws: WebSocketUpgrade, q: CallQuery, st: AppState, sip: bool) -> Response {
+fn conflict(id: &str) -> Response {
+    json_error(
+        StatusCode::CONFLICT,
+        "conflict",
+        &format!("a call with id `{id}` is active or was used before; call ids are never reused"),
+    )
+}
+
+async fn upgrade(ws: WebSocketUpgrade, q: CallQuery, st: AppState, ep: Endpoint) -> Response {
     let id =
         q.id.filter(|s| !s.is_empty())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -87,99 +126,260 @@ fn upgrade(ws: WebSocketUpgrade, q: CallQuery, st: AppState, sip: bool) -> Respo
             )
         }
     };
-    if st.registry.inbox(&id).is_some() {
-        return json_error(
-            StatusCode::CONFLICT,
-            "conflict",
-            &format!("a call with id `{id}` is already active"),
-        );
+    if st.core.get(&id).is_some() {
+        return conflict(&id);
+    }
+    // A call id is never reused: its stored call and transcripts belong to the first call.
+    match crate::store::Store::call(st.store.as_ref(), &id).await {
+        Ok(Some(_)) => return conflict(&id),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("{e}");
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                "the store is unavailable",
+            );
+        }
     }
     let max = st.config.call.max_binary_bytes;
-    // Small socket buffers: a call exchanges 20 ms frames (160-640 bytes), and tungstenite's
-    // 128 KiB defaults cost memory per call and a 128 KiB clear per read.
-    ws.max_message_size(max.max(16 * 1024 * 1024))
+    // Messages up to 4 × `max_binary_bytes` are read and answered (audio over the limit gets a
+    // 413 `error` event); larger ones close the socket (1009). Small socket buffers: a call
+    // exchanges 20 ms frames (160-640 bytes), and tungstenite's 128 KiB defaults cost memory per
+    // call and a 128 KiB clear per read.
+    ws.max_message_size(max.saturating_mul(4).max(64 * 1024))
+        .max_frame_size(max.saturating_mul(4).max(64 * 1024))
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| run(socket, id, dump, st, sip))
+        .on_upgrade(move |socket| run(socket, id, dump, st, ep))
         .into_response()
 }
 
-async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, sip: bool) {
-    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUTBOX);
-    let call_type = if sip { "sip" } else { "websocket" };
-    let (mut actor, inbox) = CallActor::new(
-        id.clone(),
-        call_type,
-        st.call_context.clone(),
-        out_tx.clone(),
-    );
-    let sip_svc = if sip { st.sip.clone() } else { None };
-    let mut waiting = false;
-    if let Some(svc) = &sip_svc {
-        // A webhook-announced inbound call is attached by its id; otherwise the client waits.
-        let incoming = svc.take_pending(&id);
-        waiting = incoming.is_none();
-        actor = actor.with_sip(svc.clone(), incoming);
+/// State the `/call` leg shares with the socket reader.
+#[derive(Default)]
+struct WsShared {
+    /// The binary audio codec, set by `invite`/`accept`.
+    codec: Mutex<Option<Codec>>,
+    /// The call's port, for caller audio.
+    port: OnceLock<LegPort>,
+}
+
+/// The `/call` WebSocket's binary audio as a leg of the call: bot frames are encoded in the
+/// `invite` codec and queued for the socket; caller audio is decoded by the socket reader.
+struct WsLeg {
+    info: LegInfo,
+    shared: Arc<WsShared>,
+    egress: Option<Egress>,
+    out: mpsc::Sender<Outbound>,
+    queued_audio: Arc<AtomicUsize>,
+}
+
+impl PendingLeg for WsLeg {
+    fn info(&self) -> &LegInfo {
+        &self.info
     }
-    let info = CallInfo {
-        id: id.clone(),
-        call_type: call_type.into(),
-        created_at: chrono::Utc::now().to_rfc3339(),
-        option: serde_json::json!({}),
-    };
-    if !st.registry.insert(info, inbox.clone()) {
-        // Lost a race with another connection using the same id.
-        let (mut sink, _) = socket.split();
-        let e = CallEvent::now(EventKind::Error {
-            track_id: id.clone(),
-            sender: "command".into(),
-            error: format!("a call with id `{id}` is already active"),
-            code: Some(409),
-        });
-        let _ = sink
-            .send(Message::Text(event_json(&e).to_string().into()))
-            .await;
-        return;
+    fn into_leg(self: Box<Self>, port: LegPort) -> Box<dyn Leg> {
+        let _ = self.shared.port.set(port);
+        self
     }
-    tracing::info!(call = %id, dump, call_type, "call connected");
-    if waiting {
-        if let Some(svc) = &sip_svc {
-            svc.add_waiting(&id, inbox.clone());
+    fn refuse(self: Box<Self>, _reason: &str) {}
+}
+
+#[async_trait::async_trait]
+impl Leg for WsLeg {
+    fn info(&self) -> &LegInfo {
+        &self.info
+    }
+
+    fn send_audio(&mut self, frame: &AudioFrame) -> bool {
+        let Some(e) = self.egress.as_mut() else {
+            return false;
+        };
+        if self.queued_audio.load(Ordering::Relaxed) >= MAX_QUEUED_AUDIO {
+            return false;
+        }
+        let Some(bytes) = e.encode(frame) else {
+            return true;
+        };
+        if self
+            .out
+            .try_send(Outbound::Audio(Bytes::from(bytes)))
+            .is_ok()
+        {
+            self.queued_audio.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
         }
     }
-    let dump: Option<DumpFile> = if dump {
-        let dir = st.config.data_dir.join("dumps");
-        let path = dir.join(format!("{id}.jsonl"));
-        match tokio::fs::create_dir_all(&dir).await {
-            Ok(()) => match tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .await
-            {
-                Ok(f) => Some(Arc::new(Mutex::new(tokio::io::BufWriter::new(f)))),
-                Err(e) => {
-                    tracing::warn!(call = %id, "cannot open dump {}: {e}", path.display());
-                    None
+
+    fn command(&mut self, cmd: LegCommand) -> LegReply {
+        match cmd {
+            LegCommand::Answer { codec } => {
+                let codec = codec.unwrap_or(Codec::Pcm(SampleRate::HZ_16000));
+                if codec == Codec::Opus {
+                    return LegReply::Refused {
+                        sender: "command",
+                        code: 400,
+                        message:
+                            "codec `opus` needs packets: /call carries pcm, pcmu, pcma or g722"
+                                .into(),
+                    };
                 }
-            },
-            Err(e) => {
-                tracing::warn!(call = %id, "cannot create {}: {e}", dir.display());
-                None
+                if let Ok(mut c) = self.shared.codec.lock() {
+                    *c = Some(codec);
+                }
+                self.egress = Some(Egress::new(codec));
+                LegReply::Answered {
+                    sdp: None,
+                    codec: codec.name().into(),
+                }
             }
+            // The client plays what it receives; nothing is buffered on our side of the socket
+            // beyond the 200 ms queue.
+            LegCommand::Clear | LegCommand::Mark(_) => LegReply::Done,
+            LegCommand::SendDtmf(_) | LegCommand::Transfer(_) => LegReply::Refused {
+                sender: "command",
+                code: 400,
+                message: "not available on /call".into(),
+            },
         }
+    }
+
+    async fn close(self: Box<Self>, _reason: &str) -> Option<LegReport> {
+        None
+    }
+}
+
+/// The socket as the call's controller: events go into the socket's queue without waiting.
+struct WsSubscriber {
+    out: mpsc::Sender<Outbound>,
+    lagged: Arc<(AtomicBool, Notify)>,
+}
+
+impl Subscriber for WsSubscriber {
+    fn deliver(&mut self, event: &CallEvent) -> Delivery {
+        match self.out.try_send(Outbound::Event(event.clone())) {
+            Ok(()) => Delivery::Delivered,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+        }
+    }
+    fn closed(&mut self, why: Unsubscribed) {
+        if why == Unsubscribed::Lagged {
+            self.lagged.0.store(true, Ordering::Relaxed);
+            self.lagged.1.notify_one();
+        }
+    }
+}
+
+fn error_json(id: &str, sender: &str, error: String, code: u16) -> Outbound {
+    Outbound::Json(event_json(&CallEvent::now(EventKind::Error {
+        track_id: id.to_string(),
+        sender: sender.into(),
+        error,
+        code: Some(code),
+    })))
+}
+
+async fn open_dump(st: &AppState, id: &str) -> Option<DumpFile> {
+    let dir = st.config.data_dir.join("dumps");
+    let path = dir.join(format!("{id}.jsonl"));
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        tracing::warn!(call = %id, "cannot create {}: {e}", dir.display());
+        return None;
+    }
+    match tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await
+    {
+        Ok(f) => Some(Arc::new(tokio::sync::Mutex::new(
+            tokio::io::BufWriter::new(f),
+        ))),
+        Err(e) => {
+            tracing::warn!(call = %id, "cannot open dump {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, ep: Endpoint) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUT_QUEUE);
+    let queued_audio = Arc::new(AtomicUsize::new(0));
+    let lagged = Arc::new((AtomicBool::new(false), Notify::new()));
+    let shared = Arc::new(WsShared::default());
+    let sip = if ep == Endpoint::Sip {
+        st.sip.clone()
     } else {
         None
     };
-    let registry = st.registry.clone();
-    let actor_id = id.clone();
-    let actor_task = tokio::spawn(async move {
-        actor.run().await;
-        registry.remove(&actor_id);
-    });
-
+    let (kind, leg): (&'static str, Option<Box<dyn PendingLeg>>) = match (&sip, ep) {
+        // A webhook-announced inbound call is attached by its id; otherwise the client waits.
+        (Some(svc), _) => (
+            "sip",
+            svc.take_pending(&id)
+                .map(|l| Box::new(l) as Box<dyn PendingLeg>),
+        ),
+        (None, _) => (
+            "websocket",
+            Some(Box::new(WsLeg {
+                info: LegInfo {
+                    kind: "websocket",
+                    caps: LegCaps::default(),
+                    ..Default::default()
+                },
+                shared: shared.clone(),
+                egress: None,
+                out: out_tx.clone(),
+                queued_audio: queued_audio.clone(),
+            })),
+        ),
+    };
+    let waiting = sip.is_some() && leg.is_none();
+    let subscriber = WsSubscriber {
+        out: out_tx.clone(),
+        lagged: lagged.clone(),
+    };
     let (mut sink, mut stream) = socket.split();
+    let call = match st
+        .core
+        .start(CallSpec {
+            id: Some(id.clone()),
+            kind,
+            leg,
+            subscribers: vec![Box::new(subscriber)],
+        })
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            // Lost a race with another connection using the same id, or the store failed.
+            let code = if matches!(e, StartError::Conflict(_)) {
+                409
+            } else {
+                500
+            };
+            if let Outbound::Json(v) = error_json(&id, "command", e.to_string(), code) {
+                let _ = sink.send(Message::Text(v.to_string().into())).await;
+            }
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    tracing::info!(call = %id, dump, call_type = kind, "call connected");
+    if let (true, Some(svc)) = (waiting, &sip) {
+        svc.add_waiting(&id, call.clone());
+    }
+    let dump = if dump {
+        open_dump(&st, &id).await
+    } else {
+        None
+    };
+
     let writer_dump = dump.clone();
+    let writer_queued = queued_audio.clone();
     let writer = tokio::spawn(async move {
         while let Some(o) = out_rx.recv().await {
             let msg = match o {
@@ -188,11 +388,22 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, sip: bool)
                     dump_line(&writer_dump, "event", v.clone()).await;
                     Message::Text(v.to_string().into())
                 }
-                Outbound::Audio(b) => Message::Binary(b),
+                Outbound::Json(v) => {
+                    dump_line(&writer_dump, "event", v.clone()).await;
+                    Message::Text(v.to_string().into())
+                }
+                Outbound::Audio(b) => {
+                    writer_queued.fetch_sub(1, Ordering::Relaxed);
+                    Message::Binary(b)
+                }
             };
             if sink.send(msg).await.is_err() {
-                // The client is gone; keep draining so the actor never blocks on us.
-                while out_rx.recv().await.is_some() {}
+                // The client is gone; keep draining so that nothing waits on us.
+                while let Some(o) = out_rx.recv().await {
+                    if let Outbound::Audio(_) = o {
+                        writer_queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
                 return;
             }
         }
@@ -200,8 +411,9 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, sip: bool)
     });
 
     let max = st.config.call.max_binary_bytes;
-    let mut actor_task = actor_task;
-    let mut actor_done = false;
+    let mut ingress: Option<Ingress> = None;
+    let mut frames: Vec<AudioFrame> = Vec::new();
+    let mut audio_before_invite = false;
     loop {
         // The call can end on its own (hangup, autoHangup, kill): stop reading then, so that the
         // writer can close the socket.
@@ -210,87 +422,110 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, sip: bool)
                 Some(m) => m,
                 None => break,
             },
-            _ = &mut actor_task => {
-                actor_done = true;
+            _ = call.ended() => break,
+            _ = lagged.1.notified() => {
+                tracing::warn!(call = %id, "the client does not read its events: ending the call");
                 break;
             }
         };
-        let input = match msg {
+        match msg {
             Ok(Message::Text(t)) => {
                 let parsed: serde_json::Value = serde_json::from_str(t.as_str())
                     .unwrap_or_else(|_| serde_json::Value::String(t.to_string()));
                 dump_line(&dump, "command", parsed).await;
-                match parse_command(t.as_str()) {
+                match parse_command(t.as_str(), ep) {
                     Ok(cmd) => {
-                        if let CallCommand::Invite(o) | CallCommand::Accept(o) = &cmd {
-                            st.registry.set_option(&id, list_option(o));
+                        if let Some(o) = list_option(&cmd) {
+                            st.core.set_option(&id, o);
                         }
-                        if let (Some(svc), CallCommand::Invite(_)) = (&sip_svc, &cmd) {
+                        if let (Some(svc), CallCommand::Dial(_)) = (&sip, &cmd) {
                             svc.remove_waiting(&id);
                         }
-                        ActorInput::Command(cmd)
-                    }
-                    Err(e) => {
-                        let ev = CallEvent::now(EventKind::Error {
-                            track_id: id.clone(),
-                            sender: "command".into(),
-                            error: e.0,
-                            code: Some(400),
-                        });
-                        if out_tx.send(Outbound::Event(ev)).await.is_err() {
+                        if call.command(cmd).await.is_err() {
                             break;
                         }
-                        continue;
+                    }
+                    Err(e) => {
+                        if out_tx
+                            .send(error_json(&id, "command", e.0, 400))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
                     }
                 }
             }
-            Ok(Message::Binary(_)) if sip_svc.is_some() => {
-                let ev = CallEvent::now(EventKind::Error {
-                    track_id: id.clone(),
-                    sender: "media".into(),
-                    error:
-                        "binary audio is not used on /call/sip: the call's audio travels over RTP"
-                            .into(),
-                    code: Some(400),
-                });
-                if out_tx.send(Outbound::Event(ev)).await.is_err() {
+            Ok(Message::Binary(_)) if sip.is_some() => {
+                let e = error_json(
+                    &id,
+                    "media",
+                    "binary audio is not used on /call/sip: the call's audio travels over RTP"
+                        .into(),
+                    400,
+                );
+                if out_tx.send(e).await.is_err() {
                     break;
                 }
-                continue;
             }
             Ok(Message::Binary(b)) => {
                 if b.len() > max {
-                    let ev = CallEvent::now(EventKind::Error {
-                        track_id: id.clone(),
-                        sender: "media".into(),
-                        error: format!(
+                    let e = error_json(
+                        &id,
+                        "media",
+                        format!(
                             "binary message of {} bytes rejected (limit {max}); send 20 ms frames",
                             b.len()
                         ),
-                        code: Some(413),
-                    });
-                    if out_tx.send(Outbound::Event(ev)).await.is_err() {
+                        413,
+                    );
+                    if out_tx.send(e).await.is_err() {
                         break;
                     }
                     continue;
                 }
-                ActorInput::Audio(b)
+                let codec = shared.codec.lock().ok().and_then(|c| *c);
+                let Some(codec) = codec else {
+                    if !audio_before_invite {
+                        audio_before_invite = true;
+                        let e = error_json(&id, "media", "binary audio before `invite`: send invite with a codec first; audio is dropped until then".into(), 400);
+                        if out_tx.send(e).await.is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                };
+                let ing = match ingress.as_mut() {
+                    Some(i) if i.codec() == codec => i,
+                    _ => ingress.insert(Ingress::new(codec, max + 1024)),
+                };
+                // Every whole frame of the message goes to the call, however long it is.
+                ing.push_payload(&b, &mut frames);
+                let Some(port) = shared.port.get() else {
+                    frames.clear();
+                    continue;
+                };
+                let mut gone = false;
+                for f in frames.drain(..) {
+                    if port.audio(f).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
+                    break;
+                }
             }
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
-        };
-        if inbox.send(input).await.is_err() {
-            break;
         }
     }
-    if let Some(svc) = &sip_svc {
+    if let Some(svc) = &sip {
         svc.remove_waiting(&id);
     }
+    call.end("disconnected", "user");
+    call.ended().await;
     drop(out_tx);
-    if !actor_done {
-        let _ = inbox.send(ActorInput::LegClosed).await;
-        let _ = actor_task.await;
-    }
     let _ = writer.await;
     if let Some(d) = dump {
         let _ = d.lock().await.flush().await;

@@ -1,0 +1,1451 @@
+//! The call actor: one task per call that owns the call's state, its leg, the caller-audio
+//! pipeline (VAD, endpointing, DTMF, ASR tap) and the playout queue, and reacts to one inbox.
+//!
+//! Queue policies (every queue is bounded):
+//! - Inbox ([`crate::core::INBOX`]): commands, leg audio and events, engine results; senders wait.
+//!   The actor itself never waits on anything slow: subscribers take events without waiting
+//!   ([`crate::subscriber`]), legs take frames and commands without waiting ([`crate::leg`]),
+//!   speech runs on the blocking pool, and store writes go through a per-call writer task.
+//! - Playout: a flushable queue per call ([`Player`]), one 20 ms frame per tick while something
+//!   plays; an idle call has no timer. A frame the leg cannot take is dropped and counted
+//!   (`audio_dropped` in the `metrics` event at hang-up).
+//! - TTS: at most [`PENDING_SENTENCES`] sentences wait for synthesis per track (more is an
+//!   `error` 429); streamed text waits for a sentence end up to [`MAX_PENDING_CHARS`].
+//! - ASR: at most [`PENDING_ASR`] utterances wait per call (more is an `error` 503); only the
+//!   newest partial waits, and partials run only on an idle model.
+//! - A VAD that must not run on this task (Silero) runs on the blocking pool, one batch of
+//!   frames at a time; at most [`MAX_VAD_BACKLOG`] frames wait for it (older ones are judged by
+//!   the last probability).
+//!
+//! Nothing is lost at the end: the leg is closed first (BYE goes out at once), the utterance in
+//! progress is finalised, and `hangup` goes out when every transcript is stored or the drain
+//! time ([`CallSettings::drain`]) has passed; transcripts still being computed then are finished
+//! and stored in the background ([`CallCore::tasks`]).
+
+use crate::core::CallCore;
+use crate::handle::{CallInput, EndSignal, LegInput};
+use crate::leg::{Leg, LegCommand, LegEvent, LegPort, LegReply, PendingLeg};
+use crate::ports::{CallSettings, CallStore, Speech, TranscriptRecord};
+use crate::subscriber::{AudioTrack, Delivery, Subscriber, Unsubscribed};
+use crate::vocab::{
+    now_ms, AnswerOptions, CallCommand, CallEvent, DialOptions, EventKind, MediaOptions,
+    PlayRequest, TtsRequest,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use voxgate_media::pipeline::{InboundConfig, InboundPipeline, MediaEvent};
+use voxgate_media::player::{Player, PlayerEvent};
+use voxgate_media::resample::resample_clip;
+use voxgate_media::speech::{SentenceSplitter, Transcriber, MAX_PENDING_CHARS};
+use voxgate_media::vad::Vad;
+use voxgate_media::{AudioFrame, SampleRate};
+
+/// Sentences a TTS track may have waiting for synthesis.
+pub const PENDING_SENTENCES: usize = 64;
+/// Final transcripts a call may have waiting for the ASR engine.
+pub const PENDING_ASR: usize = 32;
+/// Caller frames that may wait for an off-task VAD (5 s).
+pub const MAX_VAD_BACKLOG: usize = 250;
+/// How long a hang-up waits for the store to confirm the call's last writes before `hangup`.
+const STORE_FLUSH: Duration = Duration::from_secs(5);
+/// Extra time an auto hang-up waits for the far end to report the end of playout.
+const PLAYOUT_GRACE: Duration = Duration::from_secs(3);
+
+/// Audio, failures and completion of a bot track's producer (TTS or `play`).
+#[derive(Debug)]
+pub(crate) enum TrackInput {
+    /// 16 kHz mono samples.
+    Audio {
+        track_id: String,
+        samples: Vec<i16>,
+        engine: String,
+    },
+    Error {
+        track_id: String,
+        sender: &'static str,
+        error: String,
+        fatal: bool,
+    },
+    Done {
+        track_id: String,
+    },
+}
+
+/// Result of one ASR job.
+#[derive(Debug)]
+pub(crate) struct AsrOutcome {
+    index: u32,
+    partial: bool,
+    start_ms: u64,
+    end_ms: u64,
+    queued_at: Instant,
+    compute_ms: u64,
+    result: Result<String, String>,
+}
+
+/// Frames judged by an off-task VAD, with the VAD handed back.
+pub(crate) struct VadBatch {
+    vad: Vad,
+    frames: Vec<AudioFrame>,
+    probs: Vec<f32>,
+}
+
+struct AsrJob {
+    index: u32,
+    partial: bool,
+    start_ms: u64,
+    end_ms: u64,
+    samples: Vec<f32>,
+    queued_at: Instant,
+}
+
+/// What an ASR job needs besides its audio.
+#[derive(Clone)]
+struct AsrContext {
+    asr: Arc<dyn Transcriber>,
+    slots: Arc<tokio::sync::Semaphore>,
+    store: Arc<dyn CallStore>,
+    call_id: String,
+    /// Epoch ms of media time 0.
+    epoch_ms: i64,
+}
+
+struct Producer {
+    /// Sentences to synthesise; `None` once the text is complete.
+    tx: Option<mpsc::Sender<String>>,
+    splitter: SentenceSplitter,
+    task: JoinHandle<()>,
+    auto_hangup: bool,
+    requested_at: Instant,
+    first_audio: bool,
+}
+
+/// Ordered store writes of one call.
+enum StoreOp {
+    Answered {
+        codec: String,
+        caller: Option<String>,
+        callee: Option<String>,
+        at: i64,
+    },
+    Quality(serde_json::Value),
+    Ended {
+        at: i64,
+        reason: String,
+        initiator: String,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No leg yet (a `/call/sip` client before it dials or is offered a call).
+    Idle,
+    /// A connected leg waiting for `Answer` (a `/call` WebSocket, a Twilio stream).
+    Ready,
+    /// An inbound leg ringing: `incoming` was announced.
+    Incoming,
+    /// Our call is ringing at the far end.
+    Dialing,
+    /// `Answer` was given to a leg that answers asynchronously (SIP 200 OK, late offer).
+    Answering,
+    Answered,
+    Ended,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+pub(crate) struct CallActor {
+    id: String,
+    kind: &'static str,
+    created_at: i64,
+    core: CallCore,
+    speech: Arc<Speech>,
+    settings: CallSettings,
+    rx: mpsc::Receiver<CallInput>,
+    tx: mpsc::Sender<CallInput>,
+    end_signal: Arc<EndSignal>,
+    phase: Phase,
+    leg: Option<Box<dyn Leg>>,
+    leg_seq: u64,
+    subscribers: Vec<Box<dyn Subscriber>>,
+    audio_taps: usize,
+    media: MediaOptions,
+    caller: Option<String>,
+    callee: Option<String>,
+    pipeline: Option<InboundPipeline>,
+    offload_vad: bool,
+    vad_pending: VecDeque<AudioFrame>,
+    vad_in_flight: bool,
+    player: Player,
+    producers: HashMap<String, Producer>,
+    asr_queue: VecDeque<AsrJob>,
+    asr_busy: bool,
+    media_epoch_ms: Option<i64>,
+    audio_dropped: u64,
+    media_events: Vec<MediaEvent>,
+    player_events: Vec<PlayerEvent>,
+    /// Marks forwarded to a leg that reports playout, waiting for its echo.
+    marks_at_leg: HashSet<String>,
+    /// An auto hang-up waiting for the far end's playout: the mark and the latest time.
+    autohangup: Option<(String, Instant)>,
+    hangup_marks: u64,
+    writer: mpsc::Sender<StoreOp>,
+}
+
+impl CallActor {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: String,
+        kind: &'static str,
+        created_at: i64,
+        core: CallCore,
+        rx: mpsc::Receiver<CallInput>,
+        tx: mpsc::Sender<CallInput>,
+        end_signal: Arc<EndSignal>,
+        leg: Option<Box<dyn Leg>>,
+        subscribers: Vec<Box<dyn Subscriber>>,
+    ) -> Self {
+        let ctx = core.context().clone();
+        let (wtx, wrx) = mpsc::channel(64);
+        core.spawn(write_loop(id.clone(), ctx.store.clone(), wrx));
+        let audio_taps = subscribers.iter().filter(|s| s.wants_audio()).count();
+        CallActor {
+            id,
+            kind,
+            created_at,
+            speech: ctx.speech.clone(),
+            settings: ctx.settings.clone(),
+            core,
+            rx,
+            tx,
+            end_signal,
+            phase: Phase::Idle,
+            leg_seq: u64::from(leg.is_some()),
+            leg,
+            subscribers,
+            audio_taps,
+            media: MediaOptions::default(),
+            caller: None,
+            callee: None,
+            pipeline: None,
+            offload_vad: false,
+            vad_pending: VecDeque::new(),
+            vad_in_flight: false,
+            player: Player::new(),
+            producers: HashMap::new(),
+            asr_queue: VecDeque::new(),
+            asr_busy: false,
+            media_epoch_ms: None,
+            audio_dropped: 0,
+            media_events: Vec::new(),
+            player_events: Vec::new(),
+            marks_at_leg: HashSet::new(),
+            autohangup: None,
+            hangup_marks: 0,
+            writer: wtx,
+        }
+    }
+
+    /// Runs the call until it ends.
+    pub(crate) async fn run(mut self) {
+        tracing::debug!(call = %self.id, kind = self.kind, "call started");
+        if self.leg.is_some() {
+            self.leg_attached();
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut was_active = false;
+        let end = self.end_signal.clone();
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let active = self.player.is_active() && !self.player.is_paused();
+            if active && !was_active {
+                tick.reset_immediately();
+            }
+            was_active = active;
+            let hangup_at = self.autohangup.as_ref().map(|a| a.1);
+            let flow = tokio::select! {
+                biased;
+                _ = end.notify.notified() => match end.take() {
+                    Some((reason, initiator)) => self.end(&reason, &initiator).await,
+                    None => Flow::Continue,
+                },
+                m = self.rx.recv() => match m {
+                    Some(m) => self.handle(m).await,
+                    None => self.end("disconnected", "user").await,
+                },
+                _ = tick.tick(), if active => self.on_tick().await,
+                _ = tokio::time::sleep_until(hangup_at.unwrap_or(far)), if hangup_at.is_some() => {
+                    self.end("autohangup", "system").await
+                }
+            };
+            if let Flow::Stop = flow {
+                break;
+            }
+        }
+    }
+
+    // ---- output -------------------------------------------------------------------------
+
+    fn emit(&mut self, kind: EventKind) {
+        let ev = CallEvent::now(kind);
+        let id = &self.id;
+        self.subscribers.retain_mut(|s| match s.deliver(&ev) {
+            Delivery::Delivered => true,
+            Delivery::Full => {
+                tracing::warn!(call = %id, "a subscriber's event queue is full: dropped");
+                s.closed(Unsubscribed::Lagged);
+                false
+            }
+            Delivery::Gone => false,
+        });
+        self.audio_taps = self.subscribers.iter().filter(|s| s.wants_audio()).count();
+    }
+
+    fn error(&mut self, sender: &str, error: impl Into<String>, code: Option<u16>) {
+        let error = error.into();
+        tracing::debug!(call = %self.id, sender, "{error}");
+        self.emit(EventKind::Error {
+            track_id: self.id.clone(),
+            sender: sender.into(),
+            error,
+            code,
+        });
+    }
+
+    fn tap(&mut self, track: AudioTrack, frame: &AudioFrame) {
+        if self.audio_taps > 0 {
+            for s in self.subscribers.iter_mut().filter(|s| s.wants_audio()) {
+                s.deliver_audio(track, frame);
+            }
+        }
+    }
+
+    fn store(&mut self, op: StoreOp) {
+        if let Err(mpsc::error::TrySendError::Full(op)) = self.writer.try_send(op) {
+            // The store is far behind; keep the order and wait in a task of its own.
+            let w = self.writer.clone();
+            self.core.spawn(async move {
+                let _ = w.send(op).await;
+            });
+        }
+    }
+
+    fn epoch_ms(&self) -> i64 {
+        self.media_epoch_ms.unwrap_or(self.created_at)
+    }
+
+    // ---- input --------------------------------------------------------------------------
+
+    async fn handle(&mut self, m: CallInput) -> Flow {
+        match m {
+            CallInput::Command(c) => return self.command(c).await,
+            CallInput::Subscribe(s) => {
+                self.subscribers.push(s);
+                self.audio_taps = self.subscribers.iter().filter(|s| s.wants_audio()).count();
+            }
+            CallInput::Attach(p) => self.attach(p),
+            CallInput::Leg(n, input) => {
+                if n != self.leg_seq || self.leg.is_none() {
+                    return Flow::Continue;
+                }
+                match input {
+                    LegInput::Audio(f) => self.caller_frame(f),
+                    LegInput::Event(e) => return self.leg_event(e).await,
+                }
+            }
+            CallInput::Track(t) => self.track_input(t),
+            CallInput::Asr(o) => self.asr_done(o),
+            CallInput::Vad(b) => self.vad_done(b, true),
+        }
+        Flow::Continue
+    }
+
+    fn port(&mut self) -> LegPort {
+        self.leg_seq += 1;
+        LegPort {
+            tx: self.tx.clone(),
+            leg: self.leg_seq,
+        }
+    }
+
+    fn attach(&mut self, p: Box<dyn PendingLeg>) {
+        if self.leg.is_some() || self.phase != Phase::Idle {
+            // Raced with our own dialling, or a second offer: the far end must not ring on.
+            p.refuse("busy");
+            return;
+        }
+        let port = self.port();
+        self.leg = Some(p.into_leg(port));
+        self.leg_attached();
+    }
+
+    fn leg_attached(&mut self) {
+        let Some(info) = self.leg.as_ref().map(|l| l.info().clone()) else {
+            return;
+        };
+        if info.ringing {
+            self.phase = Phase::Incoming;
+            self.emit(EventKind::Incoming {
+                track_id: self.id.clone(),
+                caller: info.caller,
+                callee: info.callee,
+                sdp: info.offer.unwrap_or_default(),
+            });
+        } else {
+            self.phase = Phase::Ready;
+        }
+    }
+
+    async fn leg_event(&mut self, e: LegEvent) -> Flow {
+        match e {
+            LegEvent::Ringing { early_media } => self.emit(EventKind::Ringing {
+                track_id: self.id.clone(),
+                early_media,
+            }),
+            LegEvent::Answered { sdp, codec } => {
+                if matches!(self.phase, Phase::Dialing | Phase::Answering) {
+                    self.start_media(sdp, &codec);
+                }
+            }
+            LegEvent::Dtmf(digit) => self.emit(EventKind::Dtmf {
+                track_id: self.id.clone(),
+                digit,
+            }),
+            LegEvent::MarkPlayed(name) => {
+                if self.autohangup.as_ref().is_some_and(|a| a.0 == name) {
+                    return self.end("autohangup", "system").await;
+                }
+                if self.marks_at_leg.remove(&name) {
+                    self.emit(EventKind::Mark { name });
+                }
+            }
+            LegEvent::Transferred => return self.end("transferred", "system").await,
+            LegEvent::Error {
+                sender,
+                message,
+                code,
+            } => self.error(&sender, message, code),
+            LegEvent::Ended { reason, initiator } => return self.end(&reason, &initiator).await,
+        }
+        Flow::Continue
+    }
+
+    async fn command(&mut self, c: CallCommand) -> Flow {
+        if self.phase == Phase::Ended {
+            return Flow::Continue;
+        }
+        match c {
+            CallCommand::Answer(o) => self.answer(o),
+            CallCommand::Dial(o) => self.dial(o).await,
+            CallCommand::Tts(t) => self.tts(t),
+            CallCommand::Play(p) => self.play(p),
+            CallCommand::Hangup { reason, initiator } => {
+                let reason = reason.unwrap_or_else(|| "hangup".into());
+                let initiator = initiator.unwrap_or_else(|| "user".into());
+                return self.end(&reason, &initiator).await;
+            }
+            CallCommand::Interrupt => self.interrupt(),
+            CallCommand::Pause => self.player.pause(),
+            CallCommand::Resume => self.player.resume(),
+            CallCommand::SendDtmf(keys) => self.send_dtmf(keys),
+            CallCommand::Transfer(target) => self.transfer(target),
+            CallCommand::Mark(name) => self.mark(name),
+        }
+        Flow::Continue
+    }
+
+    /// Checks what the media options ask of the engines: `false` (with an `error` event) when
+    /// the call cannot go on with them.
+    fn check_media(&mut self, m: &MediaOptions) -> bool {
+        if m.asr && self.speech.asr.is_none() {
+            self.error(
+                "asr",
+                "speech recognition is disabled on this server (asr.engine = \"none\")",
+                Some(503),
+            );
+        }
+        if let Err(e) = self.speech.synthesizer(m.tts_provider.as_deref()) {
+            self.error("tts", e, Some(400));
+            return false;
+        }
+        true
+    }
+
+    fn answer(&mut self, o: AnswerOptions) {
+        match self.phase {
+            Phase::Ready | Phase::Incoming => {}
+            Phase::Answered | Phase::Answering => {
+                return self.error("command", "the call is already answered", Some(400))
+            }
+            Phase::Dialing => {
+                return self.error(
+                    "command",
+                    "this call is dialling out: it is answered when the callee answers",
+                    Some(400),
+                )
+            }
+            Phase::Idle => return self.error(
+                "command",
+                "`accept` needs an inbound call: wait for the `incoming` event (or connect with the id a webhook gave)",
+                Some(400),
+            ),
+            Phase::Ended => return,
+        }
+        if !self.check_media(&o.media) {
+            return;
+        }
+        let Some(leg) = self.leg.as_mut() else { return };
+        match leg.command(LegCommand::Answer { codec: o.codec }) {
+            LegReply::Answered { sdp, codec } => {
+                self.set_media(o.media, o.caller, o.callee);
+                self.start_media(sdp, &codec);
+            }
+            LegReply::Pending | LegReply::Done => {
+                self.set_media(o.media, o.caller, o.callee);
+                self.phase = Phase::Answering;
+            }
+            LegReply::Refused {
+                sender,
+                code,
+                message,
+            } => self.error(sender, message, Some(code)),
+        }
+    }
+
+    fn set_media(&mut self, m: MediaOptions, caller: Option<String>, callee: Option<String>) {
+        self.media = m;
+        self.caller = caller.filter(|c| !c.is_empty());
+        self.callee = callee.filter(|c| !c.is_empty());
+    }
+
+    async fn dial(&mut self, o: DialOptions) {
+        if self.phase != Phase::Idle || self.leg.is_some() {
+            return self.error("command", "this call already has a SIP dialog", Some(400));
+        }
+        let Some(dialer) = self.core.context().dialer.clone() else {
+            return self.error(
+                "command",
+                "dialling out is not available: SIP is disabled on this server",
+                Some(503),
+            );
+        };
+        if !self.check_media(&o.media) {
+            return;
+        }
+        let port = self.port();
+        match dialer.dial(&self.id, &o, port).await {
+            Ok(leg) => {
+                self.leg = Some(leg);
+                self.phase = Phase::Dialing;
+                self.set_media(o.media, o.caller, o.callee);
+            }
+            Err(e) => self.error(e.sender, e.message, e.code),
+        }
+    }
+
+    fn start_media(&mut self, sdp: Option<String>, codec: &str) {
+        let cfg = InboundConfig {
+            segmenter: self.settings.segmenter.clone(),
+            asr: self.media.asr && self.speech.asr.is_some(),
+            partial_interval_ms: self.settings.partial_interval_ms,
+            vad_gate_dbfs: self.settings.vad_gate_dbfs,
+            ..InboundConfig::default()
+        };
+        let pipeline = InboundPipeline::new(self.speech.vad.detector(), cfg);
+        self.offload_vad = pipeline.vad_is_blocking();
+        self.pipeline = Some(pipeline);
+        self.phase = Phase::Answered;
+        let info = self
+            .leg
+            .as_ref()
+            .map(|l| l.info().clone())
+            .unwrap_or_default();
+        let caller = self
+            .caller
+            .clone()
+            .or_else(|| Some(info.caller).filter(|c| !c.is_empty()));
+        let callee = self
+            .callee
+            .clone()
+            .or_else(|| Some(info.callee).filter(|c| !c.is_empty()));
+        self.store(StoreOp::Answered {
+            codec: codec.to_string(),
+            caller,
+            callee,
+            at: now_ms(),
+        });
+        self.emit(EventKind::Answer {
+            track_id: self.id.clone(),
+            sdp,
+        });
+    }
+
+    // ---- caller audio -------------------------------------------------------------------
+
+    fn caller_frame(&mut self, frame: AudioFrame) {
+        if self.phase != Phase::Answered || self.pipeline.is_none() {
+            return;
+        }
+        if self.media_epoch_ms.is_none() {
+            self.media_epoch_ms = Some(now_ms());
+        }
+        self.tap(AudioTrack::Caller, &frame);
+        if self.offload_vad {
+            if self.vad_pending.len() >= MAX_VAD_BACKLOG {
+                // The blocking pool is far behind: judge the oldest frame by the last probability.
+                if let Some(old) = self.vad_pending.pop_front() {
+                    let p = self.pipeline.as_ref().map_or(0.0, |p| p.last_prob());
+                    self.process_caller_frame(old, Some(p), true);
+                }
+            }
+            self.vad_pending.push_back(frame);
+            self.dispatch_vad();
+        } else {
+            self.process_caller_frame(frame, None, true);
+        }
+    }
+
+    /// Runs one frame through the pipeline (`prob` when the VAD ran elsewhere).
+    fn process_caller_frame(&mut self, frame: AudioFrame, prob: Option<f32>, live: bool) {
+        let mut events = std::mem::take(&mut self.media_events);
+        let voiced = {
+            let Some(p) = self.pipeline.as_mut() else {
+                return;
+            };
+            match prob {
+                Some(prob) => p.process_frame_with_prob(frame, prob, &mut events),
+                None => p.process_frame(frame, &mut events),
+            }
+            p.voiced_run_ms()
+        };
+        for e in events.drain(..) {
+            self.media_event(e);
+        }
+        self.media_events = events;
+        if live {
+            self.check_barge_in(voiced);
+        }
+    }
+
+    fn check_barge_in(&mut self, voiced_ms: u64) {
+        let min = self.media.barge_in_ms.unwrap_or(self.settings.barge_in_ms) as u64;
+        if self.media.barge_in && self.player.is_playing() && voiced_ms >= min {
+            self.interrupt();
+        }
+    }
+
+    fn dispatch_vad(&mut self) {
+        if self.vad_in_flight || self.vad_pending.is_empty() {
+            return;
+        }
+        let Some(mut vad) = self.pipeline.as_mut().and_then(|p| p.take_vad()) else {
+            return;
+        };
+        let frames: Vec<AudioFrame> = self.vad_pending.drain(..).collect();
+        self.vad_in_flight = true;
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let probs = frames.iter().map(|f| vad.process(f)).collect();
+            let _ = tx.blocking_send(CallInput::Vad(VadBatch { vad, frames, probs }));
+        });
+    }
+
+    fn vad_done(&mut self, b: VadBatch, live: bool) {
+        self.vad_in_flight = false;
+        let Some(p) = self.pipeline.as_mut() else {
+            return;
+        };
+        p.restore_vad(b.vad);
+        for (frame, prob) in b.frames.into_iter().zip(b.probs) {
+            self.process_caller_frame(frame, Some(prob), live);
+        }
+        if live {
+            self.dispatch_vad();
+        }
+    }
+
+    fn media_event(&mut self, e: MediaEvent) {
+        let track_id = self.id.clone();
+        match e {
+            MediaEvent::Speaking { start_ms } => {
+                let start_time = self.epoch_ms() + start_ms as i64;
+                self.emit(EventKind::Speaking {
+                    track_id,
+                    start_time,
+                })
+            }
+            MediaEvent::Silence {
+                start_ms,
+                duration_ms,
+            } => {
+                let start_time = self.epoch_ms() + start_ms as i64;
+                self.emit(EventKind::Silence {
+                    track_id,
+                    start_time,
+                    duration: duration_ms,
+                })
+            }
+            MediaEvent::Dtmf { digit, .. } => self.emit(EventKind::Dtmf { track_id, digit }),
+            MediaEvent::UtterancePartial {
+                index,
+                start_ms,
+                end_ms,
+                samples,
+            } => {
+                // Only the newest partial matters: replace a waiting one.
+                self.asr_queue.retain(|j| !j.partial);
+                self.asr_queue.push_back(AsrJob {
+                    index,
+                    partial: true,
+                    start_ms,
+                    end_ms,
+                    samples,
+                    queued_at: Instant::now(),
+                });
+                self.pump_asr();
+            }
+            MediaEvent::UtteranceFinal {
+                index,
+                start_ms,
+                end_ms,
+                samples,
+            } => {
+                self.asr_queue.retain(|j| !(j.partial && j.index == index));
+                if self.asr_queue.len() >= PENDING_ASR {
+                    return self.error(
+                        "asr",
+                        format!(
+                            "speech recognition is behind; utterance {index} was not transcribed"
+                        ),
+                        Some(503),
+                    );
+                }
+                self.asr_queue.push_back(AsrJob {
+                    index,
+                    partial: false,
+                    start_ms,
+                    end_ms,
+                    samples,
+                    queued_at: Instant::now(),
+                });
+                self.pump_asr();
+            }
+        }
+    }
+
+    // ---- speech recognition -------------------------------------------------------------
+
+    fn asr_context(&self) -> Option<AsrContext> {
+        Some(AsrContext {
+            asr: self.speech.asr.clone()?,
+            slots: self.speech.asr_slots.clone(),
+            store: self.core.context().store.clone(),
+            call_id: self.id.clone(),
+            epoch_ms: self.epoch_ms(),
+        })
+    }
+
+    fn pump_asr(&mut self) {
+        if self.asr_busy {
+            return;
+        }
+        let Some(ctx) = self.asr_context() else {
+            self.asr_queue.clear();
+            return;
+        };
+        let (job, permit) = loop {
+            let Some(job) = self.asr_queue.pop_front() else {
+                return;
+            };
+            if !job.partial {
+                break (job, None);
+            }
+            // A partial result is worth computing only with an idle model.
+            if let Ok(p) = ctx.slots.clone().try_acquire_owned() {
+                break (job, Some(p));
+            }
+        };
+        self.asr_busy = true;
+        let tx = self.tx.clone();
+        self.core.spawn(async move {
+            let outcome = transcribe(job, permit, &ctx).await;
+            let _ = tx.send(CallInput::Asr(outcome)).await;
+        });
+    }
+
+    fn asr_done(&mut self, o: AsrOutcome) {
+        self.asr_busy = false;
+        let name = self
+            .speech
+            .asr
+            .as_ref()
+            .map(|a| a.name().to_string())
+            .unwrap_or_default();
+        let track_id = self.id.clone();
+        let epoch = self.epoch_ms();
+        let (start_time, end_time) = (epoch + o.start_ms as i64, epoch + o.end_ms as i64);
+        match o.result {
+            Err(e) => self.error("asr", e, Some(500)),
+            Ok(text) if text.is_empty() => {}
+            Ok(text) if o.partial => self.emit(EventKind::AsrDelta {
+                track_id,
+                index: o.index,
+                start_time,
+                end_time,
+                text,
+            }),
+            Ok(text) => {
+                let latency = o.queued_at.elapsed().as_millis() as u64;
+                let data = serde_json::json!({ "index": o.index, "computeMs": o.compute_ms });
+                self.emit(EventKind::Metrics {
+                    key: format!("ttfb.asr.{name}"),
+                    duration: latency,
+                    data,
+                });
+                self.emit(EventKind::AsrFinal {
+                    track_id,
+                    index: o.index,
+                    start_time,
+                    end_time,
+                    text,
+                });
+            }
+        }
+        if self.phase != Phase::Ended {
+            self.pump_asr();
+        }
+    }
+
+    // ---- bot audio ----------------------------------------------------------------------
+
+    async fn on_tick(&mut self) -> Flow {
+        let mut events = std::mem::take(&mut self.player_events);
+        let frame = self.player.next_frame(&mut events);
+        let mut hangup = false;
+        for e in events.drain(..) {
+            match e {
+                PlayerEvent::TrackStart { track_id, play_id } => {
+                    self.emit(EventKind::TrackStart { track_id, play_id })
+                }
+                PlayerEvent::TrackEnd {
+                    track_id,
+                    play_id,
+                    duration_ms,
+                    auto_hangup,
+                } => {
+                    self.emit(EventKind::TrackEnd {
+                        track_id,
+                        play_id,
+                        duration: duration_ms,
+                    });
+                    hangup |= auto_hangup;
+                }
+                PlayerEvent::Mark { name } => self.reach_mark(name),
+            }
+        }
+        self.player_events = events;
+        if let Some(frame) = frame {
+            self.tap(AudioTrack::Bot, &frame);
+            let sent = self.leg.as_mut().is_some_and(|l| l.send_audio(&frame));
+            if !sent {
+                self.audio_dropped += 1;
+            }
+        }
+        if hangup {
+            return self.auto_hangup().await;
+        }
+        Flow::Continue
+    }
+
+    fn leg_reports_playout(&self) -> bool {
+        self.leg
+            .as_ref()
+            .is_some_and(|l| l.info().caps.playout_marks)
+    }
+
+    /// A track with `autoHangup` was sent: hang up now, or once the far end has played it.
+    async fn auto_hangup(&mut self) -> Flow {
+        if self.leg_reports_playout() {
+            self.hangup_marks += 1;
+            let name = format!("voxgate-hangup-{}", self.hangup_marks);
+            if let Some(leg) = self.leg.as_mut() {
+                let backlog = Duration::from_millis(leg.playout_backlog_ms());
+                if leg.command(LegCommand::Mark(name.clone())) != LegReply::Done {
+                    return self.end("autohangup", "system").await;
+                }
+                self.autohangup = Some((name, Instant::now() + backlog + PLAYOUT_GRACE));
+                return Flow::Continue;
+            }
+        }
+        self.end("autohangup", "system").await
+    }
+
+    fn reach_mark(&mut self, name: String) {
+        if self.leg_reports_playout() {
+            if let Some(leg) = self.leg.as_mut() {
+                if leg.command(LegCommand::Mark(name.clone())) == LegReply::Done {
+                    self.marks_at_leg.insert(name);
+                    return;
+                }
+            }
+        }
+        self.emit(EventKind::Mark { name });
+    }
+
+    fn mark(&mut self, name: String) {
+        if self.phase != Phase::Answered {
+            return self.error("command", "`mark` before the call is answered", Some(400));
+        }
+        if self.player.is_active() {
+            self.player.mark(&name);
+        } else {
+            self.reach_mark(name);
+        }
+    }
+
+    /// Stops bot audio now: drops queued audio and pending synthesis, reports the position the
+    /// caller heard, and tells the leg to drop what the far end buffered.
+    fn interrupt(&mut self) {
+        for (_, p) in self.producers.drain() {
+            p.task.abort();
+        }
+        let cleared = self.player.clear();
+        if let Some(i) = cleared.interrupted {
+            let backlog = self.leg.as_ref().map_or(0, |l| l.playout_backlog_ms());
+            let position = i.position_ms.saturating_sub(backlog);
+            self.emit(EventKind::Interruption {
+                track_id: i.track_id.clone(),
+                play_id: i.play_id.clone(),
+                position,
+            });
+            self.emit(EventKind::TrackEnd {
+                track_id: i.track_id,
+                play_id: i.play_id,
+                duration: position,
+            });
+            if let Some(leg) = self.leg.as_mut() {
+                leg.command(LegCommand::Clear);
+            }
+        }
+        // Marks that will never be played out are reported (as Twilio does after `clear`).
+        for name in cleared.marks {
+            self.emit(EventKind::Mark { name });
+        }
+    }
+
+    /// Opens a track for `play_id` (interrupting other audio) and returns its id.
+    fn open_track(&mut self, play_id: Option<&str>, auto_hangup: bool) -> String {
+        if self.player.is_active() {
+            self.interrupt();
+        }
+        let track_id = play_id
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.player.open_track(&track_id, play_id, auto_hangup);
+        track_id
+    }
+
+    fn send_dtmf(&mut self, keys: String) {
+        if self.phase != Phase::Answered {
+            return self.error("dtmf", "`dtmf` before the call is answered", Some(400));
+        }
+        if let Some(leg) = self.leg.as_mut().filter(|l| l.info().caps.rfc4733) {
+            if let LegReply::Refused {
+                sender,
+                code,
+                message,
+            } = leg.command(LegCommand::SendDtmf(keys))
+            {
+                self.error(sender, message, Some(code));
+            }
+            return;
+        }
+        // In-band: 100 ms of each key's two tones (ITU-T Q.23), 100 ms apart, as a bot track.
+        let track_id = self.open_track(None, false);
+        self.player.push_audio(&track_id, &dtmf_tones(&keys));
+        self.player.finish_track(&track_id, false);
+    }
+
+    fn transfer(&mut self, target: String) {
+        let answered = self.phase == Phase::Answered;
+        match self.leg.as_mut() {
+            Some(leg) if answered && leg.info().caps.transfer => {
+                if let LegReply::Refused {
+                    sender,
+                    code,
+                    message,
+                } = leg.command(LegCommand::Transfer(target))
+                {
+                    self.error(sender, message, Some(code));
+                }
+            }
+            _ => self.error(
+                "command",
+                "`refer` needs an answered call on a leg that can transfer (SIP)",
+                Some(400),
+            ),
+        }
+    }
+
+    fn tts(&mut self, t: TtsRequest) {
+        if self.phase != Phase::Answered {
+            return self.error(
+                "tts",
+                "`tts` before the call is answered: send `invite` or `accept` first",
+                Some(400),
+            );
+        }
+        let provider = t.provider.clone().or(self.media.tts_provider.clone());
+        let synth = match self.speech.synthesizer(provider.as_deref()) {
+            Ok(s) => s,
+            Err(e) => return self.error("tts", e, Some(400)),
+        };
+        let speaker = t.speaker.clone().or(self.media.tts_speaker.clone());
+        // Same playId as a track still being produced: append to it (no interruption).
+        let existing = t
+            .play_id
+            .as_deref()
+            .and_then(|p| self.player.track_for_play_id(p))
+            .map(str::to_string)
+            .filter(|id| self.producers.contains_key(id));
+        let track_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.open_track(t.play_id.as_deref(), false);
+                let (tx, rx) = mpsc::channel(PENDING_SENTENCES);
+                let task =
+                    tokio::spawn(produce_tts(rx, synth, speaker, id.clone(), self.tx.clone()));
+                self.producers.insert(
+                    id.clone(),
+                    Producer {
+                        tx: Some(tx),
+                        splitter: SentenceSplitter::new(MAX_PENDING_CHARS),
+                        task,
+                        auto_hangup: false,
+                        requested_at: Instant::now(),
+                        first_audio: false,
+                    },
+                );
+                id
+            }
+        };
+        let Some(p) = self.producers.get_mut(&track_id) else {
+            return;
+        };
+        p.auto_hangup |= t.auto_hangup;
+        let complete = !t.streaming || t.end_of_stream;
+        let sentences = p.splitter.push(&t.text, complete);
+        let mut overflow = false;
+        if let Some(tx) = &p.tx {
+            for s in sentences {
+                if tx.try_send(s).is_err() {
+                    overflow = true;
+                }
+            }
+        }
+        if complete {
+            p.tx = None;
+        }
+        if overflow {
+            self.error(
+                "tts",
+                format!(
+                    "more than {PENDING_SENTENCES} sentences waiting for synthesis; text was dropped"
+                ),
+                Some(429),
+            );
+        }
+    }
+
+    fn play(&mut self, p: PlayRequest) {
+        if self.phase != Phase::Answered {
+            return self.error(
+                "play",
+                "`play` before the call is answered: send `invite` or `accept` first",
+                Some(400),
+            );
+        }
+        let track_id = self.open_track(p.play_id.as_deref(), p.auto_hangup);
+        let tx = self.tx.clone();
+        let loader = self.core.context().loader.clone();
+        let id = track_id.clone();
+        let url = p.url.clone();
+        let task = tokio::spawn(async move {
+            let input = match loader.load(&url).await {
+                Ok(samples) => {
+                    let _ = tx
+                        .send(CallInput::Track(TrackInput::Audio {
+                            track_id: id.clone(),
+                            samples,
+                            engine: "play".into(),
+                        }))
+                        .await;
+                    TrackInput::Done { track_id: id }
+                }
+                Err(error) => TrackInput::Error {
+                    track_id: id,
+                    sender: "play",
+                    error,
+                    fatal: true,
+                },
+            };
+            let _ = tx.send(CallInput::Track(input)).await;
+        });
+        self.producers.insert(
+            track_id,
+            Producer {
+                tx: None,
+                splitter: SentenceSplitter::default(),
+                task,
+                auto_hangup: p.auto_hangup,
+                requested_at: Instant::now(),
+                first_audio: false,
+            },
+        );
+    }
+
+    fn track_input(&mut self, t: TrackInput) {
+        match t {
+            TrackInput::Audio {
+                track_id,
+                samples,
+                engine,
+            } => {
+                let mut metric = None;
+                if let Some(p) = self.producers.get_mut(&track_id) {
+                    if !p.first_audio {
+                        p.first_audio = true;
+                        metric = Some(p.requested_at.elapsed().as_millis() as u64);
+                    }
+                }
+                if let Some(ms) = metric {
+                    let data = serde_json::json!({ "trackId": track_id });
+                    self.emit(EventKind::Metrics {
+                        key: format!("ttfb.tts.{engine}"),
+                        duration: ms,
+                        data,
+                    });
+                }
+                self.player.push_audio(&track_id, &samples);
+            }
+            TrackInput::Error {
+                track_id,
+                sender,
+                error,
+                fatal,
+            } => {
+                if fatal {
+                    self.player.remove_track(&track_id);
+                    if let Some(p) = self.producers.remove(&track_id) {
+                        p.task.abort();
+                    }
+                }
+                self.emit(EventKind::Error {
+                    track_id,
+                    sender: sender.into(),
+                    error,
+                    code: None,
+                });
+            }
+            TrackInput::Done { track_id } => {
+                if let Some(p) = self.producers.remove(&track_id) {
+                    self.player.finish_track(&track_id, p.auto_hangup);
+                }
+            }
+        }
+    }
+
+    // ---- the end ------------------------------------------------------------------------
+
+    /// Takes the next input before `deadline` during the end of the call; pending legs that
+    /// arrive now are refused, commands and audio are ignored.
+    async fn next_input(&mut self, deadline: Instant) -> Option<CallInput> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(CallInput::Attach(p))) => p.refuse("busy"),
+                Ok(Some(m @ (CallInput::Asr(_) | CallInput::Vad(_)))) => return Some(m),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Ends the call: closes the leg, finishes transcripts (up to the drain time; later ones are
+    /// stored in the background), reports `hangup`, records the end.
+    async fn end(&mut self, reason: &str, initiator: &str) -> Flow {
+        if self.phase == Phase::Ended {
+            return Flow::Stop;
+        }
+        self.phase = Phase::Ended;
+        self.autohangup = None;
+        for (_, p) in self.producers.drain() {
+            p.task.abort();
+        }
+        self.player.clear();
+        if let Some(leg) = self.leg.take() {
+            match tokio::time::timeout(self.settings.leg_close, leg.close(reason)).await {
+                Ok(Some(report)) => {
+                    self.store(StoreOp::Quality(report.data.clone()));
+                    self.emit(EventKind::Metrics {
+                        key: report.key,
+                        duration: 0,
+                        data: report.data,
+                    });
+                }
+                Ok(None) => {}
+                Err(_) => tracing::warn!(call = %self.id, "the leg did not close in time"),
+            }
+        }
+        let deadline = Instant::now() + self.settings.drain;
+        // Caller audio still with the VAD, then the utterance in progress.
+        while self.vad_in_flight {
+            match self.next_input(deadline).await {
+                Some(CallInput::Vad(b)) => self.vad_done(b, false),
+                Some(CallInput::Asr(o)) => self.asr_done(o),
+                _ => break,
+            }
+        }
+        let vad = self.pipeline.as_mut().and_then(|p| p.take_vad());
+        while let Some(f) = self.vad_pending.pop_front() {
+            let prob = self.pipeline.as_ref().map_or(0.0, |p| p.last_prob());
+            self.process_caller_frame(f, Some(prob), false);
+        }
+        let mut ev = Vec::new();
+        if let Some(p) = self.pipeline.as_mut() {
+            p.finish(&mut ev);
+            if let Some(v) = vad {
+                p.restore_vad(v);
+            }
+        }
+        for e in ev {
+            self.media_event(e);
+        }
+        self.asr_queue.retain(|j| !j.partial);
+        self.pump_asr();
+        while self.asr_busy || !self.asr_queue.is_empty() {
+            match self.next_input(deadline).await {
+                Some(CallInput::Asr(o)) => {
+                    self.asr_done(o);
+                    self.pump_asr();
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        if !self.asr_queue.is_empty() {
+            // The drain time is over: the remaining utterances are still transcribed and
+            // stored, after `hangup`.
+            let jobs: Vec<AsrJob> = self.asr_queue.drain(..).collect();
+            tracing::warn!(call = %self.id, utterances = jobs.len(), "hang-up before every transcript was ready; finishing them in the background");
+            if let Some(ctx) = self.asr_context() {
+                self.core.spawn(async move {
+                    for job in jobs {
+                        let _ = transcribe(job, None, &ctx).await;
+                    }
+                });
+            }
+        }
+        if self.audio_dropped > 0 {
+            let data = serde_json::json!({ "frames": self.audio_dropped });
+            self.emit(EventKind::Metrics {
+                key: "audio_dropped".into(),
+                duration: 0,
+                data,
+            });
+        }
+        self.store(StoreOp::Ended {
+            at: now_ms(),
+            reason: reason.to_string(),
+            initiator: initiator.to_string(),
+        });
+        let (ftx, frx) = oneshot::channel();
+        self.store(StoreOp::Flush(ftx));
+        if tokio::time::timeout(STORE_FLUSH, frx).await.is_err() {
+            tracing::warn!(call = %self.id, "the store is slow: `hangup` goes out before the end is written");
+        }
+        self.emit(EventKind::Hangup {
+            reason: reason.into(),
+            initiator: initiator.into(),
+        });
+        tracing::info!(call = %self.id, reason, initiator, "call ended");
+        for mut s in self.subscribers.drain(..) {
+            s.closed(Unsubscribed::CallEnded);
+        }
+        Flow::Stop
+    }
+}
+
+/// Transcribes one utterance (waiting for a model instance unless `permit` is given) and stores
+/// a final transcript before reporting it.
+async fn transcribe(
+    job: AsrJob,
+    permit: Option<OwnedSemaphorePermit>,
+    ctx: &AsrContext,
+) -> AsrOutcome {
+    let AsrJob {
+        index,
+        partial,
+        start_ms,
+        end_ms,
+        samples,
+        queued_at,
+    } = job;
+    let _permit = match permit {
+        Some(p) => Some(p),
+        None => ctx.slots.clone().acquire_owned().await.ok(),
+    };
+    let asr = ctx.asr.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        (asr.transcribe(&samples), t.elapsed().as_millis() as u64)
+    })
+    .await;
+    let (result, compute_ms) = match r {
+        Ok((r, ms)) => (r.map_err(|e| e.to_string()), ms),
+        Err(e) => (Err(format!("asr task failed: {e}")), 0),
+    };
+    if let (false, Ok(text)) = (partial, &result) {
+        if !text.is_empty() {
+            let rec = TranscriptRecord {
+                call_id: ctx.call_id.clone(),
+                index: index as i64,
+                start_ms: Some(ctx.epoch_ms + start_ms as i64),
+                end_ms: Some(ctx.epoch_ms + end_ms as i64),
+                text: text.clone(),
+                created_at: now_ms(),
+            };
+            if let Err(e) = ctx.store.transcript_added(&rec).await {
+                tracing::error!(call = %ctx.call_id, "{e}");
+            }
+        }
+    }
+    AsrOutcome {
+        index,
+        partial,
+        start_ms,
+        end_ms,
+        queued_at,
+        compute_ms,
+        result,
+    }
+}
+
+/// Applies one call's store writes in order.
+async fn write_loop(id: String, store: Arc<dyn CallStore>, mut rx: mpsc::Receiver<StoreOp>) {
+    while let Some(op) = rx.recv().await {
+        let r = match op {
+            StoreOp::Answered {
+                codec,
+                caller,
+                callee,
+                at,
+            } => {
+                store
+                    .call_answered(&id, &codec, caller.as_deref(), callee.as_deref(), at)
+                    .await
+            }
+            StoreOp::Quality(q) => store.call_quality(&id, &q).await,
+            StoreOp::Ended {
+                at,
+                reason,
+                initiator,
+            } => store.call_ended(&id, at, &reason, &initiator).await,
+            StoreOp::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(call = %id, "{e}");
+        }
+    }
+}
+
+/// DTMF keys as 16 kHz audio: each key 100 ms of its row and column tones at −10 dBFS each,
+/// then 100 ms of silence.
+fn dtmf_tones(keys: &str) -> Vec<i16> {
+    const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
+    const COLS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+    const KEYPAD: [&str; 4] = ["123A", "456B", "789C", "*0#D"];
+    let mut out = Vec::new();
+    for k in keys.chars() {
+        let Some((r, c)) = KEYPAD
+            .iter()
+            .enumerate()
+            .find_map(|(r, row)| row.find(k).map(|c| (r, c)))
+        else {
+            continue;
+        };
+        let amp = 32767.0 * 10f32.powf(-10.0 / 20.0);
+        out.extend((0..1600).map(|i| {
+            let t = i as f32 / 16000.0;
+            (amp * ((2.0 * std::f32::consts::PI * ROWS[r] * t).sin()
+                + (2.0 * std::f32::consts::PI * COLS[c] * t).sin())
+                / 2.0) as i16
+        }));
+        out.extend(std::iter::repeat_n(0i16, 1600));
+    }
+    out
+}
+
+/// Synthesises sentences in order for one track and hands the audio (16 kHz) to the call.
+async fn produce_tts(
+    mut rx: mpsc::Receiver<String>,
+    synth: Arc<dyn voxgate_media::speech::Synthesizer>,
+    speaker: Option<String>,
+    track_id: String,
+    tx: mpsc::Sender<CallInput>,
+) {
+    let engine = synth.name().to_string();
+    while let Some(sentence) = rx.recv().await {
+        let s = synth.clone();
+        let sp = speaker.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let f = s.synthesize(&sentence, sp.as_deref()).map_err(|e| {
+                (
+                    matches!(e, voxgate_media::speech::SpeechError::BadInput(_)),
+                    e.to_string(),
+                )
+            })?;
+            resample_clip(&f.samples, f.rate, SampleRate::HZ_16000)
+                .map_err(|e| (false, e.to_string()))
+        })
+        .await
+        .unwrap_or_else(|e| Err((false, e.to_string())));
+        let input = match r {
+            Ok(samples) => TrackInput::Audio {
+                track_id: track_id.clone(),
+                samples,
+                engine: engine.clone(),
+            },
+            Err((fatal, error)) => {
+                let e = TrackInput::Error {
+                    track_id: track_id.clone(),
+                    sender: "tts",
+                    error,
+                    fatal,
+                };
+                if fatal {
+                    let _ = tx.send(CallInput::Track(e)).await;
+                    return;
+                }
+                e
+            }
+        };
+        if tx.send(CallInput::Track(input)).await.is_err() {
+            return;
+        }
+    }
+    let _ = tx
+        .send(CallInput::Track(TrackInput::Done { track_id }))
+        .await;
+}

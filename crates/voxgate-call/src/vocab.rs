@@ -1,0 +1,239 @@
+//! The call core's vocabulary (DESIGN.md "One call core, many adapters"): what a controller asks
+//! of a call ([`CallCommand`]) and what a call reports ([`CallEvent`]). Every external API (seed
+//! 002 JSON, Twilio Media Streams, webhooks, Socket.IO, REST) is an adapter onto these types;
+//! none of their wire names live here.
+
+use serde::Serialize;
+use voxgate_media::codec::Codec;
+
+/// Milliseconds since the Unix epoch, the unit of every event `timestamp` (seed 002).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How the call core treats the caller's audio and the bot's speech once the call is answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MediaOptions {
+    /// Run speech recognition on the caller's audio (`asrDelta`, `asrFinal`). Default true.
+    pub asr: bool,
+    /// Default TTS engine for this call's `tts` commands (`piper`, `flite`); the server's when
+    /// `None`.
+    pub tts_provider: Option<String>,
+    /// Default voice for this call's `tts` commands.
+    pub tts_speaker: Option<String>,
+    /// Caller speech over bot audio interrupts it (barge-in). Default true.
+    pub barge_in: bool,
+    /// Voiced caller speech (ms of media time) that interrupts bot audio; the server's
+    /// `call.barge_in_ms` when `None`.
+    pub barge_in_ms: Option<u32>,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        MediaOptions {
+            asr: true,
+            tts_provider: None,
+            tts_speaker: None,
+            barge_in: true,
+            barge_in_ms: None,
+        }
+    }
+}
+
+/// Answer the call's leg: an inbound call that rings (SIP), or a leg that is already connected
+/// (a `/call` WebSocket, a Twilio stream). Seed 002 `invite` on `/call` and `accept` everywhere.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AnswerOptions {
+    /// Caller and callee as the application names them (stored with the call; the leg's own
+    /// values are used when absent).
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+    /// An SDP offer given by the application (kept for `/call/lists`; legs negotiate their own).
+    pub offer: Option<String>,
+    /// The codec the leg should use or prefer: a `/call` WebSocket's binary audio codec, the first
+    /// codec of a SIP answer. The core never codes audio itself; it hands this to the leg.
+    pub codec: Option<Codec>,
+    pub media: MediaOptions,
+}
+
+/// Place a call through the configured [`crate::Dialer`] (SIP): seed 002 `invite` on `/call/sip`,
+/// seed 003 `/pbx/call`, seed 001 `/outbound-call`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct DialOptions {
+    /// A `sip:` URI, or a number sent through the first trunk. Required by the SIP dialer.
+    pub callee: Option<String>,
+    /// Caller id (the From user); the trunk's `caller_id` when absent.
+    pub caller: Option<String>,
+    /// Codec to offer first.
+    pub codec: Option<Codec>,
+    pub media: MediaOptions,
+}
+
+/// A `tts` command: speak `text`, sentence by sentence as it is synthesised.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TtsRequest {
+    pub text: String,
+    pub speaker: Option<String>,
+    /// The same `play_id` as a track still being produced appends to it; another (or none)
+    /// interrupts what is playing.
+    pub play_id: Option<String>,
+    /// Hang up once the track has been played out (heard, where the leg reports playout).
+    pub auto_hangup: bool,
+    /// `text` is a piece of a stream (LLM tokens): sentences are spoken as they complete.
+    pub streaming: bool,
+    /// The stream is complete: speak what is left.
+    pub end_of_stream: bool,
+    pub provider: Option<String>,
+}
+
+/// A `play` command: `url` is `http(s)://`, `file://` or a path on the server; WAV or MP3.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PlayRequest {
+    pub url: String,
+    pub play_id: Option<String>,
+    pub auto_hangup: bool,
+}
+
+/// What a controller asks of a call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallCommand {
+    /// Answer the leg (see [`AnswerOptions`]).
+    Answer(AnswerOptions),
+    /// Place a call (see [`DialOptions`]).
+    Dial(DialOptions),
+    Tts(TtsRequest),
+    Play(PlayRequest),
+    /// End the call. `reason` and `initiator` appear in the `hangup` event (defaults `hangup`,
+    /// `user`); an unanswered inbound SIP call is refused with the matching status (README).
+    Hangup {
+        reason: Option<String>,
+        initiator: Option<String>,
+    },
+    /// Stop bot audio at once (`interruption`, `trackEnd`).
+    Interrupt,
+    Pause,
+    Resume,
+    /// Send DTMF keys (`0-9 * # A-D`): RFC 4733 events where the leg supports them, in-band
+    /// tones (100 ms per key) otherwise.
+    SendDtmf(String),
+    /// Blind transfer (SIP REFER) to a `sip:` URI or a number.
+    Transfer(String),
+    /// A marker after the bot audio queued so far: `mark` is reported when that audio has been
+    /// played out (Twilio `mark`, seed 003 `checkPoint`).
+    Mark(String),
+}
+
+/// What a call reports. `timestamp` is epoch ms at emission; other times are epoch ms too.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CallEvent {
+    pub timestamp: i64,
+    pub kind: EventKind,
+}
+
+impl CallEvent {
+    /// An event stamped now.
+    pub fn now(kind: EventKind) -> Self {
+        CallEvent {
+            timestamp: now_ms(),
+            kind,
+        }
+    }
+}
+
+/// The event vocabulary. `track_id` is the call id for caller-side events (speech, DTMF) and the
+/// bot track (its `playId`, or a generated id) for playback events.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum EventKind {
+    /// An inbound call rings for this call's controller; answer with [`CallCommand::Answer`].
+    Incoming {
+        track_id: String,
+        caller: String,
+        callee: String,
+        /// The SDP offer (empty for a late offer or a non-SIP leg).
+        sdp: String,
+    },
+    /// The callee is ringing (SIP 180/183); `early_media` when 183 carried SDP.
+    Ringing {
+        track_id: String,
+        early_media: bool,
+    },
+    /// The call is answered; `sdp` is the SIP answer (ours or the far end's).
+    Answer {
+        track_id: String,
+        sdp: Option<String>,
+    },
+    Hangup {
+        reason: String,
+        initiator: String,
+    },
+    /// The caller started speaking (VAD), at `start_time`.
+    Speaking {
+        track_id: String,
+        start_time: i64,
+    },
+    /// The caller stopped: silent since `start_time` for `duration` ms (endpointing).
+    Silence {
+        track_id: String,
+        start_time: i64,
+        duration: u64,
+    },
+    /// A partial transcript of the utterance in progress.
+    AsrDelta {
+        track_id: String,
+        index: u32,
+        start_time: i64,
+        end_time: i64,
+        text: String,
+    },
+    /// The final transcript of one utterance (`index` counts from 1).
+    AsrFinal {
+        track_id: String,
+        index: u32,
+        start_time: i64,
+        end_time: i64,
+        text: String,
+    },
+    Dtmf {
+        track_id: String,
+        digit: char,
+    },
+    /// The first frame of a bot track went out.
+    TrackStart {
+        track_id: String,
+        play_id: Option<String>,
+    },
+    /// The bot track finished (or was interrupted: `duration` = position), ms.
+    TrackEnd {
+        track_id: String,
+        play_id: Option<String>,
+        duration: u64,
+    },
+    /// Bot audio stopped by `interrupt`, a new track, or barge-in; `position` is the ms of the
+    /// track the caller heard.
+    Interruption {
+        track_id: String,
+        play_id: Option<String>,
+        position: u64,
+    },
+    /// Playout reached a [`CallCommand::Mark`].
+    Mark {
+        name: String,
+    },
+    /// Bad input or a failed engine; the call goes on. `sender`: `command`, `media`, `asr`,
+    /// `tts`, `play`, `dtmf`, `sip`, ...
+    Error {
+        track_id: String,
+        sender: String,
+        error: String,
+        code: Option<u16>,
+    },
+    /// A measurement: `ttfb.tts.<engine>`, `ttfb.asr.<engine>`, `audio_dropped`, `rtp`, ...
+    Metrics {
+        key: String,
+        duration: u64,
+        data: serde_json::Value,
+    },
+}
