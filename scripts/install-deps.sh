@@ -3,7 +3,8 @@
 #   scripts/install-deps.sh run   what `make run` needs: espeak-ng (Piper phonemes), flite (TTS),
 #                                 pocketsphinx-testdata (LibriVox recordings for "Try it")
 #   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone),
-#                                 and PJSUA2 (PJSIP's Python binding, from PyPI) in .venv-peers/
+#                                 and, from PyPI into .venv-peers/, PJSUA2 (PJSIP's Python binding) and
+#                                 streamdouble (plays Twilio's side of a Media Streams call)
 # The Rust toolchain and python3/pip (for scripts/fetch-models.sh) are expected on the machine.
 set -euo pipefail
 what="${1:-run}"
@@ -30,9 +31,9 @@ fi
 if [ "$what" = "test" ]; then
   root="$(cd "$(dirname "$0")/.." && pwd)"
   venv="$root/.venv-peers"
-  if ! "$venv/bin/python" -c 'import pjsua2' 2>/dev/null; then
-    echo "install-deps: creating $venv with pjsua2-python" >&2
-    python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q pjsua2-python >&2
+  if ! "$venv/bin/python" -c 'import pjsua2, streamdouble' 2>/dev/null; then
+    echo "install-deps: installing pjsua2-python and streamdouble into $venv" >&2
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q pjsua2-python==2.15.1.post1 streamdouble==0.3.0 >&2
   fi
 fi

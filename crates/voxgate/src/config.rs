@@ -28,6 +28,81 @@ pub struct Config {
     pub tts: TtsConfig,
     pub store: StoreConfig,
     pub sip: SipConfig,
+    /// The URL this server is reached at from outside (a reverse proxy, a tunnel), e.g.
+    /// `https://voxgate.example.com`: TwiML's `<Stream url>` and Twilio signatures use it. Default:
+    /// `http://` + `listen`.
+    pub public_url: Option<String>,
+    pub bots: BotsConfig,
+    pub twilio: TwilioConfig,
+    pub llm: LlmConfig,
+}
+
+/// Seed 004 bots: phone numbers, webhook loop, limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BotsConfig {
+    /// The phone numbers bots get, in order (E.164 or any dialable string). A SIP INVITE to a
+    /// bot's number runs that bot.
+    pub numbers: Vec<String>,
+    /// Bots one user may have (seed 004: 10).
+    pub max_per_user: u32,
+    /// Calls one bot takes per UTC day (seed 004: 100); the next caller hears `refusal`.
+    pub calls_per_day: u32,
+    /// Webhook requests per second per bot (seed 004: 5); faster utterances are merged.
+    pub webhook_rate_per_sec: u32,
+    /// The webhook's time to answer a turn, ms (seed 004: 3 s), retries included.
+    pub webhook_timeout_ms: u64,
+    /// What the bot says when the webhook fails (timeout, non-2xx, no `say`).
+    pub apology: String,
+    /// What a caller over the daily limit hears before the call ends.
+    pub refusal: String,
+}
+
+/// Twilio (seed 004's `/voice` and `/stream/{bot_id}`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwilioConfig {
+    /// The account's auth token: when set, `POST /voice` requires a valid `X-Twilio-Signature`
+    /// (HMAC-SHA1, Twilio's documented scheme) and answers 403 otherwise.
+    pub auth_token: Option<String>,
+}
+
+/// An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp's server, Ollama) for
+/// the bots' `llm_suggestion`. Without `base_url` the suggestion is `null`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8081/v1`.
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub model: String,
+    /// Time the suggestion may take, ms (it is asked before each webhook request).
+    pub timeout_ms: u64,
+}
+
+impl Default for BotsConfig {
+    fn default() -> Self {
+        BotsConfig {
+            numbers: Vec::new(),
+            max_per_user: 10,
+            calls_per_day: 100,
+            webhook_rate_per_sec: 5,
+            webhook_timeout_ms: 3000,
+            apology: "Sorry, I could not get an answer just now. Could you say that again?".into(),
+            refusal: "Sorry, this line has reached its limit of calls for today. Please call again tomorrow. Goodbye.".into(),
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            base_url: None,
+            api_key: None,
+            model: "gpt-4o-mini".into(),
+            timeout_ms: 1500,
+        }
+    }
 }
 
 /// The SIP user agent (RFC 3261) and its RTP media (`/call/sip`, seed 002).
@@ -198,6 +273,10 @@ impl Default for Config {
             tts: TtsConfig::default(),
             store: StoreConfig::default(),
             sip: SipConfig::default(),
+            public_url: None,
+            bots: BotsConfig::default(),
+            twilio: TwilioConfig::default(),
+            llm: LlmConfig::default(),
         }
     }
 }
@@ -381,10 +460,49 @@ impl Config {
             }
         }
         self.validate_sip(&mut errs);
+        self.validate_bots(&mut errs);
         if errs.is_empty() {
             Ok(())
         } else {
             Err(errs.join("\n"))
+        }
+    }
+
+    fn validate_bots(&self, errs: &mut Vec<String>) {
+        if let Some(u) = &self.public_url {
+            match url::Url::parse(u) {
+                Ok(p) if ["http", "https"].contains(&p.scheme()) => {}
+                _ => errs.push(format!("public_url: `{u}` is not an http(s) URL")),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, n) in self.bots.numbers.iter().enumerate() {
+            if n.trim().is_empty() || n.len() > 64 {
+                errs.push(format!("bots.numbers[{i}]: `{n}` is not a number"));
+            }
+            if !seen.insert(n) {
+                errs.push(format!("bots.numbers[{i}]: `{n}` is listed twice"));
+            }
+        }
+        if self.bots.webhook_rate_per_sec == 0 || self.bots.webhook_timeout_ms < 100 {
+            errs.push("bots.webhook_rate_per_sec must be at least 1 and bots.webhook_timeout_ms at least 100".into());
+        }
+        if let Some(u) = &self.llm.base_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                errs.push(format!("llm.base_url: `{u}` is not an http(s) URL"));
+            }
+        }
+    }
+
+    /// The URL this server is reached at (`public_url`, or `http://` + `listen`), without a
+    /// trailing slash.
+    pub fn public_url(&self, bound: Option<std::net::SocketAddr>) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}",
+                bound.map_or(self.listen.clone(), |a| a.to_string())
+            ),
         }
     }
 
@@ -482,6 +600,12 @@ impl Config {
                 s.credential = Some("<redacted>".into());
             }
         }
+        if c.twilio.auth_token.is_some() {
+            c.twilio.auth_token = Some("<redacted>".into());
+        }
+        if c.llm.api_key.is_some() {
+            c.llm.api_key = Some("<redacted>".into());
+        }
         for t in &mut c.sip.trunks {
             if t.password.is_some() {
                 t.password = Some("<redacted>".into());
@@ -532,6 +656,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail returns its own error type
     fn layers_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("v.toml");

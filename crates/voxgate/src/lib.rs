@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod audio_file;
+pub mod bots;
 pub mod cli;
 pub mod config;
 pub mod engines;

@@ -90,16 +90,23 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         loader: Arc::new(crate::audio_file::Loader { http: http.clone() }),
         settings,
     });
-    let state = AppState {
-        config: Arc::new(cfg.clone()),
-        core: core.clone(),
-        store,
-        sip: sip.clone(),
-    };
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let config = Arc::new(cfg.clone());
+    let bots = crate::bots::BotService::new(store.clone(), core.clone(), config.clone(), http);
+    if let Some(s) = &sip {
+        s.set_router(Arc::new(crate::bots::BotRouter(bots.clone())));
+    }
+    let state = AppState {
+        public_url: cfg.public_url(Some(addr)),
+        config,
+        core: core.clone(),
+        store,
+        sip: sip.clone(),
+        bots,
+    };
     println!("voxgate listening on http://{addr}");
     tracing::info!("listening on http://{addr}");
     let drain = Duration::from_secs(cfg.call.drain_secs);

@@ -27,8 +27,10 @@ fn digits(c: &Client) -> String {
 async fn a_long_binary_message_is_not_truncated() {
     let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
     let mut c = Client::connect(&server.ws_url("?dump=false")).await;
-    c.send(json!({ "command": "invite", "option": { "codec": "pcmu", "asr": { "enabled": false } } }))
-        .await;
+    c.send(
+        json!({ "command": "invite", "option": { "codec": "pcmu", "asr": { "enabled": false } } }),
+    )
+    .await;
     c.wait_event("answer", SECS(10)).await;
     let frames = encode_frames(&dtmf_audio("123456"), SampleRate::HZ_16000, Codec::Pcmu);
     let one_message: Vec<u8> = frames.concat();
@@ -40,7 +42,11 @@ async fn a_long_binary_message_is_not_truncated() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(digits(&c), "123456");
-    assert!(c.events_named("error").is_empty(), "{:?}", c.events_named("error"));
+    assert!(
+        c.events_named("error").is_empty(),
+        "{:?}",
+        c.events_named("error")
+    );
 }
 
 /// `interrupt` on a paused track leaves the player playing: the next track is heard (it used to
@@ -49,8 +55,10 @@ async fn a_long_binary_message_is_not_truncated() {
 async fn interrupt_after_pause_lets_the_next_track_play() {
     let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
     let mut c = Client::connect(&server.ws_url("?dump=false")).await;
-    c.send(json!({ "command": "invite", "option": { "codec": "pcm", "asr": { "enabled": false } } }))
-        .await;
+    c.send(
+        json!({ "command": "invite", "option": { "codec": "pcm", "asr": { "enabled": false } } }),
+    )
+    .await;
     c.wait_event("answer", SECS(10)).await;
     c.send(json!({ "command": "tts", "text": "This is a long sentence that will be paused and then interrupted.", "playId": "one", "option": { "provider": "flite" } }))
         .await;
@@ -85,10 +93,12 @@ async fn a_used_call_id_is_refused_and_its_record_kept() {
         .await;
     c.wait_event("answer", SECS(10)).await;
     let (s, rate) = read_wav(&librivox()[2].0);
-    c.stream_realtime(&encode_frames(&s, rate, Codec::Pcmu)).await;
+    c.stream_realtime(&encode_frames(&s, rate, Codec::Pcmu))
+        .await;
     c.stream_realtime(&silence_frames(1000, Codec::Pcmu)).await;
     c.wait_event("asrFinal", SECS(30)).await;
-    c.send(json!({ "command": "hangup", "reason": "first-done" })).await;
+    c.send(json!({ "command": "hangup", "reason": "first-done" }))
+        .await;
     c.wait_event("hangup", SECS(20)).await;
     c.wait_closed(SECS(5)).await;
 
@@ -129,8 +139,10 @@ async fn the_message_limit_follows_max_binary_bytes() {
         ("VOXGATE_CALL__MAX_BINARY_BYTES", "2000"),
     ]);
     let mut c = Client::connect(&server.ws_url("?id=limits&dump=false")).await;
-    c.send(json!({ "command": "invite", "option": { "codec": "pcmu", "asr": { "enabled": false } } }))
-        .await;
+    c.send(
+        json!({ "command": "invite", "option": { "codec": "pcmu", "asr": { "enabled": false } } }),
+    )
+    .await;
     c.wait_event("answer", SECS(10)).await;
     c.send_binary(vec![0xff; 3000]).await;
     let e = c.wait_event("error", SECS(5)).await;

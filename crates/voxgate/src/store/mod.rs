@@ -15,3 +15,86 @@ pub trait Store: CallStore {
     /// A call's transcript, in index order.
     async fn transcript(&self, id: &str) -> Result<Vec<TranscriptRecord>, StoreError>;
 }
+
+/// A seed-004 bot as stored. Times are Unix epoch ms.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct BotRecord {
+    pub id: String,
+    /// Owner (one local user until API keys exist).
+    pub user_id: String,
+    /// The phone number it answers, from `[bots] numbers`.
+    pub number: String,
+    pub goal: String,
+    pub webhook: String,
+    pub context: Option<String>,
+    /// As requested (`elevenlabs:emma`, `piper:joe`, ...).
+    pub voice: Option<String>,
+    /// Where `action: transfer` sends the caller when the reply names no `transfer_to`.
+    pub transfer_to: Option<String>,
+    /// What the bot says when it answers (none: it waits for the caller).
+    pub greeting: Option<String>,
+    /// The HMAC-SHA256 key of `X-Voxgate-Signature`.
+    pub secret: String,
+    pub status: String,
+    pub created_at: i64,
+}
+
+/// One webhook turn of a bot's call.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct TurnRecord {
+    pub call_id: String,
+    pub index: i64,
+    pub bot_id: String,
+    /// What the caller said (utterances merged into this turn, in order).
+    pub user_text: String,
+    pub llm_suggestion: Option<String>,
+    /// The `say` the bot spoke (the apology when the webhook failed).
+    pub reply: Option<String>,
+    /// `continue`, `hangup` or `transfer`.
+    pub action: Option<String>,
+    /// Webhook latency, ms (all attempts).
+    pub webhook_ms: Option<i64>,
+    /// 408 for a timeout, the HTTP status of a non-2xx answer, 502 for an answer without `say`.
+    pub error_code: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: i64,
+}
+
+/// Why a bot could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BotCreateError {
+    #[error("this user already has {0} bots, the limit")]
+    TooMany(u32),
+    #[error("no phone number is free: add numbers to [bots] numbers")]
+    NoNumber,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Bots, their turns and usage counters.
+#[async_trait]
+pub trait BotStore: Send + Sync {
+    /// Creates `bot` with the first number of `pool` that no bot has, unless its user already has
+    /// `max_per_user` bots. Returns the bot with its number.
+    async fn bot_create(
+        &self,
+        bot: &BotRecord,
+        pool: &[String],
+        max_per_user: u32,
+    ) -> Result<BotRecord, BotCreateError>;
+    /// A user's bots, oldest first.
+    async fn bots(&self, user_id: &str) -> Result<Vec<BotRecord>, StoreError>;
+    async fn bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError>;
+    async fn bot_by_number(&self, number: &str) -> Result<Option<BotRecord>, StoreError>;
+    /// Deletes a bot (its number becomes free); `false` when there was none.
+    async fn bot_delete(&self, id: &str) -> Result<bool, StoreError>;
+    /// Records that `call_id` ran `bot_id`.
+    async fn bot_call_added(&self, call_id: &str, bot_id: &str, at: i64) -> Result<(), StoreError>;
+    async fn turn_added(&self, t: &TurnRecord) -> Result<(), StoreError>;
+    /// A call's turns, in order.
+    async fn turns(&self, call_id: &str) -> Result<Vec<TurnRecord>, StoreError>;
+    /// Adds one to a counter and returns its new value.
+    async fn usage_add(&self, scope: &str, period: &str) -> Result<i64, StoreError>;
+    /// A counter's value (0 when never counted).
+    async fn usage(&self, scope: &str, period: &str) -> Result<i64, StoreError>;
+}

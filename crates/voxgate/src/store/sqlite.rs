@@ -1,7 +1,10 @@
 //! SQLite backend (bundled SQLite through sqlx; WAL journal). Migrations are embedded from
 //! `migrations/sqlite/` and run at open.
 
-use super::{CallRecord, CallStore, Store, StoreError, TranscriptRecord};
+use super::{
+    BotCreateError, BotRecord, BotStore, CallRecord, CallStore, Store, StoreError,
+    TranscriptRecord, TurnRecord,
+};
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -50,6 +53,13 @@ impl SqliteStore {
                     Cow::Borrowed("call quality"),
                     MigrationType::Simple,
                     include_str!("../../migrations/sqlite/0002_call_quality.sql").into_sql_str(),
+                    false,
+                ),
+                Migration::new(
+                    3,
+                    Cow::Borrowed("bots"),
+                    MigrationType::Simple,
+                    include_str!("../../migrations/sqlite/0003_bots.sql").into_sql_str(),
                     false,
                 ),
             ]),
@@ -197,6 +207,199 @@ impl Store for SqliteStore {
     }
 }
 
+fn bot_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BotRecord, sqlx::Error> {
+    Ok(BotRecord {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        number: r.try_get("number")?,
+        goal: r.try_get("goal")?,
+        webhook: r.try_get("webhook")?,
+        context: r.try_get("context")?,
+        voice: r.try_get("voice")?,
+        transfer_to: r.try_get("transfer_to")?,
+        greeting: r.try_get("greeting")?,
+        secret: r.try_get("secret")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn turn_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TurnRecord, sqlx::Error> {
+    Ok(TurnRecord {
+        call_id: r.try_get("call_id")?,
+        index: r.try_get("idx")?,
+        bot_id: r.try_get("bot_id")?,
+        user_text: r.try_get("user_text")?,
+        llm_suggestion: r.try_get("llm_suggestion")?,
+        reply: r.try_get("reply")?,
+        action: r.try_get("action")?,
+        webhook_ms: r.try_get("webhook_ms")?,
+        error_code: r.try_get("error_code")?,
+        error: r.try_get("error")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+#[async_trait]
+impl BotStore for SqliteStore {
+    async fn bot_create(
+        &self,
+        bot: &BotRecord,
+        pool: &[String],
+        max_per_user: u32,
+    ) -> Result<BotRecord, BotCreateError> {
+        // Two creations may pick the same free number; the UNIQUE constraint decides and the
+        // loser tries the next one.
+        for _ in 0..8 {
+            let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM bots WHERE user_id = ?")
+                .bind(&bot.user_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+            if count >= max_per_user as i64 {
+                return Err(BotCreateError::TooMany(max_per_user));
+            }
+            let used: Vec<(String,)> = sqlx::query_as("SELECT number FROM bots")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+            let used: std::collections::HashSet<String> = used.into_iter().map(|u| u.0).collect();
+            let Some(number) = pool.iter().find(|n| !used.contains(*n)) else {
+                return Err(BotCreateError::NoNumber);
+            };
+            let mut b = bot.clone();
+            b.number = number.clone();
+            let r = sqlx::query("INSERT INTO bots (id, user_id, number, goal, webhook, context, voice, transfer_to, greeting, secret, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(&b.id)
+                .bind(&b.user_id)
+                .bind(&b.number)
+                .bind(&b.goal)
+                .bind(&b.webhook)
+                .bind(&b.context)
+                .bind(&b.voice)
+                .bind(&b.transfer_to)
+                .bind(&b.greeting)
+                .bind(&b.secret)
+                .bind(&b.status)
+                .bind(b.created_at)
+                .execute(&self.pool)
+                .await;
+            match r {
+                Ok(_) => return Ok(b),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
+                Err(e) => return Err(err(e).into()),
+            }
+        }
+        Err(BotCreateError::Store(StoreError::Backend(
+            "could not allocate a number (contention)".into(),
+        )))
+    }
+
+    async fn bots(&self, user_id: &str) -> Result<Vec<BotRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM bots WHERE user_id = ? ORDER BY created_at, id")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(bot_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn bot(&self, id: &str) -> Result<Option<BotRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM bots WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        row.as_ref().map(bot_from_row).transpose().map_err(err)
+    }
+
+    async fn bot_by_number(&self, number: &str) -> Result<Option<BotRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM bots WHERE number = ?")
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        row.as_ref().map(bot_from_row).transpose().map_err(err)
+    }
+
+    async fn bot_delete(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM bots WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn bot_call_added(&self, call_id: &str, bot_id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO bot_calls (call_id, bot_id, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(call_id)
+        .bind(bot_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn turn_added(&self, t: &TurnRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR REPLACE INTO bot_turns (call_id, idx, bot_id, user_text, llm_suggestion, reply, action, webhook_ms, error_code, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&t.call_id)
+            .bind(t.index)
+            .bind(&t.bot_id)
+            .bind(&t.user_text)
+            .bind(&t.llm_suggestion)
+            .bind(&t.reply)
+            .bind(&t.action)
+            .bind(t.webhook_ms)
+            .bind(t.error_code)
+            .bind(&t.error)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn turns(&self, call_id: &str) -> Result<Vec<TurnRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM bot_turns WHERE call_id = ? ORDER BY idx")
+            .bind(call_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(turn_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn usage_add(&self, scope: &str, period: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("INSERT INTO usage_counters (scope, period, count) VALUES (?, ?, 1) ON CONFLICT (scope, period) DO UPDATE SET count = count + 1 RETURNING count")
+            .bind(scope)
+            .bind(period)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(n)
+    }
+
+    async fn usage(&self, scope: &str, period: &str) -> Result<i64, StoreError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT count FROM usage_counters WHERE scope = ? AND period = ?")
+                .bind(scope)
+                .bind(period)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +464,82 @@ mod tests {
             .collect();
         assert_eq!(t, vec!["t1", "t2"]);
         assert!(s.call("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn bots_numbers_turns_and_counters() {
+        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let pool = vec!["+1555000001".to_string(), "+1555000002".to_string()];
+        let bot = |id: &str, user: &str| BotRecord {
+            id: id.into(),
+            user_id: user.into(),
+            goal: "g".into(),
+            webhook: "http://127.0.0.1/x".into(),
+            secret: "s".into(),
+            status: "active".into(),
+            ..Default::default()
+        };
+        let a = s.bot_create(&bot("a", "u1"), &pool, 10).await.unwrap();
+        let b = s.bot_create(&bot("b", "u2"), &pool, 10).await.unwrap();
+        assert_eq!(
+            (a.number.as_str(), b.number.as_str()),
+            ("+1555000001", "+1555000002")
+        );
+        assert!(matches!(
+            s.bot_create(&bot("c", "u1"), &pool, 10).await,
+            Err(BotCreateError::NoNumber)
+        ));
+        assert!(matches!(
+            s.bot_create(&bot("c", "u1"), &pool, 1).await,
+            Err(BotCreateError::TooMany(1))
+        ));
+        assert!(s.bot_delete("a").await.unwrap());
+        assert!(!s.bot_delete("a").await.unwrap());
+        let c = s.bot_create(&bot("c", "u1"), &pool, 10).await.unwrap();
+        assert_eq!(
+            c.number, "+1555000001",
+            "a deleted bot's number is free again"
+        );
+        assert_eq!(
+            s.bot_by_number("+1555000001").await.unwrap().unwrap().id,
+            "c"
+        );
+        assert_eq!(s.bots("u1").await.unwrap().len(), 1);
+        assert_eq!(s.usage("bot:c:calls", "2026-11-26").await.unwrap(), 0);
+        for want in 1..=3 {
+            assert_eq!(
+                s.usage_add("bot:c:calls", "2026-11-26").await.unwrap(),
+                want
+            );
+        }
+        assert_eq!(s.usage("bot:c:calls", "2026-11-27").await.unwrap(), 0);
+        s.call_created(&CallRecord {
+            id: "call-1".into(),
+            transport: "twilio".into(),
+            created_at: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        s.bot_call_added("call-1", "c", 1).await.unwrap();
+        for i in [2, 1] {
+            s.turn_added(&TurnRecord {
+                call_id: "call-1".into(),
+                index: i,
+                bot_id: "c".into(),
+                user_text: format!("u{i}"),
+                error_code: (i == 2).then_some(408),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let t = s.turns("call-1").await.unwrap();
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.user_text.as_str(), t.error_code))
+                .collect::<Vec<_>>(),
+            [("u1", None), ("u2", Some(408))]
+        );
     }
 }
