@@ -733,6 +733,90 @@ async fn a_hangup_action_ends_the_stream_with_stop() {
     );
 }
 
+/// `action: transfer` on a Twilio stream: the bot says its line, closes the stream, and Twilio's
+/// `<Redirect>` to `/voice/next` gets `<Dial>` to the target. The webhook's `llm_suggestion` comes
+/// from the configured OpenAI-compatible endpoint (a double speaking the chat-completions format).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_on_a_stream_and_an_llm_suggestion() {
+    // The chat-completions endpoint.
+    let seen_llm: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = seen_llm.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |axum::Json(req): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(req);
+                axum::Json(json!({
+                    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "Offer to connect them to a person."}}]
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = bots_server(
+        &format!("[llm]\nbase_url = \"{llm}\"\nmodel = \"test-model\"\napi_key = \"sk-test\"\n"),
+        &[],
+    );
+    let hook = hook(|_, _| {
+        HookReply::Json(json!({"say": "Let me put you through.", "action": "transfer", "transfer_to": "+15550100"}))
+    })
+    .await;
+    let bot = new_bot(&server, &hook).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, _) = clip_8k(dir.path(), 1);
+    let yaml = format!(
+        "name: transfer\nsteps:\n  - say: {}\n  - wait_for: {{event: audio, timeout: 60}}\n  - wait: 15\n",
+        clip.display()
+    );
+    let report = streamdouble(dir.path(), &yaml, &stream_url(&server, &bot), None).await;
+    assert_eq!(report["closed_by"], "agent", "{report:#}");
+    let reqs = hook.requests();
+    assert_eq!(
+        reqs[0].body["llm_suggestion"],
+        "Offer to connect them to a person."
+    );
+    let llm_req = seen_llm.lock().unwrap()[0].clone();
+    assert_eq!(llm_req["model"], "test-model");
+    assert!(llm_req["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Take restaurant reservations"));
+    let call_id = reqs[0].body["call_id"].as_str().unwrap();
+    let xml = reqwest::Client::new()
+        .post(server.http("/voice/next?bot_id=x"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("CallSid", call_id)]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(xml.contains("<Dial>+15550100</Dial>"), "{xml}");
+    let t = turns_of(&server, call_id).await;
+    assert_eq!(t[0].action.as_deref(), Some("transfer"));
+    assert_eq!(
+        t[0].llm_suggestion.as_deref(),
+        Some("Offer to connect them to a person.")
+    );
+    let store = SqliteStore::open(&server.db_url()).await.unwrap();
+    let deadline = Instant::now() + SECS(10);
+    loop {
+        let c = store.call(call_id).await.unwrap().unwrap();
+        if let Some(r) = c.hangup_reason {
+            assert_eq!(r, "transferred");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the call did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A webhook that takes 5 s: after 3 s the bot apologises, the turn is stored with error 408,
 /// and the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

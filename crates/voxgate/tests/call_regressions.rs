@@ -129,6 +129,26 @@ async fn a_used_call_id_is_refused_and_its_record_kept() {
     );
 }
 
+/// With the Silero VAD (its ONNX model now runs on the blocking pool, not on the call's task) a
+/// call still hears and transcribes real speech.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silero_vad_segments_real_speech() {
+    let server = Server::start_with(&[("VOXGATE_VAD__ENGINE", "silero")]);
+    let mut c = Client::connect(&server.ws_url("?dump=false")).await;
+    c.send(json!({ "command": "invite", "option": { "codec": "pcmu" } }))
+        .await;
+    c.wait_event("answer", SECS(10)).await;
+    let (wav, reference) = librivox()[0].clone();
+    let (s, rate) = read_wav(&wav);
+    c.stream_realtime(&encode_frames(&s, rate, Codec::Pcmu))
+        .await;
+    c.stream_realtime(&silence_frames(1200, Codec::Pcmu)).await;
+    let fin = c.wait_event("asrFinal", SECS(30)).await;
+    let w = wer(&reference, fin["text"].as_str().unwrap());
+    assert!(w <= 0.1, "{fin}");
+    assert!(!c.events_named("speaking").is_empty());
+}
+
 /// `call.max_binary_bytes` bounds what is read: over it a message gets a 413 `error` event and the
 /// call goes on; over four times it (and over 64 KiB, room for text commands) the socket is
 /// closed (1009) and the call ends. It used to read up to 16 MiB whatever the setting.
