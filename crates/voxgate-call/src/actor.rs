@@ -54,6 +54,12 @@ pub const MAX_VAD_BACKLOG: usize = 250;
 const STORE_FLUSH: Duration = Duration::from_secs(5);
 /// Extra time an auto hang-up waits for the far end to report the end of playout.
 const PLAYOUT_GRACE: Duration = Duration::from_secs(3);
+/// A leg that stops delivering audio while the caller speaks (silence suppression: no RTP during
+/// silence, a client that stops sending) is taken as silent after this long, so that the
+/// utterance ends (endpointing) instead of waiting for the next packet.
+const CALLER_IDLE: Duration = Duration::from_millis(100);
+/// Silence frames synthesised at most per idle check.
+const MAX_IDLE_FILL_FRAMES: u32 = 50;
 
 /// Audio, failures and completion of a bot track's producer (TTS or `play`).
 #[derive(Debug)]
@@ -189,6 +195,8 @@ pub(crate) struct CallActor {
     asr_queue: VecDeque<AsrJob>,
     asr_busy: bool,
     media_epoch_ms: Option<i64>,
+    /// When the leg last delivered (or we synthesised) a caller frame.
+    last_caller_frame: Instant,
     audio_dropped: u64,
     media_events: Vec<MediaEvent>,
     player_events: Vec<PlayerEvent>,
@@ -244,6 +252,7 @@ impl CallActor {
             asr_queue: VecDeque::new(),
             asr_busy: false,
             media_epoch_ms: None,
+            last_caller_frame: Instant::now(),
             audio_dropped: 0,
             media_events: Vec::new(),
             player_events: Vec::new(),
@@ -272,6 +281,7 @@ impl CallActor {
             }
             was_active = active;
             let hangup_at = self.autohangup.as_ref().map(|a| a.1);
+            let idle_at = self.caller_idle_check();
             let flow = tokio::select! {
                 biased;
                 _ = end.notify.notified() => match end.take() {
@@ -285,6 +295,10 @@ impl CallActor {
                 _ = tick.tick(), if active => self.on_tick().await,
                 _ = tokio::time::sleep_until(hangup_at.unwrap_or(far)), if hangup_at.is_some() => {
                     self.end("autohangup", "system").await
+                }
+                _ = tokio::time::sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
+                    self.fill_caller_silence();
+                    Flow::Continue
                 }
             };
             if let Flow::Stop = flow {
@@ -591,10 +605,31 @@ impl CallActor {
 
     // ---- caller audio -------------------------------------------------------------------
 
+    /// When to treat a silent leg as silence: only while the caller is mid-utterance.
+    fn caller_idle_check(&self) -> Option<Instant> {
+        let speaking = self.pipeline.as_ref().is_some_and(|p| p.in_speech());
+        (self.phase == Phase::Answered && speaking).then(|| self.last_caller_frame + CALLER_IDLE)
+    }
+
+    /// The leg delivered nothing for a while mid-utterance: feed the pipeline the silence that
+    /// elapsed, in 20 ms frames at the wall clock's pace, so that endpointing can end it.
+    fn fill_caller_silence(&mut self) {
+        let gap = self.last_caller_frame.elapsed();
+        let frames = (gap.as_millis() / 20).clamp(1, MAX_IDLE_FILL_FRAMES as u128) as u32;
+        for _ in 0..frames {
+            if !self.pipeline.as_ref().is_some_and(|p| p.in_speech()) {
+                break;
+            }
+            self.caller_frame(AudioFrame::silence(SampleRate::HZ_16000, 20));
+        }
+        self.last_caller_frame = Instant::now();
+    }
+
     fn caller_frame(&mut self, frame: AudioFrame) {
         if self.phase != Phase::Answered || self.pipeline.is_none() {
             return;
         }
+        self.last_caller_frame = Instant::now();
         if self.media_epoch_ms.is_none() {
             self.media_epoch_ms = Some(now_ms());
         }

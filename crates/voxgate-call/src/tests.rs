@@ -1129,3 +1129,35 @@ async fn dtmf_and_play() {
     ));
     c.expect("hangup", S(1)).await;
 }
+
+/// A leg that stops sending while the caller is mid-utterance (silence suppression, a client
+/// that stops streaming): the call counts the gap as silence, so the utterance ends and is
+/// transcribed without waiting for more audio.
+#[tokio::test(start_paused = true)]
+async fn a_leg_that_goes_quiet_ends_the_utterance() {
+    let (core, _) = core(Setup::default());
+    let mut c = call(&core, "dtx", LegSetup::default()).await;
+    c.answer().await;
+    c.speak(&vec![loud(); 40]).await;
+    // `speak` sleeps 20 ms after the last frame.
+    let t0 = Instant::now() - MS(20);
+    let silence = c.expect("silence", S(3)).await;
+    let waited = t0.elapsed();
+    assert!(
+        (MS(600)..MS(800)).contains(&waited),
+        "endpointing took {waited:?} without audio"
+    );
+    assert!(matches!(
+        silence.kind,
+        EventKind::Silence { duration: 600, .. }
+    ));
+    let fin = c.expect("asrFinal", S(2)).await;
+    let EventKind::AsrFinal { text, .. } = fin.kind else {
+        unreachable!()
+    };
+    // The utterance: 800 ms of speech and the 200 ms kept after it.
+    assert_eq!(text, "1000 ms of speech");
+    // No speech, no timer: nothing more happens while the leg stays quiet.
+    sleep(S(5)).await;
+    assert_eq!(c.drain().iter().filter(|n| **n == "silence").count(), 1);
+}
