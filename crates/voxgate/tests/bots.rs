@@ -1076,3 +1076,50 @@ async fn sipp_dials_a_bots_number() {
     assert_eq!(call.transport, "sip");
     assert_eq!(call.callee.as_deref(), Some("+15550001"));
 }
+
+/// The README's bot flow: voxgate's own client dials the bot's number over SIP and speaks a line;
+/// the webhook hears it and the client hears the bot's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_bot_flow_with_the_cli() {
+    let server = bots_server("", &[]);
+    let hook = hook(|_, v| {
+        if v["user_text"].as_str().unwrap_or("").to_lowercase().contains("table") {
+            says("For how many people?")
+        } else {
+            says("Sorry, I didn't get that.")
+        }
+    })
+    .await;
+    let bot = new_bot(&server, &hook).await;
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args([
+            "call",
+            &server.sip_ws_url(""),
+            "--callee",
+            &format!("sip:{}@{}", bot["number"].as_str().unwrap(), server.sip_addr),
+            "--tts",
+            "Hello, I would like a table for four at seven tonight.",
+            "--wait",
+            "8",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let reqs = hook.wait_requests(1, SECS(5)).await;
+    let heard = reqs[0].body["user_text"].as_str().unwrap();
+    assert!(
+        wer("Hello, I would like a table for four at seven tonight.", heard) <= 0.25,
+        "{heard}"
+    );
+    let transcript = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("transcript: "))
+        .unwrap_or_else(|| panic!("no transcript line:\n{stdout}\n{stderr}"));
+    assert!(
+        wer("For how many people?", transcript) <= 0.25,
+        "the client heard {transcript:?}"
+    );
+}
