@@ -2,7 +2,8 @@
 //! on loopback, each sending what Twilio sends (`connected`, `start`, then one `media` message of
 //! base64 µ-law every 20 ms, real speech: LibriVox clips separated by 1.5 s pauses) and echoing
 //! the `mark`s it receives, as Twilio does. The bot answers every stream; `--tts` of them greet
-//! the caller (Piper), so bot audio flows out as `media` too. VAD on, ASR off, like the `/call`
+//! the caller (Piper), so bot audio flows out as `media` too; those callers listen (they send
+//! silence, which would otherwise barge in on the greeting). VAD on, ASR off, like the `/call`
 //! benchmark (`load`), so that the figures compare: what a Twilio stream costs over a `/call`
 //! session is the JSON and base64 on both directions and the playout marks.
 //!
@@ -55,6 +56,7 @@ struct Stats {
 async fn stream(
     i: usize,
     url: String,
+    // The caller's payloads, one per 20 ms, repeated.
     frames: Arc<Vec<String>>,
     start_at: tokio::time::Instant,
     measure_from: tokio::time::Instant,
@@ -269,6 +271,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
     )
     .await?;
     let url = |bot: &str| format!("ws://127.0.0.1:{}/stream/{bot}", a.port);
+    let silence: Arc<Vec<String>> = Arc::new(vec![
+        base64::engine::general_purpose::STANDARD
+            .encode([0xffu8; 160]);
+        1
+    ]);
     // Warm up: greetings at once as many as will greet, so that the TTS arenas are allocated.
     let stats = Arc::new(Mutex::new(Stats::default()));
     let (mi, mk) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -278,7 +285,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             tokio::spawn(stream(
                 100_000 + i,
                 url(&greeting_bot),
-                frames.clone(),
+                silence.clone(),
                 now,
                 now + Duration::from_secs(3600),
                 now + Duration::from_secs(8),
@@ -301,11 +308,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for i in 0..a.streams {
         let start_at = begin + ramp.mul_f64(i as f64 / a.streams as f64);
-        let bot = if i < a.tts { &greeting_bot } else { &quiet_bot };
+        let (bot, caller) = if i < a.tts {
+            (&greeting_bot, silence.clone())
+        } else {
+            (&quiet_bot, frames.clone())
+        };
         tasks.push(tokio::spawn(stream(
             i,
             url(bot),
-            frames.clone(),
+            caller,
             start_at,
             measure_from,
             stop_at,

@@ -1083,7 +1083,12 @@ async fn sipp_dials_a_bots_number() {
 async fn the_readme_bot_flow_with_the_cli() {
     let server = bots_server("", &[]);
     let hook = hook(|_, v| {
-        if v["user_text"].as_str().unwrap_or("").to_lowercase().contains("table") {
+        if v["user_text"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("table")
+        {
             says("For how many people?")
         } else {
             says("Sorry, I didn't get that.")
@@ -1096,7 +1101,11 @@ async fn the_readme_bot_flow_with_the_cli() {
             "call",
             &server.sip_ws_url(""),
             "--callee",
-            &format!("sip:{}@{}", bot["number"].as_str().unwrap(), server.sip_addr),
+            &format!(
+                "sip:{}@{}",
+                bot["number"].as_str().unwrap(),
+                server.sip_addr
+            ),
             "--tts",
             "Hello, I would like a table for four at seven tonight.",
             "--wait",
@@ -1111,7 +1120,10 @@ async fn the_readme_bot_flow_with_the_cli() {
     let reqs = hook.wait_requests(1, SECS(5)).await;
     let heard = reqs[0].body["user_text"].as_str().unwrap();
     assert!(
-        wer("Hello, I would like a table for four at seven tonight.", heard) <= 0.25,
+        wer(
+            "Hello, I would like a table for four at seven tonight.",
+            heard
+        ) <= 0.25,
         "{heard}"
     );
     let transcript = stderr

@@ -82,6 +82,9 @@ impl BotService {
         config: Arc<Config>,
         http: reqwest::Client,
     ) -> Arc<Self> {
+        if core.context().speech.asr.is_none() {
+            tracing::warn!("asr.engine = \"none\": bots answer calls but cannot hear callers (no webhook requests)");
+        }
         Arc::new(BotService {
             store,
             core,

@@ -247,7 +247,7 @@ impl BotController {
                 EventKind::Answer { .. } => return true,
                 EventKind::Hangup { .. } => return false,
                 EventKind::Error { sender, error, .. } => {
-                    tracing::warn!(call = self.call.id(), sender, "{error}")
+                    tracing::debug!(call = self.call.id(), sender, "{error}")
                 }
                 _ => {}
             }
