@@ -2,7 +2,9 @@
 //! pipeline (VAD, endpointing, DTMF, ASR tap) and the playout queue, and reacts to one inbox.
 //!
 //! Queue policies (every queue is bounded):
-//! - Inbox ([`crate::core::INBOX`]): commands, leg audio and events, engine results; senders wait.
+//! - Three inboxes, all bounded, whose senders wait: control ([`crate::handle::INBOX`]: commands,
+//!   subscriptions, legs offered), the leg queue ([`crate::leg::LEG_QUEUE`]: caller audio and leg
+//!   events) and work results (TTS and `play` audio, transcripts, off-task VAD).
 //!   The actor itself never waits on anything slow: subscribers take events without waiting
 //!   ([`crate::subscriber`]), legs take frames and commands without waiting ([`crate::leg`]),
 //!   speech runs on the blocking pool, and store writes go through a per-call writer task.
@@ -20,12 +22,11 @@
 //! Nothing is lost at the end: the leg is closed first (BYE goes out at once), the utterance in
 //! progress is finalised, and `hangup` goes out when every transcript is stored or the drain
 //! time ([`CallSettings::drain`]) has passed; transcripts still being computed then are finished
-//! and stored in the background ([`CallCore::tasks`]).
+//! and stored in the background ([`crate::CallCore::tasks`]).
 
-use crate::core::CallCore;
-use crate::handle::{CallInput, EndSignal, LegInput};
-use crate::leg::{Leg, LegCommand, LegEvent, LegPort, LegReply, PendingLeg};
-use crate::ports::{CallSettings, CallStore, Speech, TranscriptRecord};
+use crate::handle::{CallInput, EndSignal};
+use crate::leg::{Leg, LegCommand, LegEvent, LegInput, LegPort, LegReply, PendingLeg};
+use crate::ports::{CallContext, CallSettings, CallStore, Speech, TranscriptRecord};
 use crate::subscriber::{AudioTrack, Delivery, Subscriber, Unsubscribed};
 use crate::vocab::{
     now_ms, AnswerOptions, CallCommand, CallEvent, DialOptions, EventKind, MediaOptions,
@@ -37,6 +38,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use voxgate_media::pipeline::{InboundConfig, InboundPipeline, MediaEvent};
 use voxgate_media::player::{Player, PlayerEvent};
 use voxgate_media::resample::resample_clip;
@@ -61,9 +63,19 @@ const CALLER_IDLE: Duration = Duration::from_millis(100);
 /// Silence frames synthesised at most per idle check.
 const MAX_IDLE_FILL_FRAMES: u32 = 50;
 
+/// Capacity of a call's work queue (TTS and `play` audio, transcripts, VAD batches).
+const WORK_QUEUE: usize = 256;
+
+/// Results of the work a call started (on other tasks or the blocking pool).
+enum Work {
+    Track(TrackInput),
+    Asr(AsrOutcome),
+    Vad(VadBatch),
+}
+
 /// Audio, failures and completion of a bot track's producer (TTS or `play`).
 #[derive(Debug)]
-pub(crate) enum TrackInput {
+enum TrackInput {
     /// 16 kHz mono samples.
     Audio {
         track_id: String,
@@ -83,7 +95,7 @@ pub(crate) enum TrackInput {
 
 /// Result of one ASR job.
 #[derive(Debug)]
-pub(crate) struct AsrOutcome {
+struct AsrOutcome {
     index: u32,
     partial: bool,
     start_ms: u64,
@@ -94,7 +106,7 @@ pub(crate) struct AsrOutcome {
 }
 
 /// Frames judged by an off-task VAD, with the VAD handed back.
-pub(crate) struct VadBatch {
+struct VadBatch {
     vad: Vad,
     frames: Vec<AudioFrame>,
     probs: Vec<f32>,
@@ -172,11 +184,15 @@ pub(crate) struct CallActor {
     id: String,
     kind: &'static str,
     created_at: i64,
-    core: CallCore,
+    ctx: CallContext,
+    tasks: TaskTracker,
     speech: Arc<Speech>,
     settings: CallSettings,
     rx: mpsc::Receiver<CallInput>,
-    tx: mpsc::Sender<CallInput>,
+    leg_tx: mpsc::Sender<(u64, LegInput)>,
+    leg_rx: mpsc::Receiver<(u64, LegInput)>,
+    work_tx: mpsc::Sender<Work>,
+    work_rx: mpsc::Receiver<Work>,
     end_signal: Arc<EndSignal>,
     phase: Phase,
     leg: Option<Box<dyn Leg>>,
@@ -214,16 +230,20 @@ impl CallActor {
         id: String,
         kind: &'static str,
         created_at: i64,
-        core: CallCore,
+        ctx: CallContext,
+        tasks: TaskTracker,
         rx: mpsc::Receiver<CallInput>,
-        tx: mpsc::Sender<CallInput>,
+        legs: (
+            mpsc::Sender<(u64, LegInput)>,
+            mpsc::Receiver<(u64, LegInput)>,
+        ),
         end_signal: Arc<EndSignal>,
         leg: Option<Box<dyn Leg>>,
         subscribers: Vec<Box<dyn Subscriber>>,
     ) -> Self {
-        let ctx = core.context().clone();
         let (wtx, wrx) = mpsc::channel(64);
-        core.spawn(write_loop(id.clone(), ctx.store.clone(), wrx));
+        tasks.spawn(write_loop(id.clone(), ctx.store.clone(), wrx));
+        let (work_tx, work_rx) = mpsc::channel(WORK_QUEUE);
         let audio_taps = subscribers.iter().filter(|s| s.wants_audio()).count();
         CallActor {
             id,
@@ -231,9 +251,13 @@ impl CallActor {
             created_at,
             speech: ctx.speech.clone(),
             settings: ctx.settings.clone(),
-            core,
+            ctx,
+            tasks,
             rx,
-            tx,
+            leg_tx: legs.0,
+            leg_rx: legs.1,
+            work_tx,
+            work_rx,
             end_signal,
             phase: Phase::Idle,
             leg_seq: u64::from(leg.is_some()),
@@ -292,6 +316,11 @@ impl CallActor {
                     Some(m) => self.handle(m).await,
                     None => self.end("disconnected", "user").await,
                 },
+                Some((n, input)) = self.leg_rx.recv() => self.from_leg(n, input).await,
+                Some(w) = self.work_rx.recv() => {
+                    self.work(w);
+                    Flow::Continue
+                }
                 _ = tick.tick(), if active => self.on_tick().await,
                 _ = tokio::time::sleep_until(hangup_at.unwrap_or(far)), if hangup_at.is_some() => {
                     self.end("autohangup", "system").await
@@ -347,7 +376,7 @@ impl CallActor {
         if let Err(mpsc::error::TrySendError::Full(op)) = self.writer.try_send(op) {
             // The store is far behind; keep the order and wait in a task of its own.
             let w = self.writer.clone();
-            self.core.spawn(async move {
+            self.tasks.spawn(async move {
                 let _ = w.send(op).await;
             });
         }
@@ -367,26 +396,33 @@ impl CallActor {
                 self.audio_taps = self.subscribers.iter().filter(|s| s.wants_audio()).count();
             }
             CallInput::Attach(p) => self.attach(p),
-            CallInput::Leg(n, input) => {
-                if n != self.leg_seq || self.leg.is_none() {
-                    return Flow::Continue;
-                }
-                match input {
-                    LegInput::Audio(f) => self.caller_frame(f),
-                    LegInput::Event(e) => return self.leg_event(e).await,
-                }
-            }
-            CallInput::Track(t) => self.track_input(t),
-            CallInput::Asr(o) => self.asr_done(o),
-            CallInput::Vad(b) => self.vad_done(b, true),
         }
         Flow::Continue
+    }
+
+    async fn from_leg(&mut self, n: u64, input: LegInput) -> Flow {
+        if n != self.leg_seq || self.leg.is_none() {
+            return Flow::Continue;
+        }
+        match input {
+            LegInput::Audio(f) => self.caller_frame(f),
+            LegInput::Event(e) => return self.leg_event(e).await,
+        }
+        Flow::Continue
+    }
+
+    fn work(&mut self, w: Work) {
+        match w {
+            Work::Track(t) => self.track_input(t),
+            Work::Asr(o) => self.asr_done(o),
+            Work::Vad(b) => self.vad_done(b, true),
+        }
     }
 
     fn port(&mut self) -> LegPort {
         self.leg_seq += 1;
         LegPort {
-            tx: self.tx.clone(),
+            tx: self.leg_tx.clone(),
             leg: self.leg_seq,
         }
     }
@@ -545,7 +581,7 @@ impl CallActor {
         if self.phase != Phase::Idle || self.leg.is_some() {
             return self.error("command", "this call already has a SIP dialog", Some(400));
         }
-        let Some(dialer) = self.core.context().dialer.clone() else {
+        let Some(dialer) = self.ctx.dialer.clone() else {
             return self.error(
                 "command",
                 "dialling out is not available: SIP is disabled on this server",
@@ -687,10 +723,10 @@ impl CallActor {
         };
         let frames: Vec<AudioFrame> = self.vad_pending.drain(..).collect();
         self.vad_in_flight = true;
-        let tx = self.tx.clone();
+        let tx = self.work_tx.clone();
         tokio::task::spawn_blocking(move || {
             let probs = frames.iter().map(|f| vad.process(f)).collect();
-            let _ = tx.blocking_send(CallInput::Vad(VadBatch { vad, frames, probs }));
+            let _ = tx.blocking_send(Work::Vad(VadBatch { vad, frames, probs }));
         });
     }
 
@@ -783,7 +819,7 @@ impl CallActor {
         Some(AsrContext {
             asr: self.speech.asr.clone()?,
             slots: self.speech.asr_slots.clone(),
-            store: self.core.context().store.clone(),
+            store: self.ctx.store.clone(),
             call_id: self.id.clone(),
             epoch_ms: self.epoch_ms(),
         })
@@ -810,10 +846,10 @@ impl CallActor {
             }
         };
         self.asr_busy = true;
-        let tx = self.tx.clone();
-        self.core.spawn(async move {
+        let tx = self.work_tx.clone();
+        self.tasks.spawn(async move {
             let outcome = transcribe(job, permit, &ctx).await;
-            let _ = tx.send(CallInput::Asr(outcome)).await;
+            let _ = tx.send(Work::Asr(outcome)).await;
         });
     }
 
@@ -1057,8 +1093,13 @@ impl CallActor {
             None => {
                 let id = self.open_track(t.play_id.as_deref(), false);
                 let (tx, rx) = mpsc::channel(PENDING_SENTENCES);
-                let task =
-                    tokio::spawn(produce_tts(rx, synth, speaker, id.clone(), self.tx.clone()));
+                let task = tokio::spawn(produce_tts(
+                    rx,
+                    synth,
+                    speaker,
+                    id.clone(),
+                    self.work_tx.clone(),
+                ));
                 self.producers.insert(
                     id.clone(),
                     Producer {
@@ -1110,15 +1151,15 @@ impl CallActor {
             );
         }
         let track_id = self.open_track(p.play_id.as_deref(), p.auto_hangup);
-        let tx = self.tx.clone();
-        let loader = self.core.context().loader.clone();
+        let tx = self.work_tx.clone();
+        let loader = self.ctx.loader.clone();
         let id = track_id.clone();
         let url = p.url.clone();
         let task = tokio::spawn(async move {
             let input = match loader.load(&url).await {
                 Ok(samples) => {
                     let _ = tx
-                        .send(CallInput::Track(TrackInput::Audio {
+                        .send(Work::Track(TrackInput::Audio {
                             track_id: id.clone(),
                             samples,
                             engine: "play".into(),
@@ -1133,7 +1174,7 @@ impl CallActor {
                     fatal: true,
                 },
             };
-            let _ = tx.send(CallInput::Track(input)).await;
+            let _ = tx.send(Work::Track(input)).await;
         });
         self.producers.insert(
             track_id,
@@ -1203,12 +1244,21 @@ impl CallActor {
 
     /// Takes the next input before `deadline` during the end of the call; pending legs that
     /// arrive now are refused, commands and audio are ignored.
-    async fn next_input(&mut self, deadline: Instant) -> Option<CallInput> {
+    async fn next_work(&mut self, deadline: Instant) -> Option<Work> {
         loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(CallInput::Attach(p))) => p.refuse("busy"),
-                Ok(Some(m @ (CallInput::Asr(_) | CallInput::Vad(_)))) => return Some(m),
-                Ok(Some(_)) => {}
+            let r = tokio::select! {
+                m = self.rx.recv() => {
+                    if let Some(CallInput::Attach(p)) = m {
+                        p.refuse("busy");
+                    }
+                    continue;
+                }
+                _ = self.leg_rx.recv() => continue,
+                w = tokio::time::timeout_at(deadline, self.work_rx.recv()) => w,
+            };
+            match r {
+                Ok(Some(w @ (Work::Asr(_) | Work::Vad(_)))) => return Some(w),
+                Ok(Some(Work::Track(_))) => {}
                 Ok(None) | Err(_) => return None,
             }
         }
@@ -1243,9 +1293,9 @@ impl CallActor {
         let deadline = Instant::now() + self.settings.drain;
         // Caller audio still with the VAD, then the utterance in progress.
         while self.vad_in_flight {
-            match self.next_input(deadline).await {
-                Some(CallInput::Vad(b)) => self.vad_done(b, false),
-                Some(CallInput::Asr(o)) => self.asr_done(o),
+            match self.next_work(deadline).await {
+                Some(Work::Vad(b)) => self.vad_done(b, false),
+                Some(Work::Asr(o)) => self.asr_done(o),
                 _ => break,
             }
         }
@@ -1267,8 +1317,8 @@ impl CallActor {
         self.asr_queue.retain(|j| !j.partial);
         self.pump_asr();
         while self.asr_busy || !self.asr_queue.is_empty() {
-            match self.next_input(deadline).await {
-                Some(CallInput::Asr(o)) => {
+            match self.next_work(deadline).await {
+                Some(Work::Asr(o)) => {
                     self.asr_done(o);
                     self.pump_asr();
                 }
@@ -1282,7 +1332,7 @@ impl CallActor {
             let jobs: Vec<AsrJob> = self.asr_queue.drain(..).collect();
             tracing::warn!(call = %self.id, utterances = jobs.len(), "hang-up before every transcript was ready; finishing them in the background");
             if let Some(ctx) = self.asr_context() {
-                self.core.spawn(async move {
+                self.tasks.spawn(async move {
                     for job in jobs {
                         let _ = transcribe(job, None, &ctx).await;
                     }
@@ -1438,7 +1488,7 @@ async fn produce_tts(
     synth: Arc<dyn voxgate_media::speech::Synthesizer>,
     speaker: Option<String>,
     track_id: String,
-    tx: mpsc::Sender<CallInput>,
+    tx: mpsc::Sender<Work>,
 ) {
     let engine = synth.name().to_string();
     while let Some(sentence) = rx.recv().await {
@@ -1470,17 +1520,15 @@ async fn produce_tts(
                     fatal,
                 };
                 if fatal {
-                    let _ = tx.send(CallInput::Track(e)).await;
+                    let _ = tx.send(Work::Track(e)).await;
                     return;
                 }
                 e
             }
         };
-        if tx.send(CallInput::Track(input)).await.is_err() {
+        if tx.send(Work::Track(input)).await.is_err() {
             return;
         }
     }
-    let _ = tx
-        .send(CallInput::Track(TrackInput::Done { track_id }))
-        .await;
+    let _ = tx.send(Work::Track(TrackInput::Done { track_id })).await;
 }

@@ -2,9 +2,9 @@
 //! settings). Adapters start calls here and find them by id; the server ends them all at shutdown.
 
 use crate::actor::CallActor;
-use crate::handle::{CallHandle, EndSignal};
-use crate::leg::{LegPort, PendingLeg};
-use crate::ports::{AudioLoader, CallRecord, CallSettings, CallStore, Dialer, Speech, StoreError};
+use crate::handle::{CallHandle, EndSignal, INBOX};
+use crate::leg::{LegPort, PendingLeg, LEG_QUEUE};
+use crate::ports::{CallContext, CallRecord, StoreError};
 use crate::subscriber::Subscriber;
 use crate::vocab::{now_ms, CallCommand, DialOptions};
 use std::collections::HashMap;
@@ -12,20 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
-
-/// Inbox capacity of a call (commands, leg audio and events, engine results).
-pub const INBOX: usize = 256;
-
-/// What every call of this node shares.
-#[derive(Clone)]
-pub struct CallContext {
-    pub speech: Arc<Speech>,
-    pub store: Arc<dyn CallStore>,
-    /// Places outbound calls; `None` when SIP is disabled.
-    pub dialer: Option<Arc<dyn Dialer>>,
-    pub loader: Arc<dyn AudioLoader>,
-    pub settings: CallSettings,
-}
 
 /// How to start a call.
 pub struct CallSpec {
@@ -115,6 +101,7 @@ impl CallCore {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let kind = spec.leg.as_ref().map_or(spec.kind, |l| l.info().kind);
         let (tx, rx) = mpsc::channel(INBOX);
+        let (leg_tx, leg_rx) = mpsc::channel(LEG_QUEUE);
         let handle = CallHandle {
             id: id.as_str().into(),
             tx: tx.clone(),
@@ -163,7 +150,7 @@ impl CallCore {
         // The leg is attached before the call's task runs, so that it can deliver at once.
         let leg = spec.leg.map(|l| {
             l.into_leg(LegPort {
-                tx: tx.clone(),
+                tx: leg_tx.clone(),
                 leg: 1,
             })
         });
@@ -171,13 +158,15 @@ impl CallCore {
             id.clone(),
             kind,
             created_at,
-            self.clone(),
+            self.inner.ctx.clone(),
+            self.inner.tasks.clone(),
             rx,
-            tx,
+            (leg_tx, leg_rx),
             handle.end.clone(),
             leg,
             spec.subscribers,
         );
+        drop(tx);
         let core = self.clone();
         self.inner.tasks.spawn(async move {
             actor.run().await;
@@ -285,13 +274,5 @@ impl CallCore {
             );
         }
         done
-    }
-
-    pub(crate) fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.inner.tasks.spawn(f)
     }
 }

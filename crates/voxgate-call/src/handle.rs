@@ -1,32 +1,24 @@
 //! [`CallHandle`]: how controllers drive a call.
 //!
-//! Queue policy: commands wait for room in the call's inbox (256 entries shared with leg audio
-//! and engine results), so a controller is slowed, never ignored. Ending a call
-//! ([`CallHandle::end`], used by kill and shutdown) never waits: it sets a flag the call checks
-//! before anything else.
+//! Queue policy: commands wait for room in the call's control inbox ([`INBOX`] entries; leg audio
+//! and engine results have queues of their own), so a controller is slowed, never ignored.
+//! Ending a call ([`CallHandle::end`], used by kill and shutdown) never waits: it sets a flag the
+//! call checks before anything else.
 
-use crate::leg::{CallGone, LegEvent, PendingLeg};
+use crate::leg::{CallGone, PendingLeg};
 use crate::subscriber::Subscriber;
 use crate::vocab::CallCommand;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
-use voxgate_media::AudioFrame;
 
-/// Everything a call's task reacts to.
+/// Capacity of a call's control inbox.
+pub const INBOX: usize = 256;
+
+/// What controllers and adapters ask of a call.
 pub(crate) enum CallInput {
     Command(CallCommand),
     Subscribe(Box<dyn Subscriber>),
     Attach(Box<dyn PendingLeg>),
-    /// From the leg with this number (events of a replaced leg are ignored).
-    Leg(u64, LegInput),
-    Track(crate::actor::TrackInput),
-    Asr(crate::actor::AsrOutcome),
-    Vad(crate::actor::VadBatch),
-}
-
-pub(crate) enum LegInput {
-    Audio(AudioFrame),
-    Event(LegEvent),
 }
 
 /// A request to end the call, checked before any other input.

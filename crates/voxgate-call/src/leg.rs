@@ -8,12 +8,12 @@
 //! Legs today: the `/call` WebSocket binary-audio leg, the SIP/RTP leg, the Twilio Media Streams
 //! leg (all in the server crate).
 //!
-//! Queue policy of a [`LegPort`]: caller audio and leg events wait for room in the call's inbox
-//! (256 entries), so nothing a leg delivers is dropped; a leg that cannot wait (a socket it must
-//! keep reading) lets its own transport buffer absorb the delay. The call's task never waits on
-//! a leg: [`Leg::send_audio`] and [`Leg::command`] must return at once.
+//! Queue policy of a [`LegPort`]: caller audio and leg events wait for room in the call's leg
+//! queue ([`LEG_QUEUE`] entries, separate from commands), so nothing a leg delivers is dropped; a
+//! leg that cannot wait (a socket it must keep reading) lets its own transport buffer absorb the
+//! delay. The call's task never waits on a leg: [`Leg::send_audio`] and [`Leg::command`] must
+//! return at once.
 
-use crate::handle::{CallInput, LegInput};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use voxgate_media::codec::Codec;
@@ -143,16 +143,33 @@ pub trait PendingLeg: Send {
     fn refuse(self: Box<Self>, reason: &str);
 }
 
+/// Capacity of a call's leg queue: caller frames (20 ms each) and leg events.
+pub const LEG_QUEUE: usize = 256;
+
+/// What a leg delivers.
+pub(crate) enum LegInput {
+    Audio(AudioFrame),
+    Event(LegEvent),
+}
+
 /// The call has ended: nothing more is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the call has ended")]
 pub struct CallGone;
 
 /// A leg's way into its call: caller audio and events, in order (see the module's queue policy).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LegPort {
-    pub(crate) tx: mpsc::Sender<CallInput>,
+    /// The call's leg queue; `leg` numbers the legs of a call, so that a replaced leg's late
+    /// input is ignored.
+    pub(crate) tx: mpsc::Sender<(u64, LegInput)>,
     pub(crate) leg: u64,
+}
+
+impl std::fmt::Debug for LegPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegPort").field("leg", &self.leg).finish()
+    }
 }
 
 impl LegPort {
@@ -162,7 +179,7 @@ impl LegPort {
     /// [`CallGone`] once the call has ended.
     pub async fn audio(&self, frame: AudioFrame) -> Result<(), CallGone> {
         self.tx
-            .send(CallInput::Leg(self.leg, LegInput::Audio(frame)))
+            .send((self.leg, LegInput::Audio(frame)))
             .await
             .map_err(|_| CallGone)
     }
@@ -173,7 +190,7 @@ impl LegPort {
     /// [`CallGone`] once the call has ended.
     pub async fn event(&self, ev: LegEvent) -> Result<(), CallGone> {
         self.tx
-            .send(CallInput::Leg(self.leg, LegInput::Event(ev)))
+            .send((self.leg, LegInput::Event(ev)))
             .await
             .map_err(|_| CallGone)
     }

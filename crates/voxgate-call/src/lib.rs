@@ -26,6 +26,9 @@
 //! - [`ports`]: store, dialer, audio loader, speech engines, settings.
 //! - [`core`]: [`CallCore`], the live calls of a node.
 //! - `actor`: the call's state machine (private; see [`CallCore::start`]).
+//!
+//! The modules form a DAG: `vocab` ← `leg`, `subscriber` ← `ports`, `handle` ← `actor` ←
+//! `core` (each imports only modules to its left).
 
 mod actor;
 pub mod core;
@@ -38,15 +41,16 @@ pub mod vocab;
 #[cfg(test)]
 mod tests;
 
-pub use crate::core::{CallContext, CallCore, CallInfo, CallSpec, StartError, INBOX};
+pub use crate::core::{CallCore, CallInfo, CallSpec, StartError};
 pub use actor::{MAX_VAD_BACKLOG, PENDING_ASR, PENDING_SENTENCES};
-pub use handle::{CallHandle, TryCommandError};
+pub use handle::{CallHandle, TryCommandError, INBOX};
 pub use leg::{
-    CallGone, Leg, LegCaps, LegCommand, LegEvent, LegInfo, LegPort, LegReply, LegReport, PendingLeg,
+    CallGone, Leg, LegCaps, LegCommand, LegEvent, LegInfo, LegPort, LegReply, LegReport,
+    PendingLeg, LEG_QUEUE,
 };
 pub use ports::{
-    AudioLoader, CallRecord, CallSettings, CallStore, DialError, Dialer, Speech, StoreError,
-    TranscriptRecord, VadFactory,
+    AudioLoader, CallContext, CallRecord, CallSettings, CallStore, DialError, Dialer, Speech,
+    StoreError, TranscriptRecord, VadFactory,
 };
 pub use subscriber::{AudioTrack, Delivery, Subscriber, Subscription, Unsubscribed};
 pub use vocab::{

@@ -167,6 +167,17 @@ impl Speech {
     }
 }
 
+/// What every call of a node shares.
+#[derive(Clone)]
+pub struct CallContext {
+    pub speech: Arc<Speech>,
+    pub store: Arc<dyn CallStore>,
+    /// Places outbound calls; `None` when SIP is disabled.
+    pub dialer: Option<Arc<dyn Dialer>>,
+    pub loader: Arc<dyn AudioLoader>,
+    pub settings: CallSettings,
+}
+
 /// Per-call behaviour from the server configuration.
 #[derive(Clone, Debug)]
 pub struct CallSettings {

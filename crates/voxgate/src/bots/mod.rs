@@ -39,10 +39,33 @@ pub struct Voice {
     pub effective: String,
 }
 
-/// A token bucket: `rate` requests per second, bursts of `rate`.
-struct Bucket {
+/// A token bucket: `rate` tokens per second, bursts of `rate`.
+#[derive(Debug, Clone)]
+pub struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket of `rate` tokens at `now`.
+    pub fn new(rate: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: rate,
+            at: now,
+        }
+    }
+
+    /// Takes a token at `now`, or says how long until one is there.
+    pub fn take(&mut self, rate: f64, now: Instant) -> Result<(), Duration> {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
 }
 
 /// What every bot call shares.
@@ -303,5 +326,32 @@ impl InboundRouter for BotRouter {
         if let Err(e) = self.0.start_call(bot, leg, None, refused).await {
             tracing::error!("cannot start the bot call: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_webhook_requests_per_second() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(5.0, t0);
+        for _ in 0..5 {
+            assert_eq!(b.take(5.0, t0), Ok(()));
+        }
+        let wait = b.take(5.0, t0).unwrap_err();
+        assert!(
+            (Duration::from_millis(199)..=Duration::from_millis(201)).contains(&wait),
+            "{wait:?}"
+        );
+        assert!(b.take(5.0, t0 + Duration::from_millis(150)).is_err());
+        assert_eq!(b.take(5.0, t0 + Duration::from_millis(200)), Ok(()));
+        // A second later the burst is back, never more than 5.
+        let t1 = t0 + Duration::from_secs(10);
+        for _ in 0..5 {
+            assert_eq!(b.take(5.0, t1), Ok(()));
+        }
+        assert!(b.take(5.0, t1).is_err());
     }
 }
