@@ -213,6 +213,8 @@ pub(crate) struct CallActor {
     media_epoch_ms: Option<i64>,
     /// When the leg last delivered (or we synthesised) a caller frame.
     last_caller_frame: Instant,
+    /// When to check next whether the leg went quiet mid-utterance.
+    idle_check: Option<Instant>,
     audio_dropped: u64,
     media_events: Vec<MediaEvent>,
     player_events: Vec<PlayerEvent>,
@@ -277,6 +279,7 @@ impl CallActor {
             asr_busy: false,
             media_epoch_ms: None,
             last_caller_frame: Instant::now(),
+            idle_check: None,
             audio_dropped: 0,
             media_events: Vec::new(),
             player_events: Vec::new(),
@@ -297,15 +300,24 @@ impl CallActor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut was_active = false;
         let end = self.end_signal.clone();
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        // One timer, kept across iterations, for the auto hang-up deadline and the caller-idle
+        // check (a timer made per iteration would cost a timer-wheel entry per frame).
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let active = self.player.is_active() && !self.player.is_paused();
             if active && !was_active {
                 tick.reset_immediately();
             }
             was_active = active;
-            let hangup_at = self.autohangup.as_ref().map(|a| a.1);
-            let idle_at = self.caller_idle_check();
+            let next = self.next_deadline();
+            if next != armed {
+                if let Some(t) = next {
+                    timer.as_mut().reset(t);
+                }
+                armed = next;
+            }
             let flow = tokio::select! {
                 biased;
                 _ = end.notify.notified() => match end.take() {
@@ -322,18 +334,47 @@ impl CallActor {
                     Flow::Continue
                 }
                 _ = tick.tick(), if active => self.on_tick().await,
-                _ = tokio::time::sleep_until(hangup_at.unwrap_or(far)), if hangup_at.is_some() => {
-                    self.end("autohangup", "system").await
-                }
-                _ = tokio::time::sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
-                    self.fill_caller_silence();
-                    Flow::Continue
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.on_timer().await
                 }
             };
             if let Flow::Stop = flow {
                 break;
             }
         }
+    }
+
+    /// The earliest of the auto hang-up deadline and the caller-idle check.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let speaking =
+            self.phase == Phase::Answered && self.pipeline.as_ref().is_some_and(|p| p.in_speech());
+        // While the caller speaks, check every CALLER_IDLE whether the leg went quiet; the check
+        // is not moved on every frame.
+        self.idle_check = match (speaking, self.idle_check) {
+            (false, _) => None,
+            (true, Some(t)) if t > self.last_caller_frame => Some(t),
+            (true, _) => Some(self.last_caller_frame + CALLER_IDLE),
+        };
+        let hangup = self.autohangup.as_ref().map(|a| a.1);
+        match (hangup, self.idle_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn on_timer(&mut self) -> Flow {
+        let now = Instant::now();
+        if self.autohangup.as_ref().is_some_and(|a| a.1 <= now) {
+            return self.end("autohangup", "system").await;
+        }
+        if self.idle_check.is_some_and(|t| t <= now) {
+            self.idle_check = None;
+            if self.last_caller_frame.elapsed() >= CALLER_IDLE {
+                self.fill_caller_silence();
+            }
+        }
+        Flow::Continue
     }
 
     // ---- output -------------------------------------------------------------------------
@@ -640,12 +681,6 @@ impl CallActor {
     }
 
     // ---- caller audio -------------------------------------------------------------------
-
-    /// When to treat a silent leg as silence: only while the caller is mid-utterance.
-    fn caller_idle_check(&self) -> Option<Instant> {
-        let speaking = self.pipeline.as_ref().is_some_and(|p| p.in_speech());
-        (self.phase == Phase::Answered && speaking).then(|| self.last_caller_frame + CALLER_IDLE)
-    }
 
     /// The leg delivered nothing for a while mid-utterance: feed the pipeline the silence that
     /// elapsed, in 20 ms frames at the wall clock's pace, so that endpointing can end it.
