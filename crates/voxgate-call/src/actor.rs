@@ -305,6 +305,9 @@ impl CallActor {
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        // Likewise one registration with the end signal, renewed only when it fires.
+        let ending = end.notify.notified();
+        tokio::pin!(ending);
         loop {
             let active = self.player.is_active() && !self.player.is_paused();
             if active && !was_active {
@@ -320,10 +323,13 @@ impl CallActor {
             }
             let flow = tokio::select! {
                 biased;
-                _ = end.notify.notified() => match end.take() {
-                    Some((reason, initiator)) => self.end(&reason, &initiator).await,
-                    None => Flow::Continue,
-                },
+                _ = &mut ending => {
+                    ending.set(end.notify.notified());
+                    match end.take() {
+                        Some((reason, initiator)) => self.end(&reason, &initiator).await,
+                        None => Flow::Continue,
+                    }
+                }
                 m = self.rx.recv() => match m {
                     Some(m) => self.handle(m).await,
                     None => self.end("disconnected", "user").await,
