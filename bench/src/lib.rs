@@ -109,3 +109,49 @@ pub fn proc_rss_mb(pid: u32) -> f64 {
         .unwrap_or(0.0)
         / 1024.0
 }
+
+/// Starts `voxgate serve` (the command as given, its stdout piped) and waits for its
+/// `voxgate listening` line.
+///
+/// # Errors
+/// When it cannot start or exits before listening.
+pub fn start_server(mut cmd: std::process::Command) -> anyhow::Result<std::process::Child> {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let out = child.stdout.take().expect("piped stdout");
+    let mut lines = std::io::BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("voxgate listening") => return Ok(child),
+            Some(_) => {}
+            None => anyhow::bail!("the server exited before listening"),
+        }
+    }
+}
+
+/// What the server used over a measured window.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// CPU seconds (user + system).
+    pub cpu_secs: f64,
+    /// Wall-clock seconds.
+    pub wall_secs: f64,
+    /// Largest RSS seen (sampled every 500 ms), MB.
+    pub peak_rss_mb: f64,
+}
+
+/// Measures process `pid` from now until `stop_at`.
+pub async fn measure(pid: u32, stop_at: tokio::time::Instant) -> Window {
+    let cpu0 = proc_cpu_secs(pid);
+    let t0 = std::time::Instant::now();
+    let mut peak: f64 = 0.0;
+    while tokio::time::Instant::now() + std::time::Duration::from_millis(500) < stop_at {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        peak = peak.max(proc_rss_mb(pid));
+    }
+    Window {
+        cpu_secs: proc_cpu_secs(pid) - cpu0,
+        wall_secs: t0.elapsed().as_secs_f64(),
+        peak_rss_mb: peak,
+    }
+}

@@ -15,9 +15,9 @@
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
-use voxgate_bench::{librivox, percentile, proc_cpu_secs, proc_rss_mb};
+use voxgate_bench::{librivox, percentile, proc_rss_mb};
 use voxgate_media::codec::{AudioEncoder, Codec};
 use voxgate_media::{AudioFrame, SampleRate};
 
@@ -231,32 +231,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
     );
 
     let data = std::env::temp_dir().join(format!("voxgate-bench-{}", std::process::id()));
-    let mut child = std::process::Command::new(&a.server)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", a.port),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(["--models-dir", &a.models_dir])
-        .env("RUST_LOG", "warn")
-        .env("VOXGATE_CALL__DUMP_DEFAULT", "false")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let mut cmd = std::process::Command::new(&a.server);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{}", a.port),
+        "--data-dir",
+    ])
+    .arg(&data)
+    .args(["--models-dir", &a.models_dir])
+    .env("RUST_LOG", "warn")
+    .env("VOXGATE_CALL__DUMP_DEFAULT", "false");
+    let mut child = voxgate_bench::start_server(cmd)?;
     let pid = child.id();
-    {
-        use std::io::BufRead;
-        let out = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(out).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("voxgate listening") => break,
-                Some(_) => {}
-                None => anyhow::bail!("server exited"),
-            }
-        }
-    }
     // Warm up once (TTS and ASR allocate their arenas on first use), then take the idle RSS, so
     // that RSS per session counts what sessions cost, not one-time engine memory.
     // As many warm-up calls at once as sessions will send TTS, so that the TTS arenas are as large
@@ -296,15 +283,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
         )));
     }
     tokio::time::sleep_until(measure_from).await;
-    let cpu0 = proc_cpu_secs(pid);
-    let t0 = Instant::now();
-    let mut rss_samples = Vec::new();
-    while tokio::time::Instant::now() + Duration::from_millis(500) < stop_at {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        rss_samples.push(proc_rss_mb(pid));
-    }
-    let cpu = proc_cpu_secs(pid) - cpu0;
-    let wall = t0.elapsed().as_secs_f64();
+    let w = voxgate_bench::measure(pid, stop_at).await;
+    let (cpu, wall, rss) = (w.cpu_secs, w.wall_secs, w.peak_rss_mb);
     for t in tasks {
         let _ = t.await;
     }
@@ -314,7 +294,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
 
     let s = stats.lock().unwrap();
     let n = a.sessions as f64;
-    let rss = rss_samples.iter().cloned().fold(0.0, f64::max);
     println!(
         "sessions {} (asr on {}, tts {}), window {:.0} s",
         a.sessions,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
-use voxgate_bench::{librivox, percentile, proc_cpu_secs, proc_rss_mb};
+use voxgate_bench::{librivox, percentile, proc_rss_mb};
 use voxgate_media::codec::{AudioEncoder, Codec};
 use voxgate_media::{AudioFrame, SampleRate};
 
@@ -233,35 +233,22 @@ async fn run(a: Args) -> anyhow::Result<()> {
         data.join("voxgate.toml"),
         "[bots]\nnumbers = [\"+15550001\", \"+15550002\"]\ncalls_per_day = 100000000\n",
     )?;
-    let mut child = std::process::Command::new(std::fs::canonicalize(&a.server)?)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", a.port),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(["--models-dir"])
-        .arg(std::fs::canonicalize(&a.models_dir)?)
-        .current_dir(&data)
-        .env("RUST_LOG", "warn")
-        .env("VOXGATE_ASR__ENGINE", "none")
-        .env("VOXGATE_SIP__ENABLED", "false")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let mut cmd = std::process::Command::new(std::fs::canonicalize(&a.server)?);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{}", a.port),
+        "--data-dir",
+    ])
+    .arg(&data)
+    .args(["--models-dir"])
+    .arg(std::fs::canonicalize(&a.models_dir)?)
+    .current_dir(&data)
+    .env("RUST_LOG", "warn")
+    .env("VOXGATE_ASR__ENGINE", "none")
+    .env("VOXGATE_SIP__ENABLED", "false");
+    let mut child = voxgate_bench::start_server(cmd)?;
     let pid = child.id();
-    {
-        use std::io::BufRead;
-        let out = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(out).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("voxgate listening") => break,
-                Some(_) => {}
-                None => anyhow::bail!("server exited"),
-            }
-        }
-    }
     let http = reqwest::Client::new();
     let quiet_bot = create_bot(&http, a.port, None).await?;
     let greeting_bot = create_bot(
@@ -326,15 +313,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
         )));
     }
     tokio::time::sleep_until(measure_from).await;
-    let cpu0 = proc_cpu_secs(pid);
-    let t0 = Instant::now();
-    let mut rss_samples = Vec::new();
-    while tokio::time::Instant::now() + Duration::from_millis(500) < stop_at {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        rss_samples.push(proc_rss_mb(pid));
-    }
-    let cpu = proc_cpu_secs(pid) - cpu0;
-    let wall = t0.elapsed().as_secs_f64();
+    let w = voxgate_bench::measure(pid, stop_at).await;
+    let (cpu, wall, rss) = (w.cpu_secs, w.wall_secs, w.peak_rss_mb);
     for t in tasks {
         let _ = t.await;
     }
@@ -344,7 +324,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
 
     let s = stats.lock().unwrap();
     let n = a.streams as f64;
-    let rss = rss_samples.iter().cloned().fold(0.0, f64::max);
     println!(
         "streams {} (greeting {}), window {:.0} s",
         a.streams,

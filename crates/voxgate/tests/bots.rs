@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use voxgate::store::sqlite::SqliteStore;
 use voxgate::store::{BotStore, Store};
-use voxgate_media::codec::Codec;
 use voxgate_media::resample::resample_clip;
 use voxgate_media::SampleRate;
 
@@ -215,31 +214,6 @@ async fn streamdouble(dir: &Path, yaml: &str, url: &str, out: Option<&Path>) -> 
         )
     });
     serde_json::from_str(&stdout[start..]).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-/// Transcribes a WAV with voxgate's own ASR over `/call` (16 kHz PCM, 4× real time).
-async fn transcribe(server: &Server, wav: &Path) -> String {
-    let (samples, rate) = read_wav(wav);
-    let mut pcm = resample_clip(&samples, rate, SampleRate::HZ_16000).unwrap();
-    pcm.extend(std::iter::repeat_n(0i16, 16000));
-    let mut c = Client::connect(&server.ws_url("?dump=false")).await;
-    c.send(json!({"command": "invite", "option": {"codec": "pcm", "sampleRate": 16000}}))
-        .await;
-    c.wait_event("answer", SECS(10)).await;
-    let frames = encode_frames(&pcm, SampleRate::HZ_16000, Codec::Pcm(SampleRate::HZ_16000));
-    for chunk in frames.chunks(4) {
-        for f in chunk {
-            c.send_binary(f.clone()).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    c.send(json!({"command": "hangup"})).await;
-    c.wait_event("hangup", SECS(60)).await;
-    c.events_named("asrFinal")
-        .iter()
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn stream_url(server: &Server, bot: &Value) -> String {

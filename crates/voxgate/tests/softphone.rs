@@ -8,7 +8,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use voxgate_media::codec::Codec;
 use voxgate_media::resample::resample_clip;
 use voxgate_media::SampleRate;
 
@@ -123,31 +122,6 @@ fn librivox_wav(path: &Path, rate: SampleRate, channels: u16, clips: usize) -> S
     }
     w.finalize().unwrap();
     reference
-}
-
-/// Transcribes a WAV with voxgate's own ASR over `/call` (16 kHz PCM, sent 4× faster than real time).
-async fn transcribe(server: &Server, wav: &Path) -> String {
-    let (samples, rate) = read_wav(wav);
-    let mut pcm = resample_clip(&samples, rate, SampleRate::HZ_16000).unwrap();
-    pcm.extend(std::iter::repeat_n(0i16, 16000));
-    let mut c = Client::connect(&server.ws_url("?dump=false")).await;
-    c.send(json!({"command": "invite", "option": {"codec": "pcm", "sampleRate": 16000}}))
-        .await;
-    c.wait_event("answer", Duration::from_secs(10)).await;
-    let frames = encode_frames(&pcm, SampleRate::HZ_16000, Codec::Pcm(SampleRate::HZ_16000));
-    for chunk in frames.chunks(4) {
-        for f in chunk {
-            c.send_binary(f.clone()).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    c.send(json!({"command": "hangup"})).await;
-    c.wait_event("hangup", Duration::from_secs(60)).await;
-    c.events_named("asrFinal")
-        .iter()
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn finals(c: &Client) -> String {
