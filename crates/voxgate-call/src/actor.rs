@@ -63,6 +63,12 @@ const CALLER_IDLE: Duration = Duration::from_millis(100);
 /// Silence frames synthesised at most per idle check.
 const MAX_IDLE_FILL_FRAMES: u32 = 50;
 
+/// The sending and receiving ends of a call's leg queue.
+type LegQueue = (
+    mpsc::Sender<(u64, LegInput)>,
+    mpsc::Receiver<(u64, LegInput)>,
+);
+
 /// Capacity of a call's work queue (TTS and `play` audio, transcripts, VAD batches).
 const WORK_QUEUE: usize = 256;
 
@@ -235,10 +241,7 @@ impl CallActor {
         ctx: CallContext,
         tasks: TaskTracker,
         rx: mpsc::Receiver<CallInput>,
-        legs: (
-            mpsc::Sender<(u64, LegInput)>,
-            mpsc::Receiver<(u64, LegInput)>,
-        ),
+        legs: LegQueue,
         end_signal: Arc<EndSignal>,
         leg: Option<Box<dyn Leg>>,
         subscribers: Vec<Box<dyn Subscriber>>,
@@ -334,7 +337,7 @@ impl CallActor {
                     Some(m) => self.handle(m).await,
                     None => self.end("disconnected", "user").await,
                 },
-                Some((n, input)) = self.leg_rx.recv() => self.from_leg(n, input).await,
+                Some((n, input)) = self.leg_rx.recv() => self.leg_input(n, input).await,
                 Some(w) = self.work_rx.recv() => {
                     self.work(w);
                     Flow::Continue
@@ -447,7 +450,7 @@ impl CallActor {
         Flow::Continue
     }
 
-    async fn from_leg(&mut self, n: u64, input: LegInput) -> Flow {
+    async fn leg_input(&mut self, n: u64, input: LegInput) -> Flow {
         if n != self.leg_seq || self.leg.is_none() {
             return Flow::Continue;
         }
