@@ -42,7 +42,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct BotsConfig {
     /// The phone numbers bots get, in order (E.164 or any dialable string). A SIP INVITE to a
-    /// bot's number runs that bot.
+    /// bot's number runs that bot. Default: ten fictional numbers (+1 202 555 0100 to 0109, a
+    /// range reserved for fiction) so that bots work out of the box on SIP; set your DIDs.
     pub numbers: Vec<String>,
     /// Bots one user may have (seed 004: 10).
     pub max_per_user: u32,
@@ -83,7 +84,7 @@ pub struct LlmConfig {
 impl Default for BotsConfig {
     fn default() -> Self {
         BotsConfig {
-            numbers: Vec::new(),
+            numbers: (100..110).map(|n| format!("+12025550{n}")).collect(),
             max_per_user: 10,
             calls_per_day: 100,
             webhook_rate_per_sec: 5,
