@@ -155,3 +155,37 @@ pub async fn measure(pid: u32, stop_at: tokio::time::Instant) -> Window {
         peak_rss_mb: peak,
     }
 }
+
+/// The caller's speech of the load benchmarks: every LibriVox clip followed by 1.5 s of silence,
+/// 8 kHz mono samples.
+///
+/// # Errors
+/// When the clips cannot be read (pocketsphinx-testdata missing).
+pub fn speech_8k() -> anyhow::Result<Vec<i16>> {
+    let mut pcm = Vec::new();
+    for (s, _) in librivox()? {
+        pcm.extend(s);
+        pcm.extend(vec![0i16; 24000]);
+    }
+    Ok(voxgate_media::resample::resample_clip(
+        &pcm,
+        SampleRate::HZ_16000,
+        SampleRate::HZ_8000,
+    )?)
+}
+
+/// Prints the server's CPU and RSS per `unit` (session, call, stream) over a window.
+pub fn print_usage(unit: &str, n: usize, w: &Window, idle_rss_mb: f64) {
+    let n = n.max(1) as f64;
+    println!(
+        "server CPU        {:.3} % of a core per {unit} ({:.1} % total)",
+        w.cpu_secs / w.wall_secs / n * 100.0,
+        w.cpu_secs / w.wall_secs * 100.0
+    );
+    println!(
+        "server RSS        {:.3} MB per {unit} ({:.0} MB peak, {:.0} MB idle)",
+        (w.peak_rss_mb - idle_rss_mb) / n,
+        w.peak_rss_mb,
+        idle_rss_mb
+    );
+}

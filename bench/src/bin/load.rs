@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
-use voxgate_bench::{librivox, percentile, proc_rss_mb};
+use voxgate_bench::{percentile, proc_rss_mb};
 use voxgate_media::codec::{AudioEncoder, Codec};
 use voxgate_media::{AudioFrame, SampleRate};
 
@@ -216,13 +216,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(a: Args) -> anyhow::Result<()> {
     // Speech stream: each clip then 1.5 s of silence, 8 kHz PCMU in 20 ms frames.
-    let mut pcm = Vec::new();
-    for (s, _) in librivox()? {
-        pcm.extend(s);
-        pcm.extend(vec![0i16; 24000]);
-    }
-    let pcm8 =
-        voxgate_media::resample::resample_clip(&pcm, SampleRate::HZ_16000, SampleRate::HZ_8000)?;
+    let pcm8 = voxgate_bench::speech_8k()?;
     let mut enc = AudioEncoder::new(Codec::Pcmu);
     let frames: Arc<Vec<Vec<u8>>> = Arc::new(
         pcm8.chunks_exact(160)
@@ -284,7 +278,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep_until(measure_from).await;
     let w = voxgate_bench::measure(pid, stop_at).await;
-    let (cpu, wall, rss) = (w.cpu_secs, w.wall_secs, w.peak_rss_mb);
+    let wall = w.wall_secs;
     for t in tasks {
         let _ = t.await;
     }
@@ -293,7 +287,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&data);
 
     let s = stats.lock().unwrap();
-    let n = a.sessions as f64;
     println!(
         "sessions {} (asr on {}, tts {}), window {:.0} s",
         a.sessions,
@@ -301,17 +294,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         a.tts.min(a.sessions),
         wall
     );
-    println!(
-        "server CPU        {:.3} % of a core per session ({:.1} % total)",
-        cpu / wall / n * 100.0,
-        cpu / wall * 100.0
-    );
-    println!(
-        "server RSS        {:.3} MB per session ({:.0} MB peak, {:.0} MB idle)",
-        (rss - idle_rss) / n,
-        rss,
-        idle_rss
-    );
+    voxgate_bench::print_usage("session", a.sessions, &w, idle_rss);
     println!(
         "speaking latency  p50 {:.0} ms  p99 {:.0} ms  (n={})",
         percentile(&s.speaking, 50.0),

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
-use voxgate_bench::{librivox, percentile, proc_rss_mb};
+use voxgate_bench::{percentile, proc_rss_mb};
 use voxgate_media::codec::{AudioEncoder, Codec};
 use voxgate_media::{AudioFrame, SampleRate};
 
@@ -210,13 +210,7 @@ async fn create_bot(
 
 async fn run(a: Args) -> anyhow::Result<()> {
     // Speech: each clip then 1.5 s of silence, as base64 µ-law payloads of 20 ms.
-    let mut pcm = Vec::new();
-    for (s, _) in librivox()? {
-        pcm.extend(s);
-        pcm.extend(vec![0i16; 24000]);
-    }
-    let pcm8 =
-        voxgate_media::resample::resample_clip(&pcm, SampleRate::HZ_16000, SampleRate::HZ_8000)?;
+    let pcm8 = voxgate_bench::speech_8k()?;
     let mut enc = AudioEncoder::new(Codec::Pcmu);
     let frames: Arc<Vec<String>> = Arc::new(
         pcm8.chunks_exact(160)
@@ -314,7 +308,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep_until(measure_from).await;
     let w = voxgate_bench::measure(pid, stop_at).await;
-    let (cpu, wall, rss) = (w.cpu_secs, w.wall_secs, w.peak_rss_mb);
+    let wall = w.wall_secs;
     for t in tasks {
         let _ = t.await;
     }
@@ -323,24 +317,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&data);
 
     let s = stats.lock().unwrap();
-    let n = a.streams as f64;
     println!(
         "streams {} (greeting {}), window {:.0} s",
         a.streams,
         a.tts.min(a.streams),
         wall
     );
-    println!(
-        "server CPU        {:.3} % of a core per stream ({:.1} % total)",
-        cpu / wall / n * 100.0,
-        cpu / wall * 100.0
-    );
-    println!(
-        "server RSS        {:.3} MB per stream ({:.0} MB peak, {:.0} MB idle)",
-        (rss - idle_rss) / n,
-        rss,
-        idle_rss
-    );
+    voxgate_bench::print_usage("stream", a.streams, &w, idle_rss);
     println!(
         "greeting audio    p50 {:.0} ms  p99 {:.0} ms after `start` (n={})",
         percentile(&s.first_audio, 50.0),
