@@ -559,6 +559,7 @@ impl CallActor {
             CallCommand::SendDtmf(keys) => self.send_dtmf(keys),
             CallCommand::Transfer(target) => self.transfer(target),
             CallCommand::Mark(name) => self.mark(name),
+            CallCommand::Audio(samples) => self.queue_audio(samples),
         }
         Flow::Continue
     }
@@ -1058,6 +1059,20 @@ impl CallActor {
     }
 
     /// Opens a track for `play_id` (interrupting other audio) and returns its id.
+    /// Application audio, queued behind what is playing (no interruption).
+    fn queue_audio(&mut self, samples: Vec<i16>) {
+        if self.phase != Phase::Answered {
+            return self.error("media", "audio before the call is answered", Some(400));
+        }
+        if samples.is_empty() {
+            return;
+        }
+        let track_id = uuid::Uuid::new_v4().to_string();
+        self.player.open_track(&track_id, None, false);
+        self.player.push_audio(&track_id, &samples);
+        self.player.finish_track(&track_id, false);
+    }
+
     fn open_track(&mut self, play_id: Option<&str>, auto_hangup: bool) -> String {
         if self.player.is_active() {
             self.interrupt();

@@ -14,9 +14,13 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 /// How to start a call.
+#[derive(Default)]
 pub struct CallSpec {
     /// The call id (1–128 characters); a UUID when `None`.
     pub id: Option<String>,
+    /// The user (tenant) the call belongs to: stored with it and shown by [`CallCore::list`];
+    /// adapters let only this user (or an admin) see and control the call.
+    pub owner: Option<String>,
     /// The transport stored for a call that starts without a leg (`sip` for a `/call/sip`
     /// client); a leg's own kind otherwise.
     pub kind: &'static str,
@@ -44,6 +48,8 @@ pub struct CallInfo {
     pub kind: String,
     /// Epoch ms.
     pub created_at: i64,
+    /// The user the call belongs to ([`CallSpec::owner`]).
+    pub owner: Option<String>,
     /// Free-form options set by the call's adapter ([`CallCore::set_option`]).
     pub option: serde_json::Value,
 }
@@ -124,6 +130,7 @@ impl CallCore {
                         id: id.clone(),
                         kind: kind.to_string(),
                         created_at,
+                        owner: spec.owner.clone(),
                         option: serde_json::json!({}),
                     },
                     handle: handle.clone(),
@@ -134,6 +141,7 @@ impl CallCore {
             id: id.clone(),
             transport: kind.to_string(),
             created_at,
+            user_id: spec.owner.clone(),
             ..Default::default()
         };
         if let Err(e) = self.inner.ctx.store.call_created(&rec).await {
@@ -182,12 +190,14 @@ impl CallCore {
     pub async fn originate(
         &self,
         id: Option<String>,
+        owner: Option<String>,
         opts: DialOptions,
         subscribers: Vec<Box<dyn Subscriber>>,
     ) -> Result<CallHandle, StartError> {
         let h = self
             .start(CallSpec {
                 id,
+                owner,
                 kind: "sip",
                 leg: None,
                 subscribers,

@@ -40,6 +40,8 @@ pub struct CallRecord {
     pub hangup_initiator: Option<String>,
     /// The leg's figures at its end (RTP packets, loss, jitter, RTT for SIP), JSON.
     pub quality: Option<serde_json::Value>,
+    /// The user (tenant) the call belongs to.
+    pub user_id: Option<String>,
 }
 
 /// One final transcript segment (`asrFinal`).

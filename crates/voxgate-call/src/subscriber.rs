@@ -80,6 +80,12 @@ impl Subscription {
         }
     }
 
+    /// Takes the audio tap's receiver, to read it on its own (e.g. in a `select!` beside
+    /// [`Self::recv`]); [`Self::recv_audio`] returns `None` afterwards.
+    pub fn take_audio(&mut self) -> Option<mpsc::Receiver<(AudioTrack, AudioFrame)>> {
+        self.audio.take()
+    }
+
     /// Whether the call dropped this subscriber because its event queue was full.
     pub fn lagged(&self) -> bool {
         self.lagged.load(Ordering::Relaxed)

@@ -338,6 +338,7 @@ async fn call(core: &CallCore, id: &str, setup: LegSetup) -> Call {
             kind: "fake",
             leg: Some(p),
             subscribers: vec![s],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1007,6 +1008,7 @@ async fn incoming_answer_busy_and_id_reuse() {
             kind: "fake",
             leg: Some(p),
             subscribers: vec![],
+            ..Default::default()
         })
         .await;
     assert_eq!(r.unwrap_err(), StartError::Conflict("in-1".into()));
@@ -1031,6 +1033,7 @@ async fn a_call_without_a_leg_waits_for_one() {
             kind: "sip",
             leg: None,
             subscribers: vec![s],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1160,4 +1163,37 @@ async fn a_leg_that_goes_quiet_ends_the_utterance() {
     // No speech, no timer: nothing more happens while the leg stays quiet.
     sleep(S(5)).await;
     assert_eq!(c.drain().iter().filter(|n| **n == "silence").count(), 1);
+}
+
+/// Seed 003 `audio`: application audio is queued (never interrupts), and a mark behind it is
+/// reported only once all of it has been played out.
+#[tokio::test(start_paused = true)]
+async fn application_audio_queues_and_marks_follow_it() {
+    let (core, _) = core(Setup::default());
+    let mut c = call(&core, "app-audio", LegSetup::default()).await;
+    c.cmd(CallCommand::Audio(vec![1000; 320])).await;
+    let e = c.expect("error", MS(100)).await;
+    assert!(matches!(e.kind, EventKind::Error { ref sender, .. } if sender == "media"));
+    c.answer().await;
+    let t0 = Instant::now();
+    // 3 × 100 ms, sent as three commands: one after the other, nothing interrupted.
+    for _ in 0..3 {
+        c.cmd(CallCommand::Audio(vec![1000; 1600])).await;
+    }
+    c.cmd(CallCommand::Mark("cp".into())).await;
+    c.expect("mark", S(2)).await;
+    let played = t0.elapsed();
+    assert!(
+        played >= MS(280),
+        "mark after {played:?}: before the audio was played"
+    );
+    assert!(!c.names().contains(&"interruption"), "{:?}", c.names());
+    // Interrupt drops what is queued: a mark behind it comes at once.
+    c.cmd(CallCommand::Audio(vec![1000; 16000])).await;
+    c.expect("trackStart", MS(100)).await;
+    c.cmd(CallCommand::Interrupt).await;
+    let t1 = Instant::now();
+    c.cmd(CallCommand::Mark("after".into())).await;
+    c.expect("mark", MS(100)).await;
+    assert!(t1.elapsed() <= MS(40));
 }

@@ -124,6 +124,10 @@ pub enum CallCommand {
     /// A marker after the bot audio queued so far: `mark` is reported when that audio has been
     /// played out (Twilio `mark`, seed 003 `checkPoint`).
     Mark(String),
+    /// Queue 16 kHz mono samples after the bot audio already queued, as one track that never
+    /// interrupts (seed 003 `audio`: the application streams its own audio). Callers should send
+    /// whole 20 ms frames (multiples of 320 samples): a track's last frame is padded with silence.
+    Audio(Vec<i16>),
 }
 
 /// What a call reports. `timestamp` is epoch ms at emission; other times are epoch ms too.
