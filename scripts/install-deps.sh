@@ -3,8 +3,10 @@
 #   scripts/install-deps.sh run   what `make run` needs: espeak-ng (Piper phonemes), flite (TTS),
 #                                 pocketsphinx-testdata (LibriVox recordings for "Try it")
 #   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone),
-#                                 and, from PyPI into .venv-peers/, PJSUA2 (PJSIP's Python binding) and
-#                                 streamdouble (plays Twilio's side of a Media Streams call)
+#                                 and, from PyPI into .venv-peers/, PJSUA2 (PJSIP's Python binding),
+#                                 streamdouble (plays Twilio's side of a Media Streams call), the official
+#                                 python-socketio client and lameenc (an MP3 encoder for test audio); from npm,
+#                                 the official socket.io-client (crates/voxgate/tests/peers/node, from its lock)
 # The Rust toolchain and python3/pip (for scripts/fetch-models.sh) are expected on the machine.
 set -euo pipefail
 what="${1:-run}"
@@ -13,6 +15,8 @@ if [ "$what" = "test" ]; then
   pkgs+=(sip-tester baresip-core openssl)
   # Debian's python3 needs python3-venv for `python3 -m venv`.
   python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+  # The official Socket.IO client runs on Node.js (Debian's is fine).
+  command -v npm >/dev/null || pkgs+=(nodejs npm)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -31,9 +35,15 @@ fi
 if [ "$what" = "test" ]; then
   root="$(cd "$(dirname "$0")/.." && pwd)"
   venv="$root/.venv-peers"
-  if ! "$venv/bin/python" -c 'import pjsua2, streamdouble' 2>/dev/null; then
-    echo "install-deps: installing pjsua2-python and streamdouble into $venv" >&2
+  if ! "$venv/bin/python" -c 'import pjsua2, streamdouble, socketio, websocket, lameenc' 2>/dev/null; then
+    echo "install-deps: installing pjsua2-python, streamdouble, python-socketio and lameenc into $venv" >&2
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q pjsua2-python==2.15.1.post1 streamdouble==0.3.0 >&2
+    "$venv/bin/pip" install -q pjsua2-python==2.15.1.post1 streamdouble==0.3.0 \
+      "python-socketio[client]==5.18.1" lameenc==1.9.0 >&2
+  fi
+  node_dir="$root/crates/voxgate/tests/peers/node"
+  if [ ! -d "$node_dir/node_modules/socket.io-client" ]; then
+    echo "install-deps: installing socket.io-client (npm ci) in $node_dir" >&2
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
   fi
 fi

@@ -276,3 +276,96 @@ pub fn wav_frames(path: &std::path::Path, codec: Codec) -> anyhow::Result<Vec<Ve
         })
         .collect())
 }
+
+/// `voxgate keys ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Create a key for a user and print it (shown once; only its hash is stored).
+    Create {
+        /// The user (tenant) id the key acts as.
+        #[arg(long)]
+        user: String,
+        /// A note to recognise the key by in `keys list`.
+        #[arg(long)]
+        label: Option<String>,
+        /// The key sees and controls every user's calls and bots.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (never the keys themselves): id, user, label, admin, created, revoked.
+    List {
+        /// Only this user's keys.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a key by its id (the 12 hex digits after `vg_`); refused at once by running servers.
+    Revoke { id: String },
+}
+
+/// Runs a `keys` subcommand against the configured store.
+///
+/// # Errors
+/// The store cannot be opened, or the key does not exist (revoke).
+pub async fn keys(cfg: &crate::config::Config, cmd: KeysCmd) -> anyhow::Result<()> {
+    use crate::store::KeyStore;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let store = crate::store::sqlite::SqliteStore::open(&cfg.database_url())
+        .await
+        .with_context(|| format!("opening store {}", cfg.database_url()))?;
+    let user_ok = |u: &str| {
+        !u.is_empty()
+            && u.len() <= 128
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    };
+    match cmd {
+        KeysCmd::Create { user, label, admin } => {
+            if !user_ok(&user) {
+                bail!("--user must be 1-128 characters of A-Z a-z 0-9 - _ . @");
+            }
+            let k = crate::auth::new_key(&user, label, admin).map_err(anyhow::Error::msg)?;
+            store.key_create(&k.record).await?;
+            eprintln!(
+                "created key {} for user `{user}`{}; it is shown only now:",
+                k.record.id,
+                if admin { " (admin)" } else { "" }
+            );
+            println!("{}", k.key);
+        }
+        KeysCmd::List { user } => {
+            println!(
+                "{:<14} {:<20} {:<6} {:<26} {:<26} label",
+                "id", "user", "admin", "created", "revoked"
+            );
+            for k in store.keys(user.as_deref()).await? {
+                let t = |ms: i64| {
+                    chrono::DateTime::from_timestamp_millis(ms)
+                        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default()
+                };
+                println!(
+                    "{:<14} {:<20} {:<6} {:<26} {:<26} {}",
+                    k.id,
+                    k.user_id,
+                    k.admin,
+                    t(k.created_at),
+                    k.revoked_at.map(t).unwrap_or_else(|| "-".into()),
+                    k.label.unwrap_or_default()
+                );
+            }
+        }
+        KeysCmd::Revoke { id } => {
+            let id = id
+                .strip_prefix("vg_")
+                .map(|r| r.split('_').next().unwrap_or(r))
+                .unwrap_or(&id)
+                .to_string();
+            if !store.key_revoke(&id, voxgate_call::now_ms()).await? {
+                bail!("no active key with id `{id}`");
+            }
+            eprintln!("revoked key {id}");
+        }
+    }
+    Ok(())
+}

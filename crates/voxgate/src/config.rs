@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to serve HTTP and WebSocket on. Only loopback addresses are accepted until
-    /// authentication exists.
+    /// Address to serve HTTP and WebSocket on. A non-loopback address needs authentication on
+    /// (an API key exists, `auth.enabled` or `auth.jwt_secret`); otherwise the server refuses to
+    /// start.
     pub listen: String,
     /// Directory for the SQLite store and call dumps (created if missing).
     pub data_dir: PathBuf,
@@ -35,6 +36,93 @@ pub struct Config {
     pub bots: BotsConfig,
     pub twilio: TwilioConfig,
     pub llm: LlmConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub pbx: PbxConfig,
+}
+
+/// Authentication (README "Going to production"). Authentication is on once any API key was
+/// created (`voxgate keys create`), or when `enabled` or `jwt_secret` is set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a key even before one exists (every request is then refused until one is made).
+    pub enabled: bool,
+    /// HS256 secret of JSON Web Tokens accepted as bearer tokens (`sub` = user id, `exp`
+    /// required and checked), e.g. seed 003's `eyJhbGciOiJIUzI1NiIs...` tokens.
+    pub jwt_secret: Option<String>,
+}
+
+/// Per-user rate limits and quotas; `users.<id>` overrides any of the first three for one user.
+/// Rates are counted in the store (shared by nodes on one database, kept across restarts).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Outbound calls a user may start per minute (seed 001: 5), counted per UTC minute
+    /// (`/pbx/call`, `/call/sip` `invite`).
+    pub originations_per_minute: u32,
+    /// Concurrent streaming WebSocket connections per user (seed 001: 3): `/call`, `/call/sip`.
+    pub streams_per_user: u32,
+    /// Concurrent calls per user (all transports).
+    pub calls_per_user: u32,
+    /// Concurrent calls on this server (all users).
+    pub calls: u32,
+    pub users: std::collections::BTreeMap<String, UserLimits>,
+}
+
+/// One user's overrides of [`LimitsConfig`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserLimits {
+    pub originations_per_minute: Option<u32>,
+    pub streams_per_user: Option<u32>,
+    pub calls_per_user: Option<u32>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            originations_per_minute: 5,
+            streams_per_user: 3,
+            calls_per_user: 50,
+            calls: 1000,
+            users: Default::default(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// `(originations_per_minute, streams_per_user, calls_per_user)` for `user`.
+    pub fn for_user(&self, user: &str) -> (u32, u32, u32) {
+        let o = self.users.get(user).cloned().unwrap_or_default();
+        (
+            o.originations_per_minute
+                .unwrap_or(self.originations_per_minute),
+            o.streams_per_user.unwrap_or(self.streams_per_user),
+            o.calls_per_user.unwrap_or(self.calls_per_user),
+        )
+    }
+}
+
+/// Seed 003 (`/pbx/call`, `/pbx/hangup`, Socket.IO call rooms).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PbxConfig {
+    /// Inbound numbers whose calls go to a user's Socket.IO clients (`newSession` with
+    /// `type: inbound`): number (the called SIP user) → user id. The call is answered when the
+    /// first socket joins its room, or refused 480 after `sip.ring_timeout_secs`.
+    pub numbers: std::collections::BTreeMap<String, String>,
+    /// The Socket.IO path (Engine.IO v4).
+    pub socketio_path: String,
+}
+
+impl Default for PbxConfig {
+    fn default() -> Self {
+        PbxConfig {
+            numbers: Default::default(),
+            socketio_path: "/socket.io".into(),
+        }
+    }
 }
 
 /// Seed 004 bots: phone numbers, webhook loop, limits.
@@ -181,6 +269,9 @@ pub struct SipNumber {
     /// `/call/sip?id=<callId>` and sends `accept`. Without a webhook, the call goes to the
     /// longest-waiting `/call/sip` client that has not placed a call.
     pub webhook: Option<String>,
+    /// The user the number's calls belong to: only that user's (or an admin's) `/call/sip`
+    /// clients take them. Default: `local`, the user of a server without authentication.
+    pub user: Option<String>,
 }
 
 /// One STUN/TURN server, in the seed-002 `/iceservers` shape.
@@ -278,6 +369,9 @@ impl Default for Config {
             bots: BotsConfig::default(),
             twilio: TwilioConfig::default(),
             llm: LlmConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            pbx: PbxConfig::default(),
         }
     }
 }
@@ -304,6 +398,7 @@ impl Default for SipConfig {
             numbers: vec![SipNumber {
                 number: "*".into(),
                 webhook: None,
+                user: None,
             }],
         }
     }
@@ -418,13 +513,11 @@ impl Config {
     /// The problems, one per line.
     pub fn validate(&self) -> Result<(), String> {
         let mut errs = Vec::new();
-        match self.listen.parse::<SocketAddr>() {
-            Err(e) => errs.push(format!("listen: `{}` is not an address:port ({e})", self.listen)),
-            Ok(a) if !a.ip().is_loopback() => errs.push(format!(
-                "listen: refusing to serve on non-loopback address {a}: voxgate has no authentication yet, so it only binds \
-                 127.0.0.0/8 or ::1 (put a reverse proxy with authentication in front, or wait for API keys)"
-            )),
-            Ok(_) => {}
+        if let Err(e) = self.listen.parse::<SocketAddr>() {
+            errs.push(format!(
+                "listen: `{}` is not an address:port ({e})",
+                self.listen
+            ));
         }
         if !["earshot", "silero"].contains(&self.vad.engine.as_str()) {
             errs.push(format!(
@@ -607,6 +700,9 @@ impl Config {
         if c.llm.api_key.is_some() {
             c.llm.api_key = Some("<redacted>".into());
         }
+        if c.auth.jwt_secret.is_some() {
+            c.auth.jwt_secret = Some("<redacted>".into());
+        }
         for t in &mut c.sip.trunks {
             if t.password.is_some() {
                 t.password = Some("<redacted>".into());
@@ -636,9 +732,9 @@ mod tests {
     }
 
     #[test]
-    fn every_problem_is_reported_and_public_bind_refused() {
+    fn every_problem_is_reported() {
         let c = Config {
-            listen: "0.0.0.0:8080".into(),
+            listen: "0.0.0.0:80800".into(),
             vad: VadConfig {
                 engine: "x".into(),
                 ..Default::default()
@@ -651,7 +747,7 @@ mod tests {
         };
         let e = c.validate().unwrap_err();
         assert!(
-            e.contains("non-loopback") && e.contains("vad.engine") && e.contains("asr.engine"),
+            e.contains("listen") && e.contains("vad.engine") && e.contains("asr.engine"),
             "{e}"
         );
     }

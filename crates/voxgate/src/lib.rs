@@ -4,10 +4,13 @@
 
 pub mod api;
 pub mod audio_file;
+pub mod auth;
 pub mod bots;
 pub mod cli;
 pub mod config;
 pub mod engines;
+pub mod limits;
+pub mod mp3_stream;
 pub mod server;
 pub mod sip;
 pub mod store;

@@ -33,6 +33,17 @@ enum Cmd {
     },
     /// Call a voxgate `/call` endpoint: stream a WAV in real time, print events, save replies.
     Call(voxgate::cli::CallArgs),
+    /// Manage API keys (stored hashed in the server's store).
+    Keys {
+        /// TOML configuration file (default: ./voxgate.toml when present).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Data directory (store).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: voxgate::cli::KeysCmd,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +91,26 @@ fn main() -> std::process::ExitCode {
             rt.block_on(voxgate::server::serve(cfg))
         }
         Cmd::Call(args) => rt.block_on(voxgate::cli::call(args)),
+        Cmd::Keys {
+            config,
+            data_dir,
+            cmd,
+        } => {
+            let cfg = match Config::load(
+                config.as_deref(),
+                &Overrides {
+                    data_dir,
+                    ..Default::default()
+                },
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("voxgate: invalid configuration:\n{e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            rt.block_on(voxgate::cli::keys(&cfg, cmd))
+        }
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

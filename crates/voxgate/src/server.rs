@@ -90,14 +90,27 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         loader: Arc::new(crate::audio_file::Loader { http: http.clone() }),
         settings,
     });
+    let auth = crate::auth::Authenticator::new(&cfg.auth, store.clone())
+        .await
+        .context("reading API keys")?;
+    let listen: std::net::SocketAddr = cfg.listen.parse().context("listen")?;
+    if !listen.ip().is_loopback() && !auth.is_on().await {
+        anyhow::bail!(
+            "refusing to serve on non-loopback address {listen}: authentication is off. Create an API key first \
+             (`voxgate keys create --user ID`), or set auth.enabled / auth.jwt_secret; then every request needs a key"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let config = Arc::new(cfg.clone());
     let bots = crate::bots::BotService::new(store.clone(), core.clone(), config.clone(), http);
+    let limits = crate::limits::Limits::new(cfg.limits.clone(), store.clone());
+    let pbx = crate::api::pbx::Pbx::new(core.clone(), auth.clone(), limits.clone(), &cfg);
     if let Some(s) = &sip {
-        s.set_router(Arc::new(crate::bots::BotRouter(bots.clone())));
+        s.add_router(Arc::new(crate::bots::BotRouter(bots.clone())));
+        s.add_router(pbx.router());
     }
     let state = AppState {
         public_url: cfg.public_url(Some(addr)),
@@ -106,6 +119,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         store,
         sip: sip.clone(),
         bots,
+        auth,
+        limits,
+        pbx,
     };
     println!("voxgate listening on http://{addr}");
     tracing::info!("listening on http://{addr}");

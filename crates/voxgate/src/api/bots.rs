@@ -3,7 +3,9 @@
 //! than `bots.max_per_user` bots), 503 (no free number in `[bots] numbers`), 500.
 
 use super::{json_error, AppState};
-use crate::bots::LOCAL_USER;
+use crate::api::Caller;
+use crate::auth::Principal;
+use crate::store::KeyStore;
 use crate::store::{BotCreateError, BotRecord, BotStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -87,6 +89,7 @@ fn bot_json(st: &AppState, b: &BotRecord, calls_today: i64) -> Value {
 /// webhook requests and is shown only here.
 pub async fn create(
     State(st): State<AppState>,
+    axum::Extension(p): Caller,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
@@ -136,7 +139,7 @@ pub async fn create(
     let secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
     let rec = BotRecord {
         id,
-        user_id: LOCAL_USER.into(),
+        user_id: p.user.clone(),
         number: String::new(),
         goal,
         webhook,
@@ -182,9 +185,15 @@ pub async fn create(
     }
 }
 
-/// `GET /bots`: `[{id, number, goal, status, calls_today}]`.
-pub async fn list(State(st): State<AppState>) -> Response {
-    let bots = match st.bots.store.bots(LOCAL_USER).await {
+/// `GET /bots`: `[{id, number, goal, status, calls_today}]`, the caller's bots (an admin key:
+/// every user's).
+pub async fn list(State(st): State<AppState>, axum::Extension(p): Caller) -> Response {
+    let bots = if p.admin {
+        st.store.all_bots().await
+    } else {
+        st.bots.store.bots(&p.user).await
+    };
+    let bots = match bots {
         Ok(b) => b,
         Err(e) => return store_failed(e),
     };
@@ -199,9 +208,10 @@ pub async fn list(State(st): State<AppState>) -> Response {
 }
 
 #[allow(clippy::result_large_err)]
-async fn find(st: &AppState, id: &str) -> Result<BotRecord, Response> {
+async fn find(st: &AppState, p: &Principal, id: &str) -> Result<BotRecord, Response> {
     match st.bots.store.bot(id).await {
-        Ok(Some(b)) if b.user_id == LOCAL_USER => Ok(b),
+        // Another user's bot is "not found": its existence is not revealed.
+        Ok(Some(b)) if p.owns(Some(&b.user_id)) => Ok(b),
         Ok(_) => Err(json_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -212,8 +222,12 @@ async fn find(st: &AppState, id: &str) -> Result<BotRecord, Response> {
 }
 
 /// `GET /bots/{id}`: `{id, number, goal, webhook, context, voice, effective_voice, created_at, ...}`.
-pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match find(&st, &id).await {
+pub async fn get(
+    State(st): State<AppState>,
+    axum::Extension(p): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match find(&st, &p, &id).await {
         Ok(b) => {
             let calls = st.bots.calls_today(&b.id).await;
             Json(bot_json(&st, &b, calls)).into_response()
@@ -224,8 +238,12 @@ pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> Response
 
 /// `DELETE /bots/{id}`: `{"message": "Bot deleted"}`; the number is free for the next bot. Calls
 /// in progress go on; new calls to the number are refused.
-pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    if let Err(r) = find(&st, &id).await {
+pub async fn delete(
+    State(st): State<AppState>,
+    axum::Extension(p): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = find(&st, &p, &id).await {
         return r;
     }
     match st.bots.store.bot_delete(&id).await {

@@ -2,12 +2,17 @@
 
 pub mod bots;
 pub mod call_ws;
+pub mod pbx;
 pub mod rest;
 pub mod twilio;
 
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::store::sqlite::SqliteStore;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,7 +32,86 @@ pub struct AppState {
     pub bots: Arc<crate::bots::BotService>,
     /// The URL this server is reached at (`public_url`, or `http://` + the bound address).
     pub public_url: String,
+    /// API keys and JWTs.
+    pub auth: Authenticator,
+    /// Rate limits and quotas.
+    pub limits: Arc<Limits>,
+    /// Seed 003's Socket.IO rooms.
+    pub pbx: Arc<pbx::Pbx>,
 }
+
+/// The error body of each API family (issue 8): seed 002 and 004 routes answer
+/// `{"code","message"}`, seed 003 routes `{"status","errors","data":null}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiShape {
+    Native,
+    Pbx,
+}
+
+impl ApiShape {
+    /// An error response in this shape; `code` is the machine-readable code of the native shape.
+    pub fn error(self, status: StatusCode, code: &str, message: &str) -> Response {
+        match self {
+            ApiShape::Native => json_error(status, code, message),
+            ApiShape::Pbx => pbx::envelope_error(status, message),
+        }
+    }
+
+    /// 429 with `Retry-After` (seconds, at least 1).
+    pub fn too_many(self, message: &str, retry_after_secs: u64) -> Response {
+        let mut r = self.error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs.max(1)),
+        );
+        r
+    }
+}
+
+/// The response to a failed authentication, in `shape`.
+pub fn auth_failure(shape: ApiShape, e: &AuthError) -> Response {
+    match e {
+        AuthError::Store(m) => {
+            tracing::error!("authentication store: {m}");
+            shape.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "authentication is unavailable",
+            )
+        }
+        _ => {
+            let mut r = shape.error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+async fn authenticate(st: &AppState, shape: ApiShape, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let token = crate::auth::request_token(&parts);
+    match st.auth.authenticate(token.as_deref()).await {
+        Ok(p) => {
+            parts.extensions.insert(p);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => auth_failure(shape, &e),
+    }
+}
+
+async fn auth_native(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    authenticate(&st, ApiShape::Native, req, next).await
+}
+
+async fn auth_pbx(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    authenticate(&st, ApiShape::Pbx, req, next).await
+}
+
+/// The authenticated user of a request (set by the auth middleware of every protected route).
+pub type Caller = axum::Extension<Principal>;
 
 /// A JSON error body `{code, message}` with an HTTP status.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -38,9 +122,10 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// All routes.
+/// All routes. Every route but `/health` and Twilio's (which are checked by
+/// `X-Twilio-Signature`) needs a key once authentication is on.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let native = Router::new()
         .route("/call", get(call_ws::handler::call_ws))
         .route("/call/sip", get(call_ws::handler::call_sip))
         .route("/call/lists", get(rest::list_calls))
@@ -48,10 +133,20 @@ pub fn router(state: AppState) -> Router {
         .route("/iceservers", get(rest::ice_servers))
         .route("/bots", post(bots::create).get(bots::list))
         .route("/bots/{id}", get(bots::get).delete(bots::delete))
+        .route_layer(from_fn_with_state(state.clone(), auth_native));
+    let seed003 = Router::new()
+        .route("/pbx/call", post(pbx::call))
+        .route("/pbx/hangup", post(pbx::hangup))
+        .route_layer(from_fn_with_state(state.clone(), auth_pbx));
+    let socketio = state.pbx.layer();
+    Router::new()
+        .merge(native)
+        .merge(seed003)
         .route("/voice", post(twilio::twiml::voice))
         .route("/voice/next", post(twilio::twiml::voice_next))
         .route("/stream/{bot_id}", get(twilio::stream::stream))
         .route("/health", get(rest::health))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(socketio)
         .with_state(state)
 }

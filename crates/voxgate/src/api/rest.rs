@@ -1,34 +1,55 @@
 //! Seed 002 REST endpoints: `GET /call/lists`, `POST /call/kill/{id}`, `GET /iceservers`; and
 //! `GET /health`.
 
-use super::{json_error, AppState};
+use super::{json_error, AppState, Caller};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-/// `GET /call/lists`: `{"calls": [{id, call_type, created_at (RFC 3339), option}]}`.
-pub async fn list_calls(State(st): State<AppState>) -> Json<serde_json::Value> {
+/// `GET /call/lists`: `{"calls": [{id, call_type, created_at (RFC 3339), option}]}`: the
+/// caller's live calls (an admin key: every user's, with `user`).
+pub async fn list_calls(
+    State(st): State<AppState>,
+    axum::Extension(p): Caller,
+) -> Json<serde_json::Value> {
     let calls: Vec<serde_json::Value> = st
         .core
         .list()
         .into_iter()
+        .filter(|c| p.owns(c.owner.as_deref()))
         .map(|c| {
             let created = chrono::DateTime::from_timestamp_millis(c.created_at)
                 .unwrap_or_default()
                 .to_rfc3339();
-            json!({ "id": c.id, "call_type": c.kind, "created_at": created, "option": c.option })
+            let mut v = json!({ "id": c.id, "call_type": c.kind, "created_at": created, "option": c.option });
+            if p.admin {
+                v["user"] = json!(c.owner);
+            }
+            v
         })
         .collect();
     Json(json!({ "calls": calls }))
 }
 
 /// `POST /call/kill/{id}`: `true` (the call ends with `hangup`, reason `killed`), or 404
-/// `{code, message}` for an unknown id. Never waits on the call.
-pub async fn kill_call(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.core.get(&id) {
-        Some(call) if call.end("killed", "system") => Json(true).into_response(),
+/// `{code, message}` for an unknown id or another user's call. Never waits on the call.
+pub async fn kill_call(
+    State(st): State<AppState>,
+    axum::Extension(p): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    let owner = st
+        .core
+        .list()
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(|c| c.owner);
+    match (st.core.get(&id), owner) {
+        (Some(call), Some(owner)) if p.owns(owner.as_deref()) && call.end("killed", "system") => {
+            Json(true).into_response()
+        }
         _ => json_error(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -20,9 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use voxgate_call::{CallCore, CallHandle, CallSpec, PendingLeg, StartError};
 
-/// The owner of every bot until API keys exist (issue 8 maps keys to users).
-pub const LOCAL_USER: &str = "local";
-
 /// Cloud voices named by seed 004. voxgate has no cloud TTS adapter yet, so they speak with the
 /// offline default voice (and say so in `effective_voice`).
 const CLOUD_PROVIDERS: [&str; 3] = ["elevenlabs", "polly", "playht"];
@@ -281,6 +278,7 @@ impl BotService {
             .core
             .start(CallSpec {
                 id: call_id,
+                owner: Some(bot.user_id.clone()),
                 kind,
                 leg: Some(leg),
                 subscribers: vec![sub],

@@ -12,6 +12,7 @@
 pub mod call;
 pub mod media;
 
+use crate::auth::{Principal, LOCAL_USER};
 use crate::config::{SipConfig, SipTrunk};
 use async_trait::async_trait;
 use rsipstack::dialog::dialog::DialogStateReceiver;
@@ -53,6 +54,8 @@ pub struct IncomingCall {
     pub callee: String,
     /// The INVITE's SDP offer; `None` for a late offer (we offer in the 200 OK).
     pub offer: Option<String>,
+    /// The user the called number belongs to (`[[sip.numbers]] user`; `local` when unset).
+    pub owner: String,
     pub(crate) dialog: InviteDialog,
     pub(crate) states: DialogStateReceiver,
 }
@@ -83,9 +86,11 @@ pub struct SipService {
     pending: Mutex<HashMap<String, IncomingCall>>,
     /// Trunk name → what the last OPTIONS keepalive and REGISTER found.
     trunk_status: Mutex<HashMap<String, TrunkStatus>>,
-    waiting: Mutex<VecDeque<(String, CallHandle)>>,
-    /// Takes calls to numbers it owns before `[[sip.numbers]]` is consulted (bots).
-    router: Mutex<Option<Arc<dyn InboundRouter>>>,
+    /// `/call/sip` clients waiting for an inbound call: (call id, who connected, call).
+    waiting: Mutex<VecDeque<(String, Principal, CallHandle)>>,
+    /// Take calls to numbers they own before `[[sip.numbers]]` is consulted (bots, seed 003),
+    /// asked in order.
+    routers: Mutex<Vec<Arc<dyn InboundRouter>>>,
     http: reqwest::Client,
     cancel: CancellationToken,
     /// BYEs and CANCELs still waiting for the far end's answer.
@@ -282,7 +287,7 @@ impl SipService {
             pending: Mutex::new(HashMap::new()),
             trunk_status: Mutex::new(HashMap::new()),
             waiting: Mutex::new(VecDeque::new()),
-            router: Mutex::new(None),
+            routers: Mutex::new(Vec::new()),
             http,
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
@@ -318,8 +323,8 @@ impl SipService {
     }
 
     /// Sets who takes calls to numbers outside `[[sip.numbers]]` first (the bots).
-    pub fn set_router(&self, router: Arc<dyn InboundRouter>) {
-        *self.router.lock().expect("lock") = Some(router);
+    pub fn add_router(&self, router: Arc<dyn InboundRouter>) {
+        self.routers.lock().expect("lock").push(router);
     }
 
     /// Our Contact URI.
@@ -366,22 +371,37 @@ impl SipService {
     }
 
     /// A `/call/sip` client that has not placed a call waits for inbound calls.
-    pub fn add_waiting(&self, id: &str, call: CallHandle) {
+    pub fn add_waiting(&self, id: &str, who: &Principal, call: CallHandle) {
         self.waiting
             .lock()
             .expect("lock")
-            .push_back((id.to_string(), call));
+            .push_back((id.to_string(), who.clone(), call));
     }
 
     /// The client placed a call or left.
     pub fn remove_waiting(&self, id: &str) {
-        self.waiting.lock().expect("lock").retain(|(w, _)| w != id);
+        self.waiting
+            .lock()
+            .expect("lock")
+            .retain(|(w, _, _)| w != id);
     }
 
-    /// A webhook-announced call that `/call/sip?id=` connects to.
-    pub fn take_pending(self: &Arc<Self>, id: &str) -> Option<call::IncomingSip> {
-        let c = self.pending.lock().expect("lock").remove(id)?;
+    /// A webhook-announced call that `/call/sip?id=` connects to, if `who` may take it (the
+    /// number's owner or an admin).
+    pub fn take_pending(self: &Arc<Self>, id: &str, who: &Principal) -> Option<call::IncomingSip> {
+        let mut pending = self.pending.lock().expect("lock");
+        if !pending.get(id).is_some_and(|c| who.owns(Some(&c.owner))) {
+            return None;
+        }
+        let c = pending.remove(id)?;
         Some(call::IncomingSip::new(self.clone(), c))
+    }
+
+    /// The longest-waiting `/call/sip` client that may take a call owned by `owner`.
+    fn next_waiting(&self, owner: &str) -> Option<(String, CallHandle)> {
+        let mut w = self.waiting.lock().expect("lock");
+        let i = w.iter().position(|(_, p, _)| p.owns(Some(owner)))?;
+        w.remove(i).map(|(id, _, h)| (id, h))
     }
 
     /// The trunk for a callee (a number), if any.
@@ -600,11 +620,15 @@ impl SipService {
                 return;
             }
         }
-        let router = self.router.lock().expect("lock").clone();
-        let bot = match &router {
-            Some(r) => r.owns(&callee).await,
-            None => false,
-        };
+        let routers = self.routers.lock().expect("lock").clone();
+        let mut router = None;
+        for r in routers {
+            if r.owns(&callee).await {
+                router = Some(r);
+                break;
+            }
+        }
+        let bot = router.is_some();
         let route = self
             .cfg
             .numbers
@@ -633,11 +657,16 @@ impl SipService {
         };
         let id = uuid::Uuid::new_v4().to_string();
         tracing::info!(call = %id, caller, callee, late_offer = offer.is_none(), "incoming call");
+        let owner = route
+            .as_ref()
+            .and_then(|r| r.user.clone())
+            .unwrap_or_else(|| LOCAL_USER.to_string());
         let call = IncomingCall {
             id: id.clone(),
             caller: caller.clone(),
             callee: callee.clone(),
             offer: offer.clone(),
+            owner: owner.clone(),
             dialog: dialog.clone(),
             states,
         };
@@ -711,7 +740,7 @@ impl SipService {
                 let mut leg: Box<dyn PendingLeg> =
                     Box::new(call::IncomingSip::new(self.clone(), call));
                 loop {
-                    let next = self.waiting.lock().expect("lock").pop_front();
+                    let next = self.next_waiting(&owner);
                     let Some((client, handle)) = next else {
                         tracing::info!(call = %id, "no /call/sip client is waiting: 480");
                         leg.refuse("no_answer");

@@ -98,3 +98,34 @@ pub trait BotStore: Send + Sync {
     /// A counter's value (0 when never counted).
     async fn usage(&self, scope: &str, period: &str) -> Result<i64, StoreError>;
 }
+
+/// An API key as stored: never the key itself, only the SHA-256 of its secret part.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct KeyRecord {
+    /// The key's public id (the `ID` of `vg_ID_SECRET`).
+    pub id: String,
+    pub user_id: String,
+    pub label: Option<String>,
+    /// Lower-case hex SHA-256 of the secret part.
+    #[serde(skip)]
+    pub secret_hash: String,
+    /// Sees and controls every user's resources.
+    pub admin: bool,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// API keys.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn key_create(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Keys (revoked ones too), oldest first; one user's when `user` is given.
+    async fn keys(&self, user: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Revokes a key at `at`; `false` when there is no such key or it was revoked already.
+    async fn key_revoke(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Whether any key was ever created (authentication is on from then on).
+    async fn keys_exist(&self) -> Result<bool, StoreError>;
+    /// Every user's bots, oldest first (admin listing).
+    async fn all_bots(&self) -> Result<Vec<BotRecord>, StoreError>;
+}

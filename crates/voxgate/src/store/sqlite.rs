@@ -2,8 +2,8 @@
 //! `migrations/sqlite/` and run at open.
 
 use super::{
-    BotCreateError, BotRecord, BotStore, CallRecord, CallStore, Store, StoreError,
-    TranscriptRecord, TurnRecord,
+    BotCreateError, BotRecord, BotStore, CallRecord, CallStore, KeyRecord, KeyStore, Store,
+    StoreError, TranscriptRecord, TurnRecord,
 };
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -62,6 +62,13 @@ impl SqliteStore {
                     include_str!("../../migrations/sqlite/0003_bots.sql").into_sql_str(),
                     false,
                 ),
+                Migration::new(
+                    4,
+                    Cow::Borrowed("auth"),
+                    MigrationType::Simple,
+                    include_str!("../../migrations/sqlite/0004_auth.sql").into_sql_str(),
+                    false,
+                ),
             ]),
             ..Migrator::DEFAULT
         };
@@ -85,6 +92,7 @@ fn call_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CallRecord, sqlx::Error>
         quality: r
             .try_get::<Option<String>, _>("quality")?
             .and_then(|q| serde_json::from_str(&q).ok()),
+        user_id: r.try_get("user_id")?,
     })
 }
 
@@ -104,13 +112,14 @@ impl CallStore for SqliteStore {
     async fn call_created(&self, c: &CallRecord) -> Result<(), StoreError> {
         // A plain INSERT: an id used before is a conflict (reusing it would mix two calls'
         // records and transcripts).
-        let r = sqlx::query("INSERT OR IGNORE INTO calls (id, transport, caller, callee, codec, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        let r = sqlx::query("INSERT OR IGNORE INTO calls (id, transport, caller, callee, codec, created_at, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(&c.id)
             .bind(&c.transport)
             .bind(&c.caller)
             .bind(&c.callee)
             .bind(&c.codec)
             .bind(c.created_at)
+            .bind(&c.user_id)
             .execute(&self.pool)
             .await
             .map_err(err)?;
@@ -397,6 +406,95 @@ impl BotStore for SqliteStore {
                 .await
                 .map_err(err)?;
         Ok(row.map_or(0, |r| r.0))
+    }
+}
+
+fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, sqlx::Error> {
+    Ok(KeyRecord {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        label: r.try_get("label")?,
+        secret_hash: r.try_get("secret_hash")?,
+        admin: r.try_get::<i64, _>("admin")? != 0,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn key_create(&self, k: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_keys (id, user_id, label, secret_hash, admin, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&k.id)
+            .bind(&k.user_id)
+            .bind(&k.label)
+            .bind(&k.secret_hash)
+            .bind(k.admin as i64)
+            .bind(k.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        row.map(|r| key_from_row(&r)).transpose().map_err(err)
+    }
+
+    async fn keys(&self, user: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = match user {
+            Some(u) => {
+                sqlx::query("SELECT * FROM api_keys WHERE user_id = ? ORDER BY created_at, id")
+                    .bind(u)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query("SELECT * FROM api_keys ORDER BY created_at, id")
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(err)?;
+        rows.iter()
+            .map(key_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn key_revoke(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let r =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn keys_exist(&self) -> Result<bool, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT EXISTS(SELECT 1 FROM api_keys)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(n != 0)
+    }
+
+    async fn all_bots(&self) -> Result<Vec<BotRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM bots ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(bot_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(err)
     }
 }
 

@@ -45,7 +45,36 @@ impl Server {
 
     /// Starts with `toml` as `voxgate.toml` in the server's working directory.
     pub fn start_with_config(env: &[(&str, &str)], toml: &str) -> Server {
-        let data_dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), env, toml)
+    }
+
+    /// Stops the server and keeps its data directory (to start another on it).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Runs `voxgate ARGS --data-dir DIR` (e.g. `keys create`) in the server's directory and
+    /// returns its stdout; panics when it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .current_dir(self.data_dir.path())
+            .output()
+            .expect("run voxgate");
+        assert!(
+            out.status.success(),
+            "voxgate {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts in `data_dir` (its store and `voxgate.toml` are kept).
+    pub fn start_in(data_dir: tempfile::TempDir, env: &[(&str, &str)], toml: &str) -> Server {
         if !toml.is_empty() {
             std::fs::write(data_dir.path().join("voxgate.toml"), toml).unwrap();
         }
@@ -425,10 +454,30 @@ pub fn dtmf_audio(digits: &str) -> Vec<i16> {
 /// Transcribes a WAV with voxgate's own ASR over `/call` (16 kHz PCM, sent 4× faster than real
 /// time); the final transcripts joined.
 pub async fn transcribe(server: &Server, wav: &Path) -> String {
+    transcribe_as(server, wav, None).await
+}
+
+/// [`transcribe`] with an API key (`?token=`) on a server with authentication.
+pub async fn transcribe_as(server: &Server, wav: &Path, key: Option<&str>) -> String {
     let (samples, rate) = read_wav(wav);
+    transcribe_samples(server, &samples, rate, key).await
+}
+
+/// Transcribes mono samples through `/call`.
+pub async fn transcribe_samples(
+    server: &Server,
+    samples: &[i16],
+    rate: SampleRate,
+    key: Option<&str>,
+) -> String {
+    let samples = samples.to_vec();
     let mut pcm = resample_clip(&samples, rate, SampleRate::HZ_16000).unwrap();
     pcm.extend(std::iter::repeat_n(0i16, 16000));
-    let mut c = Client::connect(&server.ws_url("?dump=false")).await;
+    let q = match key {
+        Some(k) => format!("?dump=false&token={k}"),
+        None => "?dump=false".to_string(),
+    };
+    let mut c = Client::connect(&server.ws_url(&q)).await;
     c.send(
         serde_json::json!({"command": "invite", "option": {"codec": "pcm", "sampleRate": 16000}}),
     )

@@ -13,7 +13,8 @@
 //! On `/call/sip` the WebSocket is only the controller; the audio travels over SIP/RTP.
 
 use super::adapter::{event_json, list_option, parse_command, Endpoint};
-use crate::api::{json_error, AppState};
+use crate::api::{json_error, ApiShape, AppState, Caller};
+use crate::auth::Principal;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -38,7 +39,8 @@ pub const OUT_QUEUE: usize = 128;
 /// Bot audio frames that may wait for the socket (20 ms each).
 pub const MAX_QUEUED_AUDIO: usize = 10;
 
-/// Query of `GET /call`: `id` (session id; a UUID when absent) and `dump` (`true`/`false`).
+/// Query of `GET /call`: `id` (session id; a UUID when absent), `dump` (`true`/`false`) and
+/// `token` (an API key, for clients that cannot set headers; read by the auth middleware).
 #[derive(Deserialize)]
 pub struct CallQuery {
     id: Option<String>,
@@ -69,8 +71,9 @@ pub async fn call_ws(
     ws: WebSocketUpgrade,
     Query(q): Query<CallQuery>,
     State(st): State<AppState>,
+    axum::Extension(p): Caller,
 ) -> Response {
-    upgrade(ws, q, st, Endpoint::Call).await
+    upgrade(ws, q, st, Endpoint::Call, p).await
 }
 
 /// `GET /call/sip` (seed 002 "SIP Call Handler"): the same commands and events, with the audio on
@@ -80,6 +83,7 @@ pub async fn call_sip(
     ws: WebSocketUpgrade,
     Query(q): Query<CallQuery>,
     State(st): State<AppState>,
+    axum::Extension(p): Caller,
 ) -> Response {
     if st.sip.is_none() {
         return json_error(
@@ -88,7 +92,7 @@ pub async fn call_sip(
             "SIP is disabled on this server (sip.enabled = false)",
         );
     }
-    upgrade(ws, q, st, Endpoint::Sip).await
+    upgrade(ws, q, st, Endpoint::Sip, p).await
 }
 
 fn conflict(id: &str) -> Response {
@@ -99,7 +103,13 @@ fn conflict(id: &str) -> Response {
     )
 }
 
-async fn upgrade(ws: WebSocketUpgrade, q: CallQuery, st: AppState, ep: Endpoint) -> Response {
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    q: CallQuery,
+    st: AppState,
+    ep: Endpoint,
+    p: Principal,
+) -> Response {
     let id =
         q.id.filter(|s| !s.is_empty())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -142,6 +152,13 @@ async fn upgrade(ws: WebSocketUpgrade, q: CallQuery, st: AppState, ep: Endpoint)
             );
         }
     }
+    let slot = match st.limits.stream(&p) {
+        Ok(s) => s,
+        Err(e) => return ApiShape::Native.too_many(&e.message, e.retry_after_secs),
+    };
+    if let Err(e) = st.limits.call_room(&st.core, &p) {
+        return ApiShape::Native.too_many(&e.message, e.retry_after_secs);
+    }
     let max = st.config.call.max_binary_bytes;
     // Messages up to 4 × `max_binary_bytes` are read and answered (audio over the limit gets a
     // 413 `error` event); larger ones close the socket (1009). Small socket buffers: a call
@@ -151,7 +168,10 @@ async fn upgrade(ws: WebSocketUpgrade, q: CallQuery, st: AppState, ep: Endpoint)
         .max_frame_size(max.saturating_mul(4).max(64 * 1024))
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| run(socket, id, dump, st, ep))
+        .on_upgrade(move |socket| async move {
+            run(socket, id, dump, st, ep, p).await;
+            drop(slot);
+        })
         .into_response()
 }
 
@@ -305,7 +325,7 @@ async fn open_dump(st: &AppState, id: &str) -> Option<DumpFile> {
     }
 }
 
-async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, ep: Endpoint) {
+async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, ep: Endpoint, p: Principal) {
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUT_QUEUE);
     let queued_audio = Arc::new(AtomicUsize::new(0));
     let lagged = Arc::new((AtomicBool::new(false), Notify::new()));
@@ -319,7 +339,7 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, ep: Endpoi
         // A webhook-announced inbound call is attached by its id; otherwise the client waits.
         (Some(svc), _) => (
             "sip",
-            svc.take_pending(&id)
+            svc.take_pending(&id, &p)
                 .map(|l| Box::new(l) as Box<dyn PendingLeg>),
         ),
         (None, _) => (
@@ -347,6 +367,7 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, ep: Endpoi
         .core
         .start(CallSpec {
             id: Some(id.clone()),
+            owner: Some(p.user.clone()),
             kind,
             leg,
             subscribers: vec![Box::new(subscriber)],
@@ -370,7 +391,7 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, ep: Endpoi
     };
     tracing::info!(call = %id, dump, call_type = kind, "call connected");
     if let (true, Some(svc)) = (waiting, &sip) {
-        svc.add_waiting(&id, call.clone());
+        svc.add_waiting(&id, &p, call.clone());
     }
     let dump = if dump {
         open_dump(&st, &id).await
@@ -439,6 +460,13 @@ async fn run(socket: WebSocket, id: String, dump: bool, st: AppState, ep: Endpoi
                             st.core.set_option(&id, o);
                         }
                         if let (Some(svc), CallCommand::Dial(_)) = (&sip, &cmd) {
+                            if let Err(e) = st.limits.originate(&p).await {
+                                let e = error_json(&id, "command", e.message, 429);
+                                if out_tx.send(e).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
                             svc.remove_waiting(&id);
                         }
                         if call.command(cmd).await.is_err() {

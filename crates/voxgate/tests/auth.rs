@@ -1,0 +1,297 @@
+//! Issue 8: API keys, JWTs, tenant isolation and limits, against the real binary.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const NO_ASR: [(&str, &str); 1] = [("VOXGATE_ASR__ENGINE", "none")];
+
+async fn get(server: &Server, path: &str, key: Option<&str>) -> (StatusCode, Value) {
+    let mut r = reqwest::Client::new().get(server.http(path));
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    let r = r.send().await.unwrap();
+    let s = r.status();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(server: &Server, path: &str, key: Option<&str>, body: Value) -> reqwest::Response {
+    let mut r = reqwest::Client::new().post(server.http(path)).json(&body);
+    if let Some(k) = key {
+        r = r.header("X-API-Key", k);
+    }
+    r.send().await.unwrap()
+}
+
+/// The HTTP status of a refused WebSocket upgrade; `None` when it was accepted.
+async fn ws_refused(url: &str) -> Option<u16> {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => None,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_jwts_and_error_shapes() {
+    let secret = "test-jwt-secret-0123456789";
+    let server = Server::start_with_config(&NO_ASR, "");
+    // Without any key, the server is open (loopback) and acts as the local admin.
+    assert_eq!(get(&server, "/call/lists", None).await.0, StatusCode::OK);
+    let alice = server.cli(&["keys", "create", "--user", "alice", "--label", "ci"]);
+    assert!(alice.starts_with("vg_"), "{alice}");
+    // From the first key on, every protected route needs one (the running server notices).
+    for path in ["/call/lists", "/bots", "/iceservers"] {
+        let (s, body) = get(&server, path, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(body["code"], "unauthorized", "{path}: {body}");
+        assert!(body["message"].is_string());
+        let (s, _) = get(&server, path, Some("vg_0123456789ab_wrong")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        let (s, _) = get(&server, path, Some(&alice)).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+    }
+    let r = post(&server, "/call/kill/x", None, json!({})).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Seed 003's envelope.
+    let r = post(&server, "/pbx/call", None, json!({"phoneNumber": "0896"})).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 401, "{body}");
+    assert_eq!(body["errors"], "Authentication token is required");
+    assert_eq!(body["data"], Value::Null);
+    let r = post(
+        &server,
+        "/pbx/hangup",
+        Some("nope"),
+        json!({"sessionId": "x"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Public routes.
+    assert_eq!(get(&server, "/health", None).await.0, StatusCode::OK);
+    // WebSocket upgrades: header or ?token=.
+    assert_eq!(ws_refused(&server.ws_url("")).await, Some(401));
+    assert_eq!(
+        ws_refused(&server.ws_url("?token=vg_0123456789ab_x")).await,
+        Some(401)
+    );
+    let c = Client::connect(&server.ws_url(&format!("?token={alice}&dump=false"))).await;
+    c.close().await;
+    // Revoked: refused at once by the running server.
+    let id = &alice[3..15];
+    server.cli(&["keys", "revoke", id]);
+    let (s, _) = get(&server, "/call/lists", Some(&alice)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let listed = server.cli(&["keys", "list"]);
+    assert!(
+        listed.contains(id) && listed.contains("alice") && !listed.contains(&alice),
+        "{listed}"
+    );
+    drop(server);
+
+    // JWTs (HS256, `sub`, `exp`).
+    let server =
+        Server::start_with_config(&NO_ASR, &format!("[auth]\njwt_secret = \"{secret}\"\n"));
+    let now = chrono::Utc::now().timestamp();
+    let sign = |key: &str, exp: i64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": "bob", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let good = sign(secret, now + 600);
+    assert_eq!(get(&server, "/bots", Some(&good)).await.0, StatusCode::OK);
+    let (s, body) = get(&server, "/bots", Some(&sign("other-secret", now + 600))).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (s, body) = get(&server, "/bots", Some(&sign(secret, now - 10))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["message"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    assert_eq!(
+        get(&server, "/bots", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_see_only_their_own_calls_and_bots() {
+    let server = Server::start_with_config(&NO_ASR, "");
+    let alice = server.cli(&["keys", "create", "--user", "alice"]);
+    let bob = server.cli(&["keys", "create", "--user", "bob"]);
+    let admin = server.cli(&["keys", "create", "--user", "ops", "--admin"]);
+    // A bot of alice's.
+    let r = post(
+        &server,
+        "/bots",
+        Some(&alice),
+        json!({"goal": "test", "webhook": "http://127.0.0.1:9/hook"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let bot: Value = r.json().await.unwrap();
+    let bot_id = bot["id"].as_str().unwrap().to_string();
+    let (s, list) = get(&server, "/bots", Some(&bob)).await;
+    assert_eq!((s, list.as_array().unwrap().len()), (StatusCode::OK, 0));
+    let (s, body) = get(&server, &format!("/bots/{bot_id}"), Some(&bob)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    let r = reqwest::Client::new()
+        .delete(server.http(&format!("/bots/{bot_id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&server, &format!("/bots/{bot_id}"), Some(&alice))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, all) = get(&server, "/bots", Some(&admin)).await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+
+    // A call of alice's.
+    let mut c =
+        Client::connect(&server.ws_url(&format!("?token={alice}&id=alice-call&dump=false"))).await;
+    c.send(json!({"command": "invite", "option": {"codec": "pcm"}}))
+        .await;
+    c.wait_event("answer", Duration::from_secs(10)).await;
+    let ids = |v: &Value| -> Vec<String> {
+        v["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, l) = get(&server, "/call/lists", Some(&alice)).await;
+    assert_eq!(ids(&l), vec!["alice-call"]);
+    let (_, l) = get(&server, "/call/lists", Some(&bob)).await;
+    assert!(ids(&l).is_empty(), "{l}");
+    let r = post(&server, "/call/kill/alice-call", Some(&bob), json!({})).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let (_, l) = get(&server, "/call/lists", Some(&admin)).await;
+    assert_eq!(ids(&l), vec!["alice-call"]);
+    assert_eq!(l["calls"][0]["user"], "alice");
+    let r = post(&server, "/call/kill/alice-call", Some(&admin), json!({})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let h = c.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(h["reason"], "killed");
+    // The stored call belongs to alice.
+    let store = voxgate::store::sqlite::SqliteStore::open(&server.db_url())
+        .await
+        .unwrap();
+    let rec = voxgate::store::Store::call(&store, "alice-call")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.user_id.as_deref(), Some("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_and_origination_limits_survive_a_restart() {
+    // A trunk nobody answers: originations are counted, the calls fail on their own.
+    let toml = "[[sip.trunks]]\nname = \"dead\"\nhost = \"127.0.0.1:9\"\n";
+    let server = Server::start_with_config(&NO_ASR, toml);
+    let alice = server.cli(&["keys", "create", "--user", "alice"]);
+    // 3 concurrent streaming connections, the 4th refused.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Client::connect(&server.ws_url(&format!("?token={alice}&dump=false"))).await);
+    }
+    let url = server.ws_url(&format!("?token={alice}&dump=false"));
+    assert_eq!(ws_refused(&url).await, Some(429));
+    open.pop().unwrap().close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    open.push(Client::connect(&url).await);
+    for c in open {
+        c.close().await;
+    }
+
+    // Originations: 5 per minute. Stay inside one UTC minute.
+    let sec = chrono::Timelike::second(&chrono::Utc::now());
+    if sec > 40 {
+        tokio::time::sleep(Duration::from_secs(u64::from(61 - sec))).await;
+    }
+    for i in 0..5 {
+        let r = post(
+            &server,
+            "/pbx/call",
+            Some(&alice),
+            json!({"phoneNumber": "+15550100"}),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK, "call {i}: {:?}", r.text().await);
+    }
+    let r = post(
+        &server,
+        "/pbx/call",
+        Some(&alice),
+        json!({"phoneNumber": "+15550100"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 429, "{body}");
+    // The count is in the store: a restarted server still refuses.
+    let dir = server.stop();
+    let server = Server::start_in(dir, &NO_ASR, "");
+    let r = post(
+        &server,
+        "/pbx/call",
+        Some(&alice),
+        json!({"phoneNumber": "+15550100"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Bad numbers are 400 in the seed's words.
+    let r = post(
+        &server,
+        "/pbx/call",
+        Some(&alice),
+        json!({"phoneNumber": "call me"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"], "Invalid phone number format");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_bind_needs_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env("VOXGATE_ASR__ENGINE", "none")
+        .env("VOXGATE_SIP__ENABLED", "false")
+        .arg("--models-dir")
+        .arg(repo_root().join("models"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("non-loopback") && err.contains("keys create"),
+        "{err}"
+    );
+}
