@@ -13,15 +13,17 @@ const VOICES: [&str; 5] = ["slt", "kal", "kal16", "awb", "rms"];
 /// The flite synthesizer.
 pub struct Flite {
     binary: PathBuf,
-    tmp: PathBuf,
+    /// A directory only this process can use (mode 0700, unique name), removed on drop: flite
+    /// writes its WAVs there, so no other user can read them or plant a link in their place.
+    tmp: tempfile::TempDir,
     seq: AtomicU64,
 }
 
 impl Flite {
-    /// Checks that `binary` runs; temporary WAVs go to `tmp`.
+    /// Checks that `binary` runs; temporary WAVs go to a private directory made inside `tmp`.
     ///
     /// # Errors
-    /// [`SpeechError::Unavailable`] when flite cannot run.
+    /// [`SpeechError::Unavailable`] when flite cannot run or the directory cannot be made.
     pub fn new(binary: &Path, tmp: &Path) -> Result<Self, SpeechError> {
         let ok = Command::new(binary)
             .arg("-lv")
@@ -34,9 +36,19 @@ impl Flite {
                 binary.display()
             )));
         }
+        let tmp = tempfile::Builder::new()
+            .prefix("voxgate-flite-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(tmp)
+            .map_err(|e| {
+                SpeechError::Unavailable(format!(
+                    "flite: temporary directory in {}: {e}",
+                    tmp.display()
+                ))
+            })?;
         Ok(Flite {
             binary: binary.to_path_buf(),
-            tmp: tmp.to_path_buf(),
+            tmp,
             seq: AtomicU64::new(0),
         })
     }
@@ -57,11 +69,10 @@ impl Synthesizer for Flite {
                 VOICES.join(", ")
             )));
         }
-        let path = self.tmp.join(format!(
-            "flite-{}-{}.wav",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = self
+            .tmp
+            .path()
+            .join(format!("{}.wav", self.seq.fetch_add(1, Ordering::Relaxed)));
         let out = Command::new(&self.binary)
             .args(["-voice", voice, "-o"])
             .arg(&path)
@@ -100,4 +111,30 @@ fn read_wav(path: &Path) -> Result<AudioFrame, SpeechError> {
         samples,
     };
     Ok(frame.into_mono())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// flite's WAVs live in a directory only this process may use, and do not stay there.
+    #[test]
+    fn temporary_files_are_private_and_removed() {
+        let base = std::env::temp_dir();
+        let f = Flite::new(Path::new("flite"), &base)
+            .expect("flite is missing: run `make test` (scripts/install-deps.sh installs it)");
+        let mode = std::fs::metadata(f.tmp.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        assert!(f.tmp.path().starts_with(&base));
+        let a = f.synthesize("Hello there.", None).unwrap();
+        assert!(a.samples.len() > 1600);
+        assert_eq!(std::fs::read_dir(f.tmp.path()).unwrap().count(), 0);
+        let dir = f.tmp.path().to_path_buf();
+        drop(f);
+        assert!(!dir.exists());
+    }
 }

@@ -12,15 +12,20 @@ use symphonia::core::meta::MetadataOptions;
 use voxgate_media::resample::resample_clip;
 use voxgate_media::SampleRate;
 
-/// Fetches over HTTP(S) with the server's client, reads files, decodes on the blocking pool.
+/// Fetches what `play` names and decodes it on the blocking pool, within `[play]`'s limits:
+/// local files only under `media_dir`, URLs only `http(s)` to public addresses unless
+/// `allow_private`.
 pub struct Loader {
-    pub http: reqwest::Client,
+    /// The directory local files are read from (canonical).
+    pub media_dir: std::path::PathBuf,
+    /// Allow URLs whose host is loopback, private, link-local, ...
+    pub allow_private: bool,
 }
 
 #[async_trait::async_trait]
 impl voxgate_call::AudioLoader for Loader {
     async fn load(&self, url: &str) -> Result<Vec<i16>, String> {
-        let bytes = fetch(&self.http, url).await?;
+        let bytes = self.fetch(url).await?;
         let hint = url.to_string();
         tokio::task::spawn_blocking(move || decode_to_16k(bytes, &hint))
             .await
@@ -28,15 +33,126 @@ impl voxgate_call::AudioLoader for Loader {
     }
 }
 
-/// Largest file `play` accepts, bytes (about 10 minutes of 44.1 kHz stereo WAV).
+/// Largest file or download `play` accepts, bytes.
 pub const MAX_BYTES: usize = 100 * 1024 * 1024;
 
-/// Fetches the bytes behind `url`.
-///
-/// # Errors
-/// A message with the cause: bad URL, HTTP status, I/O error, or a file over [`MAX_BYTES`].
-pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let bytes = if url.starts_with("http://") || url.starts_with("https://") {
+/// Whether `ip` is an address a server-side fetch must not reach by default: loopback,
+/// unspecified, private (RFC 1918, RFC 4193), link-local, shared (RFC 6598), multicast,
+/// broadcast, documentation, or an IPv4-mapped/compatible IPv6 form of those.
+pub fn is_non_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            v.is_loopback()
+                || v.is_unspecified()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_multicast()
+                || v.is_broadcast()
+                || v.is_documentation()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || o[0] == 0
+                || o[0] >= 240
+        }
+        IpAddr::V6(v) => {
+            if let Some(m) = v.to_ipv4_mapped() {
+                return is_non_public(IpAddr::V4(m));
+            }
+            let s = v.segments();
+            v.is_loopback()
+                || v.is_unspecified()
+                || v.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0 && s[4] == 0 && s[5] == 0)
+                || s[0] == 0x2001 && s[1] == 0x0db8
+        }
+    }
+}
+
+impl Loader {
+    /// The bytes of `url`: an `http(s)://` URL, a `file://` URL or a path (relative to
+    /// `media_dir`, or absolute inside it).
+    ///
+    /// # Errors
+    /// A message for the `error` event: refused by the limits above, not found, HTTP status,
+    /// larger than [`MAX_BYTES`].
+    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
+        let bytes = if url.starts_with("http://") || url.starts_with("https://") {
+            self.fetch_http(url).await?
+        } else {
+            let path = match url.strip_prefix("file://") {
+                Some(p) => p.to_string(),
+                None if url.contains("://") => {
+                    return Err(format!(
+                        "unsupported URL scheme in `{url}` (use http, https, file or a path)"
+                    ))
+                }
+                None => url.to_string(),
+            };
+            let full = self.media_dir.join(&path);
+            let canon = tokio::fs::canonicalize(&full)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            if !canon.starts_with(&self.media_dir) {
+                return Err(format!(
+                    "{path}: `play` reads files only under the media directory {} (play.media_dir)",
+                    self.media_dir.display()
+                ));
+            }
+            let meta = tokio::fs::metadata(&canon)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            if meta.len() as usize > MAX_BYTES {
+                return Err(format!("{path} is larger than {MAX_BYTES} bytes"));
+            }
+            tokio::fs::read(&canon)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?
+        };
+        if bytes.len() > MAX_BYTES {
+            return Err(format!("{url} is larger than {MAX_BYTES} bytes"));
+        }
+        Ok(bytes)
+    }
+
+    async fn fetch_http(&self, url: &str) -> Result<Vec<u8>, String> {
+        let u = url::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+        let port = u.port_or_known_default().unwrap_or(80);
+        let (name, addrs): (Option<String>, Vec<std::net::SocketAddr>) = match u.host() {
+            Some(url::Host::Ipv4(ip)) => (None, vec![(ip, port).into()]),
+            Some(url::Host::Ipv6(ip)) => (None, vec![(ip, port).into()]),
+            Some(url::Host::Domain(d)) => {
+                let a = tokio::net::lookup_host((d, port))
+                    .await
+                    .map_err(|e| format!("fetching {url}: cannot resolve {d}: {e}"))?
+                    .collect();
+                (Some(d.to_string()), a)
+            }
+            None => return Err(format!("`{url}` has no host")),
+        };
+        let Some(first) = addrs.first().copied() else {
+            return Err(format!("fetching {url}: its host has no address"));
+        };
+        if !self.allow_private {
+            if let Some(bad) = addrs.iter().find(|a| is_non_public(a.ip())) {
+                return Err(format!(
+                    "refusing to fetch {url}: {} is not a public address (set play.allow_private = true to allow)",
+                    bad.ip()
+                ));
+            }
+        }
+        // A client per fetch: the connection goes to the address just checked (no second lookup
+        // that could answer differently), and redirects are not followed (they could point
+        // anywhere).
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(d) = &name {
+            b = b.resolve(d, first);
+        }
+        let client = b.build().map_err(|e| e.to_string())?;
         let resp = client
             .get(url)
             .send()
@@ -51,34 +167,12 @@ pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Strin
         {
             return Err(format!("{url} is larger than {MAX_BYTES} bytes"));
         }
-        resp.bytes()
+        Ok(resp
+            .bytes()
             .await
             .map_err(|e| format!("reading {url}: {e}"))?
-            .to_vec()
-    } else {
-        let path = match url.strip_prefix("file://") {
-            Some(p) => p.to_string(),
-            None if url.contains("://") => {
-                return Err(format!(
-                    "unsupported URL scheme in `{url}` (use http, https, file or a path)"
-                ))
-            }
-            None => url.to_string(),
-        };
-        let meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(|e| format!("{path}: {e}"))?;
-        if meta.len() as usize > MAX_BYTES {
-            return Err(format!("{path} is larger than {MAX_BYTES} bytes"));
-        }
-        tokio::fs::read(&path)
-            .await
-            .map_err(|e| format!("{path}: {e}"))?
-    };
-    if bytes.len() > MAX_BYTES {
-        return Err(format!("{url} is larger than {MAX_BYTES} bytes"));
+            .to_vec())
     }
-    Ok(bytes)
 }
 
 /// Decodes WAV or MP3 bytes to 16 kHz mono i16 samples. `hint` is a file name or URL whose
@@ -148,4 +242,74 @@ pub fn decode_to_16k(bytes: Vec<u8>, hint: &str) -> Result<Vec<i16>, String> {
         .map(|&x| (x * 32767.0).clamp(-32768.0, 32767.0) as i16)
         .collect();
     resample_clip(&samples, rate, SampleRate::HZ_16000).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_public_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_non_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(!is_non_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn files_only_under_the_media_dir_and_no_private_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let media = dir.path().join("media");
+        std::fs::create_dir_all(&media).unwrap();
+        std::fs::write(media.join("a.wav"), b"RIFF").unwrap();
+        std::fs::write(dir.path().join("secret.txt"), b"no").unwrap();
+        let l = Loader {
+            media_dir: media.canonicalize().unwrap(),
+            allow_private: false,
+        };
+        assert_eq!(l.fetch("a.wav").await.unwrap(), b"RIFF");
+        let abs = media.join("a.wav");
+        assert!(l.fetch(abs.to_str().unwrap()).await.is_ok());
+        for bad in [
+            "../secret.txt".to_string(),
+            dir.path().join("secret.txt").display().to_string(),
+            format!("file://{}", dir.path().join("secret.txt").display()),
+            "/etc/passwd".to_string(),
+        ] {
+            let e = l.fetch(&bad).await.unwrap_err();
+            assert!(e.contains("media directory"), "{bad}: {e}");
+        }
+        for url in [
+            "http://127.0.0.1:9/x.wav",
+            "http://localhost:9/x.wav",
+            "http://[::1]:9/x.wav",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.1/x.wav",
+        ] {
+            let e = l.fetch(url).await.unwrap_err();
+            assert!(e.contains("not a public address"), "{url}: {e}");
+        }
+        assert!(l
+            .fetch("gopher://x/y")
+            .await
+            .unwrap_err()
+            .contains("scheme"));
+    }
 }

@@ -39,6 +39,19 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub pbx: PbxConfig,
+    pub play: PlayConfig,
+}
+
+/// What the `play` command may read (README "Going to production").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlayConfig {
+    /// The only directory `play` reads local files from (paths are relative to it, or absolute
+    /// inside it). Default: `<data_dir>/media`.
+    pub media_dir: Option<PathBuf>,
+    /// Let `play` fetch URLs whose host resolves to a loopback, private, link-local or other
+    /// non-public address (off: such URLs are refused, against SSRF).
+    pub allow_private: bool,
 }
 
 /// Authentication (README "Going to production"). Authentication is on once any API key was
@@ -230,6 +243,12 @@ pub struct SipConfig {
     pub trunks: Vec<SipTrunk>,
     /// Which inbound called numbers voxgate answers, and who handles them.
     pub numbers: Vec<SipNumber>,
+    /// Addresses (IPs or CIDRs, e.g. `203.0.113.0/24`) whose out-of-dialog requests (INVITE,
+    /// OPTIONS, ...) are accepted; the trunks' hosts are always accepted. Others get 403 and
+    /// nothing is kept. Default: loopback only.
+    pub allow: Vec<String>,
+    /// Inbound calls waiting for a webhook-announced client at once; more get 503.
+    pub max_pending: usize,
 }
 
 /// A trunk: where `invite` sends calls whose callee is a number, with optional registration.
@@ -372,6 +391,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             pbx: PbxConfig::default(),
+            play: PlayConfig::default(),
         }
     }
 }
@@ -400,6 +420,8 @@ impl Default for SipConfig {
                 webhook: None,
                 user: None,
             }],
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_pending: 256,
         }
     }
 }
@@ -477,6 +499,14 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models_dir: Option<PathBuf>,
+}
+
+/// An IP address or CIDR as a network (`10.0.0.1` is `10.0.0.1/32`).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 impl Config {
@@ -602,6 +632,13 @@ impl Config {
 
     fn validate_sip(&self, errs: &mut Vec<String>) {
         let sip = &self.sip;
+        for (i, a) in sip.allow.iter().enumerate() {
+            if parse_net(a).is_none() {
+                errs.push(format!(
+                    "sip.allow[{i}]: `{a}` is not an IP address or CIDR (e.g. 203.0.113.0/24)"
+                ));
+            }
+        }
         if sip.listen.parse::<SocketAddr>().is_err() {
             errs.push(format!(
                 "sip.listen: `{}` is not an address:port",

@@ -43,6 +43,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let media_dir = cfg
+        .play
+        .media_dir
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("media"));
+    std::fs::create_dir_all(&media_dir)
+        .with_context(|| format!("creating media directory {}", media_dir.display()))?;
+    let media_dir = media_dir.canonicalize()?;
     let settings = CallSettings {
         barge_in_ms: cfg.call.barge_in_ms,
         vad_gate_dbfs: cfg.vad.gate_dbfs,
@@ -87,7 +95,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         dialer: sip
             .clone()
             .map(|s| Arc::new(crate::sip::SipDialer(s)) as Arc<dyn Dialer>),
-        loader: Arc::new(crate::audio_file::Loader { http: http.clone() }),
+        loader: Arc::new(crate::audio_file::Loader {
+            media_dir,
+            allow_private: cfg.play.allow_private,
+        }),
         settings,
     });
     let auth = crate::auth::Authenticator::new(&cfg.auth, store.clone())

@@ -295,3 +295,52 @@ async fn public_bind_needs_authentication() {
         "{err}"
     );
 }
+
+/// `play` on defaults: no loopback/private URLs (SSRF), no files outside the media directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn play_is_confined_by_default() {
+    let server = Server::start_with_config(&NO_ASR, "");
+    let media = server.data_dir.path().join("media");
+    std::fs::copy(
+        format!("{LIBRIVOX}/sense_and_sensibility_01_austen_64kb-0880.wav"),
+        media.join("clip.wav"),
+    )
+    .unwrap();
+    let mut c = Client::connect(&server.ws_url("?dump=false")).await;
+    c.send(json!({"command": "invite", "option": {"codec": "pcm"}}))
+        .await;
+    c.wait_event("answer", Duration::from_secs(10)).await;
+    let plays = [
+        format!("http://{}/health", server.addr),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "/etc/passwd".to_string(),
+        "../voxgate.db".to_string(),
+    ];
+    for (i, url) in plays.iter().enumerate() {
+        c.send(json!({"command": "play", "url": url})).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let play_errors = |c: &Client| -> Vec<Value> {
+            c.events_named("error")
+                .into_iter()
+                .filter(|e| e["sender"] == "play")
+                .collect()
+        };
+        while play_errors(&c).len() <= i && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let errs = play_errors(&c);
+        assert_eq!(errs.len(), i + 1, "{errs:#?}");
+        let msg = errs[i]["error"].as_str().unwrap();
+        assert!(
+            msg.contains("not a public address") || msg.contains("media directory"),
+            "{url}: {msg}"
+        );
+    }
+    // A file in the media directory plays.
+    c.send(json!({"command": "play", "url": "clip.wav", "playId": "ok"}))
+        .await;
+    c.wait_for("the clip", Duration::from_secs(10), |e| {
+        e["event"] == "trackStart" && e["trackId"] == "ok"
+    })
+    .await;
+}

@@ -379,7 +379,11 @@ async fn kill_lists_iceservers_and_health() {
 /// Bad input gets `error` events and the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_errors_and_the_call_continues() {
-    let server = Server::start();
+    // `play` may fetch from this machine and read the LibriVox directory here.
+    let server = Server::start_with(&[
+        ("VOXGATE_PLAY__ALLOW_PRIVATE", "true"),
+        ("VOXGATE_PLAY__MEDIA_DIR", LIBRIVOX),
+    ]);
     let mut c = Client::connect(&server.ws_url("?id=bad-1&dump=false")).await;
     c.send_binary(vec![0xff; 160]).await; // audio before invite
     c.send_text("{not json").await;

@@ -890,3 +890,119 @@ async fn an_incoming_call_nobody_accepts_gets_480_after_the_ring_timeout() {
         "{hangup}"
     );
 }
+
+/// `sip.allow`: an INVITE from outside it gets 403 and leaves nothing behind (no call, no
+/// webhook, no stored row); the same INVITE from an allowed address goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_from_outside_sip_allow_get_403_and_leave_no_state() {
+    sipp_available();
+    // A webhook that counts what it is told.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = hook.accept().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let toml = format!(
+        "[sip]\nallow = [\"10.0.0.0/8\"]\nnumbers = [{{ number = \"*\", webhook = \"http://{hook_addr}/\" }}]\n"
+    );
+    let server = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &toml);
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uac_status.xml", &[("@CODE@", "403")]);
+    let (code, log) = sipp_uac(&server, &scen, "1000", dir.path(), &[]).await;
+    assert_eq!(code, 0, "expected 403:\n{log}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let calls: serde_json::Value = reqwest::get(server.http("/call/lists"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(calls["calls"], json!([]));
+    let db = sqlx::SqlitePool::connect(&server.db_url()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM calls")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(server);
+
+    // Loopback is allowed by default: the same INVITE reaches the number's route (no client
+    // is waiting: 480).
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let scen = scenario(dir.path(), "uac_status.xml", &[("@CODE@", "480")]);
+    let (code, log) = sipp_uac(&server, &scen, "1000", dir.path(), &[]).await;
+    assert_eq!(code, 0, "expected 480:\n{log}");
+}
+
+/// Symmetric RTP latches only to the far end: RTP sent first from another address (127.0.0.2)
+/// is ignored, and the bot's audio goes to the caller's address from its SDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_from_a_third_address_is_not_latched() {
+    sipp_available();
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let legit = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hijack = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let port = legit.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(
+        dir.path(),
+        "uac_latch.xml",
+        &[("@RTP_PORT@", &port), ("@PAUSE@", "6000")],
+    );
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {"codec": "pcmu"}}))
+        .await;
+    let answer = client.wait_event("answer", Duration::from_secs(10)).await;
+    let sdp = answer["sdp"].as_str().unwrap().to_string();
+    let our_port: u16 = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=audio port in our answer");
+    let ours = std::net::SocketAddr::from(([127, 0, 0, 1], our_port));
+    let packet = |seq: u16, ssrc: u32| {
+        let mut p = vec![0x80, 0x00];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend(std::iter::repeat_n(0xffu8, 160));
+        p
+    };
+    // The third party speaks first, then the caller.
+    for i in 0..10u16 {
+        hijack.send_to(&packet(i, 0xbad), ours).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..10u16 {
+        legit.send_to(&packet(i, 0x900d), ours).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .send(json!({"command": "tts", "text": "Only the caller hears this."}))
+        .await;
+    let count = |s: tokio::net::UdpSocket| async move {
+        let mut n = 0;
+        let mut buf = [0u8; 2048];
+        let end = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(_)) = tokio::time::timeout_at(end, s.recv_from(&mut buf)).await {
+            n += 1;
+        }
+        n
+    };
+    let (to_legit, to_hijack) = tokio::join!(count(legit), count(hijack));
+    assert!(to_legit > 20, "the caller got {to_legit} packets");
+    assert_eq!(to_hijack, 0, "the third address got our audio");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "{log}");
+    let h = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(h["initiator"], "caller", "{h}");
+}

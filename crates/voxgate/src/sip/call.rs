@@ -92,6 +92,30 @@ struct SipCall {
     answered: AtomicBool,
     /// The dialog is over without us: the far end ended it, or a final answer went out.
     ended: AtomicBool,
+    /// The far end's signalling address: RTP from it may be latched as well as RTP from the
+    /// SDP's address (symmetric RTP behind NAT), from nowhere else.
+    peer_ip: Option<std::net::IpAddr>,
+}
+
+/// The IP of a URI's host (resolved when it is a name; port 5060 unless given).
+async fn host_ip(uri: &rsipstack::sip::Uri) -> Option<std::net::IpAddr> {
+    let hp = uri.host_with_port.to_string();
+    if let Ok(a) = hp.parse::<std::net::SocketAddr>() {
+        return Some(a.ip());
+    }
+    if let Ok(ip) = hp.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Some(ip);
+    }
+    let q = if hp.contains(':') {
+        hp
+    } else {
+        format!("{hp}:5060")
+    };
+    tokio::net::lookup_host(q)
+        .await
+        .ok()?
+        .next()
+        .map(|a| a.ip())
 }
 
 fn sdp_header() -> Header {
@@ -140,10 +164,12 @@ impl PendingLeg for IncomingSip {
             offer,
             dialog,
             states,
+            source,
             ..
         } = call;
         let local = svc.local_media(0, None);
         let c = Arc::new(SipCall {
+            peer_ip: source,
             svc,
             dialog,
             outbound: false,
@@ -258,6 +284,7 @@ pub async fn dial(
             auth_username: None,
         })
     });
+    let opt_callee = callee_uri.clone();
     let opt = InviteOption {
         caller: caller_uri,
         callee: callee_uri,
@@ -273,7 +300,9 @@ pub async fn dial(
         .do_invite_async(opt, state_tx)
         .map_err(|e| err(format!("INVITE failed: {e}")))?;
     tracing::info!(call = %call_id, target, "dialing");
+    let peer_ip = host_ip(&opt_callee).await;
     let c = Arc::new(SipCall {
+        peer_ip,
         svc: svc.clone(),
         dialog,
         outbound: true,
@@ -491,6 +520,7 @@ impl SipCall {
         let m = media::spawn(
             sockets,
             neg.clone(),
+            self.peer_ip,
             self.svc.media_settings(),
             self.port.clone(),
             self.call_id.clone(),

@@ -12,7 +12,10 @@
 //! silences (marker bit on the first packet after a gap, RFC 3551 §4.1).
 //!
 //! Symmetric RTP (RFC 4961): we send from the port we receive on, and latch the destination to
-//! the source of the first packet received, so a caller behind NAT hears us.
+//! the source of the first packet received, so a caller behind NAT hears us. Only a source whose
+//! IP is the SDP's connection address or the far end's signalling address is latched (and heard):
+//! RTP from anyone else is dropped and counted (`foreign` in the quality figures), so a third
+//! party that guesses our port cannot take the media over.
 
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
@@ -113,6 +116,8 @@ pub struct Quality {
     pub concealed: u64,
     pub dtmf_received: u64,
     pub final_jitter_delay_ms: u64,
+    /// RTP packets from a source that is not the far end (dropped).
+    pub foreign: u64,
 }
 
 /// A running leg: send bot audio through `audio`, steer with `control`; the task ends when
@@ -260,6 +265,8 @@ struct Leg {
     // Receive side.
     remote_ssrc: Option<u32>,
     latched: bool,
+    /// The far end's signalling address (may be latched besides the SDP's).
+    peer_ip: Option<IpAddr>,
     stats: ReceiveStats,
     jitter: JitterBuffer<Slot>,
     decoder: AudioDecoder,
@@ -280,6 +287,7 @@ struct Leg {
 pub fn spawn(
     sockets: RtpSockets,
     neg: Negotiated,
+    peer_ip: Option<IpAddr>,
     settings: MediaSettings,
     port: LegPort,
     track_id: String,
@@ -287,7 +295,8 @@ pub fn spawn(
     let codec = codec_for(&neg.codec.name, neg.codec.clock_rate)
         .ok_or_else(|| format!("codec {} is not supported", neg.codec.name))?;
     let (control_tx, control_rx) = mpsc::channel(16);
-    let leg = Leg::new(sockets, neg, codec, settings, port, track_id);
+    let mut leg = Leg::new(sockets, neg, codec, settings, port, track_id);
+    leg.peer_ip = peer_ip;
     let audio = AudioSink(leg.send.clone(), codec.sample_rate());
     let task = tokio::spawn(leg.run(control_rx));
     Ok(MediaHandle {
@@ -364,6 +373,7 @@ impl Leg {
             start,
             remote_ssrc: None,
             latched: false,
+            peer_ip: None,
             last_frame: Vec::new(),
             conceal_run: 0,
             events: EventReceiver::default(),
@@ -462,6 +472,13 @@ impl Leg {
         }
         let Ok(p) = RtpPacket::parse(buf) else { return };
         if !self.latched {
+            if from.ip() != self.neg.remote_rtp.ip() && Some(from.ip()) != self.peer_ip {
+                self.q.foreign += 1;
+                if self.q.foreign == 1 {
+                    tracing::info!(track = %self.track_id, "RTP from {from} ignored: neither the SDP's address ({}) nor the signalling peer", self.neg.remote_rtp.ip());
+                }
+                return;
+            }
             // Symmetric RTP: answer to where the media really comes from.
             self.latched = true;
             if from != self.neg.remote_rtp {
@@ -472,6 +489,7 @@ impl Leg {
                 }
             }
         } else if from != self.neg.remote_rtp {
+            self.q.foreign += 1;
             return;
         }
         if !self.neg.direction.receives() {

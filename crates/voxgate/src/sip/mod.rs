@@ -56,6 +56,8 @@ pub struct IncomingCall {
     pub offer: Option<String>,
     /// The user the called number belongs to (`[[sip.numbers]] user`; `local` when unset).
     pub owner: String,
+    /// Where the INVITE came from.
+    pub source: Option<IpAddr>,
     pub(crate) dialog: InviteDialog,
     pub(crate) states: DialogStateReceiver,
 }
@@ -86,6 +88,8 @@ pub struct SipService {
     pending: Mutex<HashMap<String, IncomingCall>>,
     /// Trunk name → what the last OPTIONS keepalive and REGISTER found.
     trunk_status: Mutex<HashMap<String, TrunkStatus>>,
+    /// Networks whose out-of-dialog requests are accepted (`sip.allow` and the trunks).
+    allow: Vec<ipnet::IpNet>,
     /// `/call/sip` clients waiting for an inbound call: (call id, who connected, call).
     waiting: Mutex<VecDeque<(String, Principal, CallHandle)>>,
     /// Take calls to numbers they own before `[[sip.numbers]]` is consulted (bots, seed 003),
@@ -104,6 +108,24 @@ pub trait InboundRouter: Send + Sync {
     async fn owns(&self, callee: &str) -> bool;
     /// Takes the call (answers or refuses it).
     async fn take(&self, callee: &str, leg: Box<dyn PendingLeg>);
+}
+
+/// The address a request came from: the top Via's `received` (which the transport layer adds
+/// whenever the sent-by differs from the packet's source, RFC 3261 §18.2.1), else its sent-by.
+pub fn source_ip(req: &rsipstack::sip::Request) -> Option<IpAddr> {
+    use rsipstack::sip::{HeadersExt, ToTypedHeader};
+    let via: rsipstack::sip::typed::Via = req.top_via_header().ok()?.typed().ok()?;
+    for p in &via.params {
+        if let rsipstack::sip::uri::Param::Received(r) = p {
+            if let Ok(ip) = r.parse() {
+                return Some(ip);
+            }
+        }
+    }
+    match via.uri.host_with_port.host {
+        rsipstack::sip::uri::Host::IpAddr(ip) => Some(ip),
+        rsipstack::sip::uri::Host::Domain(_) => None,
+    }
 }
 
 fn user_of(uri: &rsipstack::sip::Uri) -> String {
@@ -276,8 +298,42 @@ impl SipService {
             Some(a) => a.parse()?,
             None => rtp_ip,
         };
+        // Who may send out-of-dialog requests: `sip.allow` and every trunk's host.
+        let mut allow: Vec<ipnet::IpNet> = cfg
+            .allow
+            .iter()
+            .filter_map(|a| crate::config::parse_net(a))
+            .collect();
+        for t in &cfg.trunks {
+            if let Ok(a) = t.host.parse::<SocketAddr>() {
+                allow.push(ipnet::IpNet::from(a.ip()));
+                continue;
+            }
+            if let Ok(ip) = t.host.trim_matches(['[', ']']).parse::<IpAddr>() {
+                allow.push(ipnet::IpNet::from(ip));
+                continue;
+            }
+            let (name, port) = match t.host.rsplit_once(':') {
+                Some((n, p)) if p.parse::<u16>().is_ok() => {
+                    (n.to_string(), p.parse().unwrap_or(5060))
+                }
+                _ => (t.host.clone(), 5060),
+            };
+            let found = tokio::net::lookup_host(format!("{name}:{port}"))
+                .await
+                .map(|a| a.map(|a| ipnet::IpNet::from(a.ip())).collect::<Vec<_>>());
+            match found {
+                Ok(nets) => allow.extend(nets),
+                Err(e) => tracing::warn!(
+                    trunk = t.name,
+                    "cannot resolve {}: {e}; its requests are refused until it is in sip.allow",
+                    t.host
+                ),
+            }
+        }
         let svc = Arc::new(SipService {
             cfg,
+            allow,
             endpoint: inner,
             dialogs,
             local_addr,
@@ -589,6 +645,20 @@ impl SipService {
             }
             return;
         }
+        let source = source_ip(&tx.original);
+        if !source.is_some_and(|ip| self.allow.iter().any(|n| n.contains(&ip))) {
+            // Not from a trunk or `sip.allow`: refused before anything is kept (no dialog, no
+            // webhook). ACKs get no answer.
+            tracing::info!(
+                method = %tx.original.method,
+                source = ?source,
+                "out-of-dialog request from outside sip.allow: 403"
+            );
+            if tx.original.method != Method::Ack {
+                let _ = tx.reply(StatusCode::Forbidden).await;
+            }
+            return;
+        }
         match tx.original.method {
             Method::Invite => self.on_invite(tx).await,
             Method::Options => {
@@ -667,6 +737,7 @@ impl SipService {
             callee: callee.clone(),
             offer: offer.clone(),
             owner: owner.clone(),
+            source: source_ip(&tx.original),
             dialog: dialog.clone(),
             states,
         };
@@ -689,7 +760,20 @@ impl SipService {
         }
         match route.and_then(|r| r.webhook) {
             Some(url) => {
-                self.pending.lock().expect("lock").insert(id.clone(), call);
+                {
+                    let mut pending = self.pending.lock().expect("lock");
+                    if pending.len() >= self.cfg.max_pending {
+                        drop(pending);
+                        tracing::warn!(call = %id, "{} inbound calls already wait for a client: 503", self.cfg.max_pending);
+                        let _ = call.dialog.reject(
+                            Some(StatusCode::ServiceUnavailable),
+                            Some("too many calls waiting".into()),
+                        );
+                        self.dialogs.remove_dialog(&call.dialog.id());
+                        return;
+                    }
+                    pending.insert(id.clone(), call);
+                }
                 let body = serde_json::json!({
                     "event": "incoming", "callId": id, "caller": caller, "callee": callee, "sdp": offer,
                     "timestamp": now_ms(), "url": format!("/call/sip?id={id}"),
