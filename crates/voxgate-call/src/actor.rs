@@ -26,6 +26,7 @@
 
 use crate::handle::{CallInput, EndSignal};
 use crate::leg::{Leg, LegCommand, LegEvent, LegInput, LegPort, LegReply, PendingLeg};
+use crate::observe::CallMetrics;
 use crate::ports::{CallContext, CallSettings, CallStore, Speech, TranscriptRecord};
 use crate::subscriber::{AudioTrack, Delivery, Subscriber, Unsubscribed};
 use crate::vocab::{
@@ -230,6 +231,7 @@ pub(crate) struct CallActor {
     autohangup: Option<(String, Instant)>,
     hangup_marks: u64,
     writer: mpsc::Sender<StoreOp>,
+    metrics: CallMetrics,
 }
 
 impl CallActor {
@@ -237,6 +239,7 @@ impl CallActor {
     pub(crate) fn new(
         id: String,
         kind: &'static str,
+        owner: Option<&str>,
         created_at: i64,
         ctx: CallContext,
         tasks: TaskTracker,
@@ -251,6 +254,7 @@ impl CallActor {
         let (work_tx, work_rx) = mpsc::channel(WORK_QUEUE);
         let audio_taps = subscribers.iter().filter(|s| s.wants_audio()).count();
         CallActor {
+            metrics: CallMetrics::started(kind, owner),
             id,
             kind,
             created_at,
@@ -390,11 +394,14 @@ impl CallActor {
 
     fn emit(&mut self, kind: EventKind) {
         let ev = CallEvent::now(kind);
+        self.metrics.event(&ev);
         let id = &self.id;
+        let metrics = &self.metrics;
         self.subscribers.retain_mut(|s| match s.deliver(&ev) {
             Delivery::Delivered => true,
             Delivery::Full => {
                 tracing::warn!(call = %id, "a subscriber's event queue is full: dropped");
+                metrics.subscriber_dropped();
                 s.closed(Unsubscribed::Lagged);
                 false
             }

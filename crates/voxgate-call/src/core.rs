@@ -165,6 +165,7 @@ impl CallCore {
         let actor = CallActor::new(
             id.clone(),
             kind,
+            spec.owner.as_deref(),
             created_at,
             self.inner.ctx.clone(),
             self.inner.tasks.clone(),

@@ -26,14 +26,17 @@
 //! - [`ports`]: store, dialer, audio loader, speech engines, settings.
 //! - [`core`]: [`CallCore`], the live calls of a node.
 //! - `actor`: the call's state machine (private; see [`CallCore::start`]).
+//! - `observe`: the calls' Prometheus measurements through the `metrics` facade (private; the
+//!   names are listed in its module doc and the README).
 //!
-//! The modules form a DAG: `vocab` ← `leg`, `subscriber` ← `ports`, `handle` ← `actor` ←
-//! `core` (each imports only modules to its left).
+//! The modules form a DAG: `vocab` ← `leg`, `subscriber`, `observe` ← `ports`, `handle` ←
+//! `actor` ← `core` (each imports only modules to its left).
 
 mod actor;
 pub mod core;
 pub mod handle;
 pub mod leg;
+mod observe;
 pub mod ports;
 pub mod subscriber;
 pub mod vocab;

@@ -121,6 +121,8 @@ impl Subscriber for ChannelSubscriber {
         if let Some(a) = &self.audio {
             if a.try_send((track, frame.clone())).is_err() {
                 self.audio_dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("voxgate_audio_frames_dropped_total", "queue" => "tap")
+                    .increment(1);
             }
         }
     }

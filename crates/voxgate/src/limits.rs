@@ -18,6 +18,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use voxgate_call::CallCore;
 
+/// Counts a refusal in `voxgate_rate_limited_total{limit}`.
+fn refused(limit: &'static str) {
+    metrics::counter!("voxgate_rate_limited_total", "limit" => limit).increment(1);
+}
+
 /// A refusal: what to say and when to try again (seconds, for `Retry-After`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -82,6 +87,7 @@ impl Limits {
                 retry_after_secs: 1,
             })?;
         if n > i64::from(limit) {
+            refused("originations_per_minute");
             let secs = 60 - u64::from(chrono::Timelike::second(&now));
             return Err(LimitError {
                 message: format!(
@@ -102,6 +108,7 @@ impl Limits {
         let (_, _, per_user) = self.cfg.for_user(user);
         let calls = core.list();
         if calls.len() >= self.cfg.calls as usize {
+            refused("calls");
             return Err(LimitError {
                 message: format!("the server is at its limit of {} calls", self.cfg.calls),
                 retry_after_secs: 5,
@@ -115,6 +122,7 @@ impl Limits {
             .filter(|c| c.owner.as_deref() == Some(user))
             .count();
         if mine >= per_user as usize {
+            refused("calls_per_user");
             return Err(LimitError {
                 message: format!("limit: {per_user} concurrent calls per user"),
                 retry_after_secs: 5,
@@ -136,6 +144,7 @@ impl Limits {
         let mut s = self.streams.lock().expect("streams lock");
         let n = s.entry(user.to_string()).or_insert(0);
         if *n >= limit {
+            refused("streams_per_user");
             return Err(LimitError {
                 message: format!(
                     "limit: {limit} concurrent streaming connections per user; close one first"

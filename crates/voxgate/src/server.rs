@@ -123,7 +123,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         s.add_router(Arc::new(crate::bots::BotRouter(bots.clone())));
         s.add_router(pbx.router());
     }
+    let metrics = install_metrics()?;
     let state = AppState {
+        metrics,
         public_url: cfg.public_url(Some(addr)),
         config,
         core: core.clone(),
@@ -150,6 +152,34 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// Installs the Prometheus recorder (histograms with buckets for latencies and RTP loss) and
+/// keeps it drained; `/metrics` renders it.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("voxgate_rtp_loss_ratio".into()),
+            &[0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
+        )?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let h = handle.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            t.tick().await;
+            h.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 async fn shutdown_signal() {

@@ -344,3 +344,75 @@ async fn play_is_confined_by_default() {
     })
     .await;
 }
+
+/// Sum of a metric's samples whose line contains all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `/metrics` is Prometheus text whose counters and latency histograms move when a call runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_when_a_call_runs() {
+    let server = Server::start();
+    let scrape = || async {
+        let r = reqwest::get(server.http("/metrics")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        r.text().await.unwrap()
+    };
+    let before = scrape().await;
+    let (wav, _) = librivox().into_iter().next().unwrap();
+    let text = transcribe(&server, &wav).await;
+    assert!(!text.is_empty());
+    // A TTS reply too, for its first-audio latency.
+    let mut c = Client::connect(&server.ws_url("?dump=false")).await;
+    c.send(json!({"command": "invite", "option": {"codec": "pcm"}}))
+        .await;
+    c.wait_event("answer", Duration::from_secs(10)).await;
+    c.send(json!({"command": "tts", "text": "Hello there.", "autoHangup": true}))
+        .await;
+    c.wait_event("hangup", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = scrape().await;
+    let moved = |name: &str, labels: &[&str]| {
+        let (a, b) = (metric(&before, name, labels), metric(&after, name, labels));
+        assert!(b > a, "{name}{labels:?} did not move: {a} -> {b}\n{after}");
+    };
+    moved(
+        "voxgate_calls_total",
+        &["transport=\"websocket\"", "user=\"local\""],
+    );
+    moved("voxgate_call_setups_total", &["result=\"answered\""]);
+    moved("voxgate_hangups_total", &[]);
+    moved("voxgate_speaking_delay_seconds_count", &[]);
+    moved("voxgate_asr_final_delay_seconds_count", &[]);
+    moved("voxgate_asr_final_delay_seconds_bucket", &["le=\"10\""]);
+    moved("voxgate_tts_first_audio_seconds_count", &[]);
+    assert_eq!(metric(&after, "voxgate_calls_active", &[]), 0.0, "{after}");
+    // With authentication on, only an admin key may scrape.
+    let user = server.cli(&["keys", "create", "--user", "u"]);
+    let admin = server.cli(&["keys", "create", "--user", "ops", "--admin"]);
+    assert_eq!(
+        get(&server, "/metrics", Some(&user)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(&server, "/metrics", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = reqwest::Client::new()
+        .get(server.http("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -171,11 +171,15 @@ pub async fn create(
             }))
             .into_response()
         }
-        Err(BotCreateError::TooMany(n)) => json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            &format!("you already have {n} bots, the limit; delete one first"),
-        ),
+        Err(BotCreateError::TooMany(n)) => {
+            metrics::counter!("voxgate_rate_limited_total", "limit" => "bots_per_user")
+                .increment(1);
+            json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &format!("you already have {n} bots, the limit; delete one first"),
+            )
+        }
         Err(BotCreateError::NoNumber) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_numbers",

@@ -38,6 +38,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Seed 003's Socket.IO rooms.
     pub pbx: Arc<pbx::Pbx>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 /// The error body of each API family (issue 8): seed 002 and 004 routes answer
@@ -133,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/iceservers", get(rest::ice_servers))
         .route("/bots", post(bots::create).get(bots::list))
         .route("/bots/{id}", get(bots::get).delete(bots::delete))
+        .route("/metrics", get(rest::metrics))
         .route_layer(from_fn_with_state(state.clone(), auth_native));
     let seed003 = Router::new()
         .route("/pbx/call", post(pbx::call))

@@ -74,3 +74,23 @@ pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
         json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "calls": st.core.len(), "sip": sip }),
     )
 }
+
+/// `GET /metrics`: Prometheus text format (version 0.0.4) of every `voxgate_*` metric (README
+/// "Metrics"). Needs an admin key once authentication is on (labels name users); 403 otherwise.
+pub async fn metrics(State(st): State<AppState>, axum::Extension(p): Caller) -> Response {
+    if !p.admin {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "/metrics needs an admin key (voxgate keys create --admin)",
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}

@@ -193,7 +193,12 @@ impl BotService {
     /// Counts a new call of the bot; `false` when it is over `bots.calls_per_day`.
     pub async fn admit(&self, bot_id: &str) -> bool {
         match self.store.usage_add(&calls_scope(bot_id), &today()).await {
-            Ok(n) => n <= self.config.bots.calls_per_day as i64,
+            Ok(n) if n <= self.config.bots.calls_per_day as i64 => true,
+            Ok(_) => {
+                metrics::counter!("voxgate_rate_limited_total", "limit" => "bot_calls_per_day")
+                    .increment(1);
+                false
+            }
             Err(e) => {
                 tracing::error!(bot = bot_id, "counting the call: {e}");
                 true

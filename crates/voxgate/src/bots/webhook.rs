@@ -184,12 +184,14 @@ async fn run_turn(j: TurnJob) -> TurnOutcome {
             _ => break Err(retry),
         }
     };
+    let elapsed = started.elapsed();
+    metrics::histogram!("voxgate_webhook_seconds").record(elapsed.as_secs_f64());
     TurnOutcome {
         index: j.index,
         user_text: j.user_text,
         suggestion,
         reply,
-        webhook_ms: Some(started.elapsed().as_millis() as i64),
+        webhook_ms: Some(elapsed.as_millis() as i64),
     }
 }
 
