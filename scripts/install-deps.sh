@@ -5,7 +5,8 @@
 #   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone),
 #                                 and, from PyPI into .venv-peers/, PJSUA2 (PJSIP's Python binding),
 #                                 streamdouble (plays Twilio's side of a Media Streams call), the official
-#                                 python-socketio client and lameenc (an MP3 encoder for test audio); from npm,
+#                                 python-socketio client, lameenc (an MP3 encoder for test audio) and
+#                                 schemathesis (fuzzes the OpenAPI document); from npm,
 #                                 the official socket.io-client (crates/voxgate/tests/peers/node, from its lock)
 # The Rust toolchain and python3/pip (for scripts/fetch-models.sh) are expected on the machine.
 set -euo pipefail
@@ -35,11 +36,11 @@ fi
 if [ "$what" = "test" ]; then
   root="$(cd "$(dirname "$0")/.." && pwd)"
   venv="$root/.venv-peers"
-  if ! "$venv/bin/python" -c 'import pjsua2, streamdouble, socketio, websocket, lameenc' 2>/dev/null; then
-    echo "install-deps: installing pjsua2-python, streamdouble, python-socketio and lameenc into $venv" >&2
+  if ! "$venv/bin/python" -c 'import pjsua2, streamdouble, socketio, websocket, lameenc, schemathesis' 2>/dev/null; then
+    echo "install-deps: installing pjsua2-python, streamdouble, python-socketio, lameenc and schemathesis into $venv" >&2
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
     "$venv/bin/pip" install -q pjsua2-python==2.15.1.post1 streamdouble==0.3.0 \
-      "python-socketio[client]==5.18.1" lameenc==1.9.0 >&2
+      "python-socketio[client]==5.18.1" lameenc==1.9.0 schemathesis==4.32.5 >&2
   fi
   node_dir="$root/crates/voxgate/tests/peers/node"
   if [ ! -d "$node_dir/node_modules/socket.io-client" ]; then

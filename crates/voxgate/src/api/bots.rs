@@ -3,6 +3,7 @@
 //! than `bots.max_per_user` bots), 503 (no free number in `[bots] numbers`), 500.
 
 use super::{json_error, AppState};
+use crate::api::openapi::{Bot, BotCreate, BotCreated, BotSummary, Deleted, ErrorBody};
 use crate::api::Caller;
 use crate::auth::Principal;
 use crate::store::KeyStore;
@@ -87,6 +88,15 @@ fn bot_json(st: &AppState, b: &BotRecord, calls_today: i64) -> Value {
 /// `transfer_to` and `greeting` (voxgate extensions) optional. Answers
 /// `{id, number, status, created_at, secret, voice, effective_voice}`; `secret` signs the
 /// webhook requests and is shown only here.
+#[utoipa::path(post, path = "/bots", operation_id = "bots_create", tag = "bots (seed 004)",
+    request_body = BotCreate,
+    responses(
+        (status = 200, description = "The bot, with its number and webhook secret", body = BotCreated),
+        (status = 400, description = "Bad body", body = ErrorBody),
+        (status = 401, description = "No or a bad key", body = ErrorBody),
+        (status = 429, description = "The user has the most bots allowed", body = ErrorBody),
+        (status = 503, description = "No phone number is free", body = ErrorBody),
+    ))]
 pub async fn create(
     State(st): State<AppState>,
     axum::Extension(p): Caller,
@@ -191,6 +201,11 @@ pub async fn create(
 
 /// `GET /bots`: `[{id, number, goal, status, calls_today}]`, the caller's bots (an admin key:
 /// every user's).
+#[utoipa::path(get, path = "/bots", operation_id = "bots_list", tag = "bots (seed 004)",
+    responses(
+        (status = 200, description = "The user's bots", body = Vec<BotSummary>),
+        (status = 401, description = "No or a bad key", body = ErrorBody),
+    ))]
 pub async fn list(State(st): State<AppState>, axum::Extension(p): Caller) -> Response {
     let bots = if p.admin {
         st.store.all_bots().await
@@ -226,6 +241,13 @@ async fn find(st: &AppState, p: &Principal, id: &str) -> Result<BotRecord, Respo
 }
 
 /// `GET /bots/{id}`: `{id, number, goal, webhook, context, voice, effective_voice, created_at, ...}`.
+#[utoipa::path(get, path = "/bots/{id}", operation_id = "bots_get", tag = "bots (seed 004)",
+    params(("id" = String, Path, description = "The bot id")),
+    responses(
+        (status = 200, description = "The bot", body = Bot),
+        (status = 401, description = "No or a bad key", body = ErrorBody),
+        (status = 404, description = "No such bot of this user", body = ErrorBody),
+    ))]
 pub async fn get(
     State(st): State<AppState>,
     axum::Extension(p): Caller,
@@ -242,6 +264,13 @@ pub async fn get(
 
 /// `DELETE /bots/{id}`: `{"message": "Bot deleted"}`; the number is free for the next bot. Calls
 /// in progress go on; new calls to the number are refused.
+#[utoipa::path(delete, path = "/bots/{id}", operation_id = "bots_delete", tag = "bots (seed 004)",
+    params(("id" = String, Path, description = "The bot id")),
+    responses(
+        (status = 200, description = "Deleted; its number is free", body = Deleted),
+        (status = 401, description = "No or a bad key", body = ErrorBody),
+        (status = 404, description = "No such bot of this user", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(st): State<AppState>,
     axum::Extension(p): Caller,

@@ -2,6 +2,8 @@
 
 pub mod bots;
 pub mod call_ws;
+pub mod keys;
+pub mod openapi;
 pub mod pbx;
 pub mod rest;
 pub mod twilio;
@@ -136,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         .route("/bots", post(bots::create).get(bots::list))
         .route("/bots/{id}", get(bots::get).delete(bots::delete))
         .route("/metrics", get(rest::metrics))
+        .route("/admin/keys", post(keys::create).get(keys::list))
+        .route("/admin/keys/{id}", axum::routing::delete(keys::revoke))
         .route_layer(from_fn_with_state(state.clone(), auth_native));
     let seed003 = Router::new()
         .route("/pbx/call", post(pbx::call))
@@ -149,6 +153,10 @@ pub fn router(state: AppState) -> Router {
         .route("/voice/next", post(twilio::twiml::voice_next))
         .route("/stream/{bot_id}", get(twilio::stream::stream))
         .route("/health", get(rest::health))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/openapi.json", openapi::document().clone()),
+        )
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(socketio)
         .with_state(state)

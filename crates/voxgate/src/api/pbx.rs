@@ -700,6 +700,15 @@ impl crate::sip::InboundRouter for PbxRouter {
 /// `POST /pbx/call {phoneNumber}` → `{status: 200, errors: "", data: {phoneNumber, sessionId}}`.
 /// 400 `Invalid phone number format`, 429 (with `Retry-After`) over a limit, 500 when the call
 /// cannot be placed (no SIP, no trunk). The call's progress arrives as `dialStatus`.
+#[utoipa::path(post, path = "/pbx/call", operation_id = "pbx_call", tag = "pbx (seed 003)",
+    request_body = super::openapi::PbxCallRequest,
+    responses(
+        (status = 200, description = "Dialling; progress arrives as Socket.IO dialStatus", body = super::openapi::PbxCallResponse),
+        (status = 400, description = "`Invalid phone number format`, or a bad body", body = super::openapi::PbxError),
+        (status = 401, description = "`Authentication token is required`, or a bad token", body = super::openapi::PbxError),
+        (status = 429, description = "Over a limit (Retry-After)", body = super::openapi::PbxError),
+        (status = 500, description = "`Failed to initiate call` (no SIP, no trunk)", body = super::openapi::PbxError),
+    ))]
 pub async fn call(
     State(st): State<AppState>,
     axum::Extension(p): Caller,
@@ -771,6 +780,14 @@ pub async fn call(
 
 /// `POST /pbx/hangup {sessionId}` → `{status: 200, errors: "", data: {sessionId}}`; 404 for an
 /// unknown (or another user's) session.
+#[utoipa::path(post, path = "/pbx/hangup", operation_id = "pbx_hangup", tag = "pbx (seed 003)",
+    request_body = super::openapi::PbxHangupRequest,
+    responses(
+        (status = 200, description = "The call ends (BYE); Socket.IO hangup follows", body = super::openapi::PbxHangupResponse),
+        (status = 400, description = "No sessionId", body = super::openapi::PbxError),
+        (status = 401, description = "No or a bad token", body = super::openapi::PbxError),
+        (status = 404, description = "`Session not found`", body = super::openapi::PbxError),
+    ))]
 pub async fn hangup(
     State(st): State<AppState>,
     axum::Extension(p): Caller,

@@ -113,6 +113,17 @@ fn check_signature(
 }
 
 /// `POST /voice?bot_id=ID`: TwiML for a call to the bot's number.
+#[utoipa::path(post, path = "/voice", operation_id = "voice", tag = "bots (seed 004)", security(()),
+    params(("bot_id" = Option<String>, Query, description = "The bot the call is for")),
+    request_body(content = std::collections::BTreeMap<String, String>, content_type = "application/x-www-form-urlencoded",
+        description = "Twilio's voice webhook parameters (CallSid, From, To, ...)"),
+    responses(
+        (status = 200, description = "TwiML: `<Connect><Stream>` to the bot, or a spoken refusal", body = String, content_type = "text/xml"),
+        (status = 400, description = "A body that is not a form", body = String, content_type = "text/plain"),
+        (status = 403, description = "Bad X-Twilio-Signature (when twilio.auth_token is set)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = String, content_type = "text/plain"),
+        (status = 422, description = "A form that cannot be read", body = String, content_type = "text/plain"),
+    ))]
 pub async fn voice(
     State(st): State<AppState>,
     Query(q): Query<VoiceQuery>,
@@ -150,6 +161,16 @@ pub async fn voice(
 
 /// `POST /voice/next`: where Twilio goes when the stream ended: `<Dial>` the transfer target the
 /// bot chose, or hang up.
+#[utoipa::path(post, path = "/voice/next", operation_id = "voice_next", tag = "bots (seed 004)", security(()),
+    request_body(content = std::collections::BTreeMap<String, String>, content_type = "application/x-www-form-urlencoded",
+        description = "Twilio's `<Redirect>` parameters (CallSid, ...)"),
+    responses(
+        (status = 200, description = "TwiML: `<Dial>` the transfer target, or `<Hangup/>`", body = String, content_type = "text/xml"),
+        (status = 400, description = "A body that is not a form", body = String, content_type = "text/plain"),
+        (status = 403, description = "Bad X-Twilio-Signature (when twilio.auth_token is set)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = String, content_type = "text/plain"),
+        (status = 422, description = "A form that cannot be read", body = String, content_type = "text/plain"),
+    ))]
 pub async fn voice_next(
     State(st): State<AppState>,
     uri: OriginalUri,
