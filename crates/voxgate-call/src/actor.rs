@@ -563,7 +563,9 @@ impl CallActor {
             CallCommand::Interrupt => self.interrupt(),
             CallCommand::Pause => self.player.pause(),
             CallCommand::Resume => self.player.resume(),
-            CallCommand::SendDtmf(keys) => self.send_dtmf(keys),
+            CallCommand::SendDtmf { keys, duration_ms } => {
+                self.send_dtmf(keys, duration_ms.clamp(40, 2000))
+            }
             CallCommand::Transfer(target) => self.transfer(target),
             CallCommand::Mark(name) => self.mark(name),
             CallCommand::Audio(samples) => self.queue_audio(samples),
@@ -1091,7 +1093,7 @@ impl CallActor {
         track_id
     }
 
-    fn send_dtmf(&mut self, keys: String) {
+    fn send_dtmf(&mut self, keys: String, duration_ms: u32) {
         if self.phase != Phase::Answered {
             return self.error("dtmf", "`dtmf` before the call is answered", Some(400));
         }
@@ -1100,15 +1102,16 @@ impl CallActor {
                 sender,
                 code,
                 message,
-            } = leg.command(LegCommand::SendDtmf(keys))
+            } = leg.command(LegCommand::SendDtmf { keys, duration_ms })
             {
                 self.error(sender, message, Some(code));
             }
             return;
         }
-        // In-band: 100 ms of each key's two tones (ITU-T Q.23), 100 ms apart, as a bot track.
+        // In-band: each key's two tones (ITU-T Q.23), then as long a pause, as a bot track.
         let track_id = self.open_track(None, false);
-        self.player.push_audio(&track_id, &dtmf_tones(&keys));
+        self.player
+            .push_audio(&track_id, &dtmf_tones(&keys, duration_ms));
         self.player.finish_track(&track_id, false);
     }
 
@@ -1521,9 +1524,10 @@ async fn write_loop(id: String, store: Arc<dyn CallStore>, mut rx: mpsc::Receive
     }
 }
 
-/// DTMF keys as 16 kHz audio: each key 100 ms of its row and column tones at −10 dBFS each,
-/// then 100 ms of silence.
-fn dtmf_tones(keys: &str) -> Vec<i16> {
+/// DTMF keys as 16 kHz audio: each key `duration_ms` of its row and column tones at −10 dBFS
+/// each, then as long a silence.
+fn dtmf_tones(keys: &str, duration_ms: u32) -> Vec<i16> {
+    let n = (duration_ms * 16) as usize;
     const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
     const COLS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
     const KEYPAD: [&str; 4] = ["123A", "456B", "789C", "*0#D"];
@@ -1537,13 +1541,13 @@ fn dtmf_tones(keys: &str) -> Vec<i16> {
             continue;
         };
         let amp = 32767.0 * 10f32.powf(-10.0 / 20.0);
-        out.extend((0..1600).map(|i| {
+        out.extend((0..n).map(|i| {
             let t = i as f32 / 16000.0;
             (amp * ((2.0 * std::f32::consts::PI * ROWS[r] * t).sin()
                 + (2.0 * std::f32::consts::PI * COLS[c] * t).sin())
                 / 2.0) as i16
         }));
-        out.extend(std::iter::repeat_n(0i16, 1600));
+        out.extend(std::iter::repeat_n(0i16, n));
     }
     out
 }

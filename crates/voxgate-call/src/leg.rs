@@ -56,8 +56,8 @@ pub enum LegCommand {
     Clear,
     /// Ask the far end to report when the audio sent so far has played ([`LegEvent::MarkPlayed`]).
     Mark(String),
-    /// Send DTMF keys as RFC 4733 events.
-    SendDtmf(String),
+    /// Send DTMF keys as RFC 4733 events, each `duration_ms` long and as long apart.
+    SendDtmf { keys: String, duration_ms: u32 },
     /// Blind transfer to a `sip:` URI or a number.
     Transfer(String),
 }

@@ -58,5 +58,5 @@ pub use ports::{
 pub use subscriber::{AudioTrack, Delivery, Subscriber, Subscription, Unsubscribed};
 pub use vocab::{
     now_ms, AnswerOptions, CallCommand, CallEvent, DialOptions, EventKind, MediaOptions,
-    PlayRequest, TtsRequest,
+    PlayRequest, TtsRequest, DTMF_MS,
 };

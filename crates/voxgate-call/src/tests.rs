@@ -1100,16 +1100,25 @@ async fn dtmf_and_play() {
     )
     .await;
     c.answer().await;
-    c.cmd(CallCommand::SendDtmf("12#".into())).await;
+    c.cmd(CallCommand::SendDtmf {
+        keys: "12#".into(),
+        duration_ms: 100,
+    })
+    .await;
     sleep(MS(20)).await;
-    assert!(c
-        .log()
-        .contains(&Log::Cmd(LegCommand::SendDtmf("12#".into()))));
+    assert!(c.log().contains(&Log::Cmd(LegCommand::SendDtmf {
+        keys: "12#".into(),
+        duration_ms: 100
+    })));
     assert_eq!(c.bot_frames(), 0);
 
     let mut c = call(&core, "dtmf-inband", LegSetup::default()).await;
     c.answer().await;
-    c.cmd(CallCommand::SendDtmf("12".into())).await;
+    c.cmd(CallCommand::SendDtmf {
+        keys: "12".into(),
+        duration_ms: 100,
+    })
+    .await;
     c.expect("trackEnd", S(1)).await;
     assert_eq!(c.bot_frames(), 20, "two keys of 100 ms tone + 100 ms pause");
     c.cmd(CallCommand::Play(PlayRequest {

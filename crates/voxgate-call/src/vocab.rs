@@ -97,6 +97,9 @@ pub struct PlayRequest {
     pub auto_hangup: bool,
 }
 
+/// The default length of a DTMF key (and of the pause after it), ms.
+pub const DTMF_MS: u32 = 100;
+
 /// What a controller asks of a call.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallCommand {
@@ -116,9 +119,13 @@ pub enum CallCommand {
     Interrupt,
     Pause,
     Resume,
-    /// Send DTMF keys (`0-9 * # A-D`): RFC 4733 events where the leg supports them, in-band
-    /// tones (100 ms per key) otherwise.
-    SendDtmf(String),
+    /// Send DTMF keys (`0-9 * # A-D`), each `duration_ms` long (40-2000, default
+    /// [`DTMF_MS`]) and as long apart: RFC 4733 events where the leg supports them, in-band tones
+    /// otherwise.
+    SendDtmf {
+        keys: String,
+        duration_ms: u32,
+    },
     /// Blind transfer (SIP REFER) to a `sip:` URI or a number.
     Transfer(String),
     /// A marker after the bot audio queued so far: `mark` is reported when that audio has been

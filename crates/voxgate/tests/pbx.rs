@@ -140,7 +140,12 @@ struct Setup {
 async fn setup(record: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (far, _) = clip("0870");
-    let (sip_port, child, lines) = phone("uas", &far, &dir.path().join(record), "7", None).await;
+    let rec = if record == "-" {
+        PathBuf::from("-")
+    } else {
+        dir.path().join(record)
+    };
+    let (sip_port, child, lines) = phone("uas", &far, &rec, "7", None).await;
     let toml = format!(
         "[[sip.trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{sip_port}\"\nkeepalive_secs = 0\n\
          [pbx.numbers]\n\"{NUMBER_IN}\" = \"alice\"\n"
@@ -337,7 +342,17 @@ async fn outbound(client: &str, transport: &str, hangup: &str) {
     assert!(cut < 0.3, "checkPoint after interruption took {cut:.2} s");
     // DTMF both ways.
     assert_eq!(sum["dtmf"], json!(["7"]), "{ctx}");
-    assert!(far_lines.iter().any(|l| l == "DTMF 5"), "{far_lines:?}");
+    // The phone heard "5" for about the 200 ms the client asked for.
+    let five: Vec<u32> = far_lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("DTMF 5 ")?.parse().ok())
+        .collect();
+    assert_eq!(five.len(), 1, "{far_lines:?}");
+    assert!(
+        (150..=300).contains(&five[0]),
+        "DTMF 5 lasted {} ms",
+        five[0]
+    );
     // Hang-up reached the client and the phone (BYE).
     assert!(sum["hangup"].is_number(), "{ctx}");
     if hangup == "rest" {
@@ -445,4 +460,46 @@ async fn an_inbound_call_to_the_users_number_opens_a_session() {
     let _ = bob_client.kill().await;
     let out = bob_client.wait_with_output().await.unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("newSession"));
+}
+
+/// Several sockets share a room and each gets the call's events; a socket that disconnects and
+/// comes back (a reconnection) rejoins and goes on with the same call.
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_share_a_room_and_a_reconnected_socket_continues_the_call() {
+    let mut s = setup("-").await;
+    let cfg = json!({
+        "url": format!("http://{}", s.server.addr), "token": s.key, "transport": "websocket",
+        "number": "+15550100",
+    });
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(venv_python())
+            .arg(peers().join("sio_rejoin.py"))
+            .arg(cfg.to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("client finished")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 2 s of audio in both sockets (50 Buffers a second).
+    for who in ["a", "b"] {
+        let n = sum["both"][who].as_u64().unwrap();
+        assert!(n >= 80, "{who} got {n} Buffers: {sum}");
+    }
+    assert!(sum["b_while_a_away"].as_u64().unwrap() >= 50, "{sum}");
+    assert!(sum["a2_audio"].as_u64().unwrap() >= 30, "{sum}");
+    assert_eq!(sum["a2_hangup"], true, "{sum}");
+    assert_eq!(sum["b_hangup"], true, "{sum}");
+    let far = tokio::time::timeout(Duration::from_secs(20), s.child.wait())
+        .await
+        .expect("the phone saw the BYE")
+        .unwrap();
+    assert!(far.success());
 }

@@ -623,7 +623,20 @@ async fn on_dtmf(s: SocketRef, TryData(d): TryData<Value>) {
     if digit.is_empty() {
         return;
     }
-    let _ = sess.handle.command(CallCommand::SendDtmf(digit)).await;
+    // `duration` in ms (seed 003), 40-2000; 100 when absent.
+    let duration_ms = d
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("duration"))
+        .and_then(Value::as_u64)
+        .map_or(voxgate_call::DTMF_MS, |ms| ms.clamp(40, 2000) as u32);
+    let _ = sess
+        .handle
+        .command(CallCommand::SendDtmf {
+            keys: digit.to_ascii_uppercase(),
+            duration_ms,
+        })
+        .await;
 }
 
 async fn on_interruption(s: SocketRef, TryData(d): TryData<Value>) {

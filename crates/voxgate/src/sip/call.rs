@@ -413,7 +413,7 @@ impl SipCall {
     }
 
     /// Sends DTMF keys as RFC 4733 events.
-    fn send_dtmf(&self, keys: &str) -> Result<(), String> {
+    fn send_dtmf(&self, keys: &str, duration_ms: u32) -> Result<(), String> {
         let media = self.media.lock().map_err(|_| "media lock")?;
         let m = media.as_ref().ok_or("the call is not answered")?;
         if self
@@ -428,7 +428,7 @@ impl SipCall {
             return Err("the far end did not offer telephone-event (RFC 4733)".into());
         }
         m.control
-            .try_send(MediaControl::Dtmf(keys.into()))
+            .try_send(MediaControl::Dtmf(keys.into(), duration_ms))
             .map_err(|_| "DTMF queue full".to_string())
     }
 
@@ -768,14 +768,16 @@ impl Leg for SipLeg {
                 LegReply::Pending
             }
             LegCommand::Clear | LegCommand::Mark(_) => LegReply::Done,
-            LegCommand::SendDtmf(keys) => match self.call.send_dtmf(&keys) {
-                Ok(()) => LegReply::Done,
-                Err(message) => LegReply::Refused {
-                    sender: "dtmf",
-                    code: 400,
-                    message,
-                },
-            },
+            LegCommand::SendDtmf { keys, duration_ms } => {
+                match self.call.send_dtmf(&keys, duration_ms) {
+                    Ok(()) => LegReply::Done,
+                    Err(message) => LegReply::Refused {
+                        sender: "dtmf",
+                        code: 400,
+                        message,
+                    },
+                }
+            }
             LegCommand::Transfer(target) => match self.call.refer(&target) {
                 Ok(()) => LegReply::Pending,
                 Err(message) => LegReply::Refused {

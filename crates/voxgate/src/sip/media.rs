@@ -93,8 +93,8 @@ pub async fn bind_pair(ip: IpAddr, min: u16, max: u16) -> std::io::Result<RtpSoc
 pub enum MediaControl {
     /// A new offer/answer (re-INVITE): direction, remote address, maybe codec.
     Update(Negotiated),
-    /// Send these DTMF keys as RFC 4733 events (100 ms each, 100 ms apart).
-    Dtmf(String),
+    /// Send these DTMF keys as RFC 4733 events, each this many ms long and as long apart.
+    Dtmf(String, u32),
 }
 
 /// Call-quality figures at the end of a leg (the `metrics` event `rtp` and the store).
@@ -437,7 +437,7 @@ impl Leg {
                 _ = rtcp_timer.tick() => self.send_rtcp().await,
                 c = control.recv() => match c {
                     Some(MediaControl::Update(n)) => self.update(n),
-                    Some(MediaControl::Dtmf(keys)) => self.queue_dtmf(&keys),
+                    Some(MediaControl::Dtmf(keys, ms)) => self.queue_dtmf(&keys, ms),
                     None => break,
                 },
             }
@@ -602,18 +602,19 @@ impl Leg {
         self.pcm = pcm;
     }
 
-    fn queue_dtmf(&mut self, keys: &str) {
+    fn queue_dtmf(&mut self, keys: &str, duration_ms: u32) {
         let step = self.neg.ptime_ms.clamp(10, 60);
         for k in keys.chars() {
-            let Some(packets) = key_press_packets(k, 100, step, self.neg.codec.clock_rate) else {
+            let Some(packets) = key_press_packets(k, duration_ms, step, self.neg.codec.clock_rate)
+            else {
                 continue;
             };
             let n = packets.len();
             for (i, (m, p)) in packets.into_iter().enumerate() {
                 self.dtmf_queue.push_back((m, Some(p), i + 1 == n));
             }
-            // 100 ms of pause between keys.
-            for _ in 0..(100 / step) {
+            // As long a pause between keys.
+            for _ in 0..(duration_ms / step) {
                 self.dtmf_queue.push_back((false, None, false));
             }
         }

@@ -4,7 +4,7 @@
 As `uas` it answers the first call it gets; as `uac` it calls TARGET. Once the call is up it
 plays PLAY_WAV (once) into the call, records what it hears to RECORD_WAV, sends the DTMF digits
 SEND (RFC 4733) DTMF_AFTER seconds after the answer, and prints `STATE <text>` and
-`DTMF <digit>` lines. It exits 0 when the other side hangs up (BYE), 1 after TIMEOUT seconds.
+`DTMF <digit> <duration ms>` lines. It exits 0 when the other side hangs up (BYE), 1 after TIMEOUT seconds.
 Silence suppression is off, so RTP flows every 20 ms. Everything binds to 127.0.0.1.
 
 usage: pjsua_peer.py MODE SIP_PORT RTP_PORT PLAY_WAV RECORD_WAV SEND DTMF_AFTER TIMEOUT [TARGET]
@@ -53,8 +53,11 @@ class Call(pj.Call):
                     keep.append(player)
                 say("MEDIA up")
 
-    def onDtmfDigit(self, prm):
-        say(f"DTMF {prm.digit}")
+    def onDtmfEvent(self, prm):
+        # Reported at the event's start, on updates, and at its end (flag
+        # PJMEDIA_STREAM_DTMF_IS_END = 2) with the RFC 4733 duration in ms.
+        if prm.flags & 2:
+            say(f"DTMF {prm.digit} {prm.duration}")
 
 
 class Account(pj.Account):

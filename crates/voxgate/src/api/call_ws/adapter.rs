@@ -120,7 +120,10 @@ pub fn parse_command(text: &str, endpoint: Endpoint) -> Result<CallCommand, BadC
                     "`dtmf` needs `digits`: 1-64 of 0-9 * # A-D".into(),
                 ));
             }
-            CallCommand::SendDtmf(digits.to_ascii_uppercase())
+            CallCommand::SendDtmf {
+                keys: digits.to_ascii_uppercase(),
+                duration_ms: voxgate_call::DTMF_MS,
+            }
         }
         Command::Candidate { .. } => {
             return Err(BadCommand(
@@ -323,11 +326,17 @@ mod tests {
             (r#"{"command":"dance"}"#, Err("unknown command `dance`")),
             (
                 r#"{"command":"dtmf","digits":"12#a"}"#,
-                Ok(CallCommand::SendDtmf("12#A".into())),
+                Ok(CallCommand::SendDtmf {
+                    keys: "12#A".into(),
+                    duration_ms: 100,
+                }),
             ),
             (
                 r#"{"command":"dtmf","digit":"5"}"#,
-                Ok(CallCommand::SendDtmf("5".into())),
+                Ok(CallCommand::SendDtmf {
+                    keys: "5".into(),
+                    duration_ms: 100,
+                }),
             ),
             (
                 r#"{"command":"dtmf","digits":"x"}"#,

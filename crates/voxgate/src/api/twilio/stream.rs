@@ -202,7 +202,7 @@ impl Leg for TwilioLeg {
                 }
                 LegReply::Pending
             }
-            LegCommand::SendDtmf(_) => LegReply::Refused {
+            LegCommand::SendDtmf { .. } => LegReply::Refused {
                 sender: "dtmf",
                 code: 400,
                 message: "a Twilio stream cannot send DTMF events".into(),
