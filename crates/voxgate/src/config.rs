@@ -40,6 +40,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub pbx: PbxConfig,
     pub play: PlayConfig,
+    /// Log lines on stderr: `text` (default) or `json` (one object per line, with the call id
+    /// and other fields; `RUST_LOG` filters both).
+    pub log_format: String,
 }
 
 /// What the `play` command may read (README "Going to production").
@@ -392,6 +395,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             pbx: PbxConfig::default(),
             play: PlayConfig::default(),
+            log_format: "text".into(),
         }
     }
 }
@@ -547,6 +551,12 @@ impl Config {
             errs.push(format!(
                 "listen: `{}` is not an address:port ({e})",
                 self.listen
+            ));
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            errs.push(format!(
+                "log_format: `{}` is not one of text, json",
+                self.log_format
             ));
         }
         if !["earshot", "silero"].contains(&self.vad.engine.as_str()) {

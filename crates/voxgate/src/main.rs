@@ -48,13 +48,22 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,voxgate=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` logs as its configuration says (after loading it); the other commands as text.
+    let init_logs = |json: bool| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,voxgate=info".into());
+        let fmt = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        if json {
+            fmt.json().flatten_event(true).init();
+        } else {
+            fmt.init();
+        }
+    };
+    if !matches!(cli.cmd, Cmd::Serve { .. }) {
+        init_logs(false);
+    }
     // Two rustls crypto providers are linked (rsipstack's ring, reqwest's aws-lc-rs): pick one for
     // the whole process, or the first TLS connection panics (DEPENDENCIES.md).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -88,6 +97,7 @@ fn main() -> std::process::ExitCode {
                 print!("{}", cfg.to_redacted_toml());
                 return std::process::ExitCode::SUCCESS;
             }
+            init_logs(cfg.log_format == "json");
             rt.block_on(voxgate::server::serve(cfg))
         }
         Cmd::Call(args) => rt.block_on(voxgate::cli::call(args)),

@@ -473,3 +473,57 @@ async fn openapi_document_holds_under_schemathesis() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `log_format = "json"`: one JSON object per stderr line, call lines carrying the call id.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_the_call_id() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--models-dir")
+        .arg(repo_root().join("models"))
+        .env("VOXGATE_ASR__ENGINE", "none")
+        .env("VOXGATE_SIP__ENABLED", "false")
+        .env("VOXGATE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("voxgate listening on http://")
+                .map(str::to_string)
+        })
+        .expect("listening");
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let mut c = Client::connect(&format!("ws://{addr}/call?id=json-log-call&dump=false")).await;
+    c.send(json!({"command": "invite", "option": {"codec": "pcm"}}))
+        .await;
+    c.wait_event("answer", Duration::from_secs(10)).await;
+    c.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.join().unwrap();
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        parsed.iter().any(|v| v["call"] == "json-log-call"),
+        "{lines:#?}"
+    );
+}
