@@ -70,6 +70,9 @@ type LegQueue = (
     mpsc::Receiver<(u64, LegInput)>,
 );
 
+/// Track ids of application audio ([`CallCommand::Audio`]) start with this.
+const APP_TRACK: &str = "app-";
+
 /// Capacity of a call's work queue (TTS and `play` audio, transcripts, VAD batches).
 const WORK_QUEUE: usize = 256;
 
@@ -724,6 +727,9 @@ impl CallActor {
             self.media_epoch_ms = Some(now_ms());
         }
         self.tap(AudioTrack::Caller, &frame);
+        if !(self.media.vad || self.media.asr || self.media.barge_in) {
+            return;
+        }
         if self.offload_vad {
             if self.vad_pending.len() >= MAX_VAD_BACKLOG {
                 // The blocking pool is far behind: judge the oldest frame by the last probability.
@@ -1030,6 +1036,8 @@ impl CallActor {
         if self.phase != Phase::Answered {
             return self.error("command", "`mark` before the call is answered", Some(400));
         }
+        // The mark follows the application audio sent so far.
+        self.close_app_track();
         if self.player.is_active() {
             self.player.mark(&name);
         } else {
@@ -1076,10 +1084,34 @@ impl CallActor {
         if samples.is_empty() {
             return;
         }
-        let track_id = uuid::Uuid::new_v4().to_string();
-        self.player.open_track(&track_id, None, false);
+        // Appended to the application's open track when it is last in the queue (one track
+        // per stream of commands, not per 20 ms message); a new one otherwise.
+        let tail = self
+            .player
+            .open_tail()
+            .filter(|t| t.starts_with(APP_TRACK))
+            .map(str::to_string);
+        let track_id = match tail {
+            Some(t) => t,
+            None => {
+                let id = format!("{APP_TRACK}{}", uuid::Uuid::new_v4());
+                self.player.open_track(&id, None, false);
+                id
+            }
+        };
         self.player.push_audio(&track_id, &samples);
-        self.player.finish_track(&track_id, false);
+    }
+
+    /// Closes the application's open track (its audio plays out, then `trackEnd`).
+    fn close_app_track(&mut self) {
+        if let Some(t) = self
+            .player
+            .open_tail()
+            .filter(|t| t.starts_with(APP_TRACK))
+            .map(str::to_string)
+        {
+            self.player.finish_track(&t, false);
+        }
     }
 
     fn open_track(&mut self, play_id: Option<&str>, auto_hangup: bool) -> String {

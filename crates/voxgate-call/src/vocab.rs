@@ -29,6 +29,11 @@ pub struct MediaOptions {
     /// Voiced caller speech (ms of media time) that interrupts bot audio; the server's
     /// `call.barge_in_ms` when `None`.
     pub barge_in_ms: Option<u32>,
+    /// Run voice activity detection for `speaking`/`silence` events. Default true; ASR and
+    /// barge-in run it whatever this says. Off (with both of those off), the caller's audio only
+    /// reaches the leg's audio taps: a controller that does its own listening (seed 003) pays
+    /// nothing for it.
+    pub vad: bool,
 }
 
 impl Default for MediaOptions {
@@ -39,6 +44,7 @@ impl Default for MediaOptions {
             tts_speaker: None,
             barge_in: true,
             barge_in_ms: None,
+            vad: true,
         }
     }
 }

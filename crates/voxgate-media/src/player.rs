@@ -111,6 +111,15 @@ impl Player {
             .any(|t| t.mark.is_none() && t.id == track_id)
     }
 
+    /// The id of the last queued item when it is a track still taking audio (input not
+    /// finished, nothing queued behind it): audio for it can be appended without reordering.
+    pub fn open_tail(&self) -> Option<&str> {
+        self.tracks
+            .back()
+            .filter(|t| t.mark.is_none() && !t.input_done)
+            .map(|t| t.id.as_str())
+    }
+
     /// The track id the given `playId` is using, if it is queued or playing.
     pub fn track_for_play_id(&self, play_id: &str) -> Option<&str> {
         self.tracks

@@ -130,6 +130,7 @@ fn media() -> MediaOptions {
     MediaOptions {
         asr: false,
         barge_in: false,
+        vad: false,
         ..Default::default()
     }
 }

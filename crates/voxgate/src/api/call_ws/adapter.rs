@@ -172,6 +172,7 @@ fn invite_options(
             tts_speaker: tts.speaker.or(tts.voice),
             barge_in_ms: o.barge_in_ms,
             barge_in: o.barge_in.unwrap_or(true),
+            vad: true,
         },
     })
 }
