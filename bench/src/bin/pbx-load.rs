@@ -158,10 +158,8 @@ async fn session(
                         shared.connected.fetch_add(1, Ordering::Relaxed);
                     }
                     Message::Text(t) if t.contains("\"hangup\"") && t.starts_with("42") => break,
-                    Message::Binary(_) => {
-                        if shared.measuring.load(Ordering::Relaxed) == 1 {
-                            shared.received.fetch_add(1, Ordering::Relaxed);
-                        }
+                    Message::Binary(_) if shared.measuring.load(Ordering::Relaxed) == 1 => {
+                        shared.received.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {}
                 }

@@ -463,13 +463,15 @@ async fn an_inbound_call_to_the_users_number_opens_a_session() {
 }
 
 /// Several sockets share a room and each gets the call's events; a socket that disconnects and
-/// comes back (a reconnection) rejoins and goes on with the same call.
+/// comes back (a reconnection) rejoins and goes on with the same call. Another user's socket can
+/// neither join, feed nor hang up the call, and never hears of it.
 #[tokio::test(flavor = "multi_thread")]
 async fn sockets_share_a_room_and_a_reconnected_socket_continues_the_call() {
     let mut s = setup("-").await;
+    let bob = s.server.cli(&["keys", "create", "--user", "bob"]);
     let cfg = json!({
         "url": format!("http://{}", s.server.addr), "token": s.key, "transport": "websocket",
-        "number": "+15550100",
+        "number": "+15550100", "other_token": bob,
     });
     let out = tokio::time::timeout(
         Duration::from_secs(90),
@@ -494,6 +496,17 @@ async fn sockets_share_a_room_and_a_reconnected_socket_continues_the_call() {
         assert!(n >= 80, "{who} got {n} Buffers: {sum}");
     }
     assert!(sum["b_while_a_away"].as_u64().unwrap() >= 50, "{sum}");
+    // python-socketio reports the refusal without the server's reason.
+    assert_ne!(sum["bad_token"], "accepted", "{sum}");
+    // bob: refused everywhere, told nothing.
+    assert_eq!(sum["other_join"][0]["status"], "failed", "{sum}");
+    assert_eq!(sum["other_audio_ack"]["success"], false, "{sum}");
+    assert_eq!(sum["other_rest_hangup"], 404, "{sum}");
+    assert_eq!(sum["other_audio"], 0, "{sum}");
+    assert!(
+        !sum["other_events"].to_string().contains("newSession"),
+        "{sum}"
+    );
     assert!(sum["a2_audio"].as_u64().unwrap() >= 30, "{sum}");
     assert_eq!(sum["a2_hangup"], true, "{sum}");
     assert_eq!(sum["b_hangup"], true, "{sum}");

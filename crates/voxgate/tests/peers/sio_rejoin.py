@@ -6,7 +6,10 @@ hear the far end. A disconnects: the call goes on for B. A reconnects (a new con
 client's reconnection makes), rejoins, hears the call and hangs it up; both get `hangup`.
 Prints a JSON summary.
 
-usage: sio_rejoin.py CONFIG_JSON   (CONFIG: {url, token, transport, number})
+With `other_token` (another user's key), a socket of that user also tries to join the room, send
+audio into it and hang it up (Socket.IO and /pbx/hangup): all must fail.
+
+usage: sio_rejoin.py CONFIG_JSON   (CONFIG: {url, token, transport, number, other_token?})
 """
 import json
 import sys
@@ -50,8 +53,8 @@ class Peer:
     def on_audio(self, d):
         self.audio += 1
 
-    def connect(self):
-        self.sio.connect(cfg["url"], auth={"token": cfg["token"]},
+    def connect(self, token=None):
+        self.sio.connect(cfg["url"], auth={"token": token or cfg["token"]},
                          transports=[cfg["transport"]], wait_timeout=10)
 
     def join(self, sid):
@@ -59,6 +62,16 @@ class Peer:
         self.sio.emit("joinRoom", {"sessionId": sid})
         assert self.joined.wait(10), f"{self.name}: no roomJoined"
 
+
+# A wrong key is refused at connect (connect_error with the reason).
+bad = socketio.Client(reconnection=False)
+try:
+    bad.connect(cfg["url"], auth={"token": "vg_000000000000_wrong"},
+                transports=[cfg["transport"]], wait_timeout=10)
+    summary["bad_token"] = "accepted"
+    bad.disconnect()
+except socketio.exceptions.ConnectionError as e:
+    summary["bad_token"] = str(e)
 
 a = Peer("a")
 a.connect()
@@ -74,6 +87,27 @@ b = Peer("b")
 b.connect()
 b.join(sid)
 assert b.connected.wait(5), "b did not get the current dialStatus"
+if cfg.get("other_token"):
+    m = Peer("mallory")
+    m.connect(cfg["other_token"])
+    m.sio.emit("joinRoom", {"sessionId": sid})
+    m.joined.wait(10)
+    summary["other_join"] = [e[1] for e in m.events if e[0] == "roomJoined"]
+    summary["other_audio_ack"] = m.sio.call(
+        "audio", {"sessionId": sid, "audioData": b"\xff" * 160, "audioFormat": "ulaw"}, timeout=10)
+    m.sio.emit("hangup", {"sessionId": sid})
+    req = urllib.request.Request(
+        cfg["url"] + "/pbx/hangup", data=json.dumps({"sessionId": sid}).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer " + cfg["other_token"]})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        summary["other_rest_hangup"] = 200
+    except urllib.error.HTTPError as e:
+        summary["other_rest_hangup"] = e.code
+    time.sleep(0.5)
+    summary["other_audio"] = m.audio
+    summary["other_events"] = m.events
+    m.sio.disconnect()
 time.sleep(2.0)
 summary["both"] = {"a": a.audio, "b": b.audio}
 a.sio.disconnect()
