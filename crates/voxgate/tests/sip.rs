@@ -911,7 +911,11 @@ async fn invites_from_outside_sip_allow_get_403_and_leave_no_state() {
     );
     let server = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &toml);
     let dir = tempfile::tempdir().unwrap();
-    let scen = scenario(dir.path(), "uac_status.xml", &[("@CODE@", "403")]);
+    let scen = scenario(
+        dir.path(),
+        "uac_status.xml",
+        &[("@CODE@", "403"), ("@CHECK@", "")],
+    );
     let (code, log) = sipp_uac(&server, &scen, "1000", dir.path(), &[]).await;
     assert_eq!(code, 0, "expected 403:\n{log}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -934,7 +938,11 @@ async fn invites_from_outside_sip_allow_get_403_and_leave_no_state() {
     // Loopback is allowed by default: the same INVITE reaches the number's route (no client
     // is waiting: 480).
     let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
-    let scen = scenario(dir.path(), "uac_status.xml", &[("@CODE@", "480")]);
+    let scen = scenario(
+        dir.path(),
+        "uac_status.xml",
+        &[("@CODE@", "480"), ("@CHECK@", "")],
+    );
     let (code, log) = sipp_uac(&server, &scen, "1000", dir.path(), &[]).await;
     assert_eq!(code, 0, "expected 480:\n{log}");
 }
@@ -1005,4 +1013,30 @@ async fn rtp_from_a_third_address_is_not_latched() {
     assert_eq!(code, 0, "{log}");
     let h = client.wait_event("hangup", Duration::from_secs(10)).await;
     assert_eq!(h["initiator"], "caller", "{h}");
+}
+
+/// An inbound call to a seed-003 number whose owner is at their concurrent-call quota is refused
+/// with 486 and `Retry-After`, before any dialog exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_the_owners_quota_gets_486_with_retry_after() {
+    sipp_available();
+    let toml =
+        "[pbx.numbers]\n\"+12025550150\" = \"alice\"\n[limits.users.alice]\ncalls_per_user = 0\n";
+    let server = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], toml);
+    let dir = tempfile::tempdir().unwrap();
+    let check = r#"<action><ereg regexp="Retry-After: *[0-9]+" search_in="msg" check_it="true" assign_to="ra"/><log message="[$ra]"/></action>"#;
+    let scen = scenario(
+        dir.path(),
+        "uac_status.xml",
+        &[("@CODE@", "486"), ("@CHECK@", check)],
+    );
+    let (code, log) = sipp_uac(&server, &scen, "+12025550150", dir.path(), &[]).await;
+    assert_eq!(code, 0, "expected 486 with Retry-After:\n{log}");
+    let calls: serde_json::Value = reqwest::get(server.http("/call/lists"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(calls["calls"], json!([]));
 }

@@ -679,6 +679,20 @@ impl crate::sip::InboundRouter for PbxRouter {
         self.0.numbers.contains_key(callee)
     }
 
+    async fn admit(&self, callee: &str) -> Result<(), u64> {
+        let Some(owner) = self.0.numbers.get(callee) else {
+            return Ok(());
+        };
+        let who = Principal {
+            user: owner.clone(),
+            admin: false,
+        };
+        self.0
+            .limits
+            .call_room(&self.0.core, &who)
+            .map_err(|e| e.retry_after_secs)
+    }
+
     async fn take(&self, callee: &str, leg: Box<dyn PendingLeg>) {
         let Some(owner) = self.0.numbers.get(callee).cloned() else {
             leg.refuse("failed");

@@ -106,6 +106,11 @@ pub struct SipService {
 pub trait InboundRouter: Send + Sync {
     /// Whether `callee` is one of its numbers.
     async fn owns(&self, callee: &str) -> bool;
+    /// Whether a call to `callee` fits its owner's quotas; `Err(seconds)` refuses it with 486
+    /// and `Retry-After` before any dialog exists.
+    async fn admit(&self, _callee: &str) -> Result<(), u64> {
+        Ok(())
+    }
     /// Takes the call (answers or refuses it).
     async fn take(&self, callee: &str, leg: Box<dyn PendingLeg>);
 }
@@ -699,6 +704,14 @@ impl SipService {
             }
         }
         let bot = router.is_some();
+        if let Some(r) = &router {
+            if let Err(secs) = r.admit(&callee).await {
+                tracing::info!(caller, callee, "over the owner's quota: 486");
+                let retry = rsipstack::sip::Header::RetryAfter(secs.max(1).to_string().into());
+                let _ = tx.reply_with(StatusCode::BusyHere, vec![retry], None).await;
+                return;
+            }
+        }
         let route = self
             .cfg
             .numbers
