@@ -2,7 +2,7 @@
 //! `{"code","message"}` with the seed's statuses: 400 (naming the bad field), 404, 429 (more
 //! than `bots.max_per_user` bots), 503 (no free number in `[bots] numbers`), 500.
 
-use super::{json_error, AppState};
+use super::{json_error, rfc3339, store_failed, AppState};
 use crate::api::openapi::{Bot, BotCreate, BotCreated, BotSummary, Deleted, ErrorBody};
 use crate::api::Caller;
 use crate::auth::Principal;
@@ -21,21 +21,6 @@ const MAX_GREETING: usize = 500;
 
 fn bad(message: impl AsRef<str>) -> Response {
     json_error(StatusCode::BAD_REQUEST, "bad_request", message.as_ref())
-}
-
-fn store_failed(e: impl std::fmt::Display) -> Response {
-    tracing::error!("{e}");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "the store is unavailable",
-    )
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// An optional string field: absent or null is `None`; anything but a string is a 400.

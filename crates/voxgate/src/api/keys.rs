@@ -2,7 +2,7 @@
 //! shell): `POST /admin/keys`, `GET /admin/keys`, `DELETE /admin/keys/{id}`.
 
 use super::openapi::{ErrorBody, KeyCreate, KeyCreated, KeyInfo, KeyRevoked};
-use super::{json_error, AppState, Caller};
+use super::{json_error, rfc3339, store_failed, AppState, Caller};
 use crate::auth::Principal;
 use crate::store::{KeyRecord, KeyStore};
 use axum::extract::rejection::JsonRejection;
@@ -10,12 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
 
 fn info(k: &KeyRecord) -> KeyInfo {
     KeyInfo {
@@ -39,15 +33,6 @@ fn admin_only(p: &Principal) -> Result<(), Response> {
             "managing keys needs an admin key",
         ))
     }
-}
-
-fn store_failed(e: impl std::fmt::Display) -> Response {
-    tracing::error!("{e}");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "the store is unavailable",
-    )
 }
 
 /// A user id: 1-128 characters of `A-Z a-z 0-9 - _ . @`.

@@ -126,6 +126,23 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// Epoch ms as RFC 3339 UTC with seconds (`2026-11-26T10:31:00Z`), the APIs' time format.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// 500 `{code: "server_error"}` for a failed store (the cause is logged, not shown).
+pub fn store_failed(e: impl std::fmt::Display) -> Response {
+    tracing::error!("{e}");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the store is unavailable",
+    )
+}
+
 /// All routes. Every route but `/health` and Twilio's (which are checked by
 /// `X-Twilio-Signature`) needs a key once authentication is on.
 pub fn router(state: AppState) -> Router {
