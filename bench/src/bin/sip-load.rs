@@ -258,6 +258,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
         .env("VOXGATE_ASR__ENGINE", "none")
         .env("VOXGATE_SIP__LISTEN", format!("127.0.0.1:{}", a.sip_port))
         .env("VOXGATE_SIP__RING_TIMEOUT_SECS", "120")
+        // `play` reads files only from the media directory: the bot's WAV is there.
+        .env("VOXGATE_PLAY__MEDIA_DIR", &dir)
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let pid = child.id();
