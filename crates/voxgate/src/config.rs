@@ -181,8 +181,12 @@ pub struct LlmConfig {
     pub base_url: Option<String>,
     pub api_key: Option<String>,
     pub model: String,
-    /// Time the suggestion may take, ms (it is asked before each webhook request).
+    /// Time to the first byte of an answer and between streamed chunks, ms (the bots'
+    /// suggestion is asked before each webhook request, so keep it short).
     pub timeout_ms: u64,
+    /// Retries of a request that failed before answering (connection, 429, 5xx, timeout), with
+    /// exponential backoff from 200 ms.
+    pub retries: u32,
 }
 
 impl Default for BotsConfig {
@@ -206,6 +210,7 @@ impl Default for LlmConfig {
             api_key: None,
             model: "gpt-4o-mini".into(),
             timeout_ms: 1500,
+            retries: 1,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod limits;
+pub mod llm;
 pub mod mp3_stream;
 pub mod server;
 pub mod sip;
