@@ -221,6 +221,10 @@ async fn authenticate_socket(
         Ok(p) => {
             s.extensions.insert(p);
             s.extensions.insert(st);
+            // Everything the socket needs is set up here, before socketioxide sends the
+            // CONNECT answer: it runs the connect handler only after that, so an event the
+            // client emits at once could otherwise arrive before its handler exists.
+            setup_socket(&s);
             Ok(())
         }
         Err(e) => {
@@ -231,8 +235,14 @@ async fn authenticate_socket(
 }
 
 fn on_connect(s: SocketRef) {
+    if let Some(p) = s.extensions.get::<Principal>() {
+        tracing::debug!(socket = %s.id, user = p.user, "Socket.IO connected");
+    }
+}
+
+/// Joins the user's rooms and registers the event handlers (from the auth middleware).
+fn setup_socket(s: &SocketRef) {
     let Some(p) = s.extensions.get::<Principal>() else {
-        let _ = s.disconnect();
         return;
     };
     s.join(format!("user:{}", p.user));
@@ -240,7 +250,6 @@ fn on_connect(s: SocketRef) {
         s.join("admins");
     }
     s.extensions.insert::<ClientAudios>(Arc::default());
-    tracing::debug!(socket = %s.id, user = p.user, "Socket.IO connected");
     s.on("joinRoom", on_join);
     s.on("audio", on_audio);
     s.on("checkPoint", on_checkpoint);
