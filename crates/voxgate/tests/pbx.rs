@@ -32,20 +32,6 @@ fn peers() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
 }
 
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = s.local_addr().unwrap().port();
-        if p.is_multiple_of(2)
-            && p < 65000
-            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
-        {
-            return p;
-        }
-    }
-    panic!("no free port pair");
-}
-
 fn clip(n: &str) -> (PathBuf, String) {
     librivox()
         .into_iter()
@@ -88,7 +74,7 @@ async fn phone(
     tokio::process::Child,
     tokio::task::JoinHandle<Vec<String>>,
 ) {
-    let (sip, rtp) = (free_port(), free_port());
+    let (sip, rtp) = (free_udp_port(), free_udp_port());
     let mut cmd = tokio::process::Command::new(venv_python());
     cmd.arg(peers().join("pjsua_peer.py"))
         .arg(mode)

@@ -19,21 +19,6 @@ fn sipp_available() {
     );
 }
 
-/// A free loopback UDP port (even, with the next one free too, for RTP/RTCP).
-fn free_udp_port() -> u16 {
-    for _ in 0..50 {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = s.local_addr().unwrap().port();
-        if p.is_multiple_of(2)
-            && p < 65000
-            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
-        {
-            return p;
-        }
-    }
-    panic!("no free port pair");
-}
-
 /// Writes a scenario from tests/sipp with placeholders replaced.
 fn scenario(dir: &Path, name: &str, vars: &[(&str, &str)]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))

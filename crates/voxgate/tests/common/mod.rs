@@ -25,6 +25,21 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
+/// A free loopback UDP port that is even and has the next one free too (an RTP/RTCP pair).
+pub fn free_udp_port() -> u16 {
+    for _ in 0..50 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        if p.is_multiple_of(2)
+            && p < 65000
+            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
 /// A running server; killed on drop.
 pub struct Server {
     child: Child,
