@@ -243,6 +243,26 @@ impl CallCore {
         v
     }
 
+    /// What `/call/lists` shows of one live call.
+    pub fn info(&self, id: &str) -> Option<CallInfo> {
+        self.inner
+            .calls
+            .lock()
+            .expect("calls lock")
+            .get(id)
+            .map(|e| e.info.clone())
+    }
+
+    /// Live calls in all, and those owned by `owner` (for quotas; nothing is cloned).
+    pub fn counts(&self, owner: &str) -> (usize, usize) {
+        let calls = self.inner.calls.lock().expect("calls lock");
+        let mine = calls
+            .values()
+            .filter(|e| e.info.owner.as_deref() == Some(owner))
+            .count();
+        (calls.len(), mine)
+    }
+
     /// Number of live calls.
     pub fn len(&self) -> usize {
         self.inner.calls.lock().expect("calls lock").len()

@@ -106,8 +106,8 @@ impl Limits {
     pub fn call_room(&self, core: &CallCore, p: &Principal) -> Result<(), LimitError> {
         let user = p.user.as_str();
         let (_, _, per_user) = self.cfg.for_user(user);
-        let calls = core.list();
-        if calls.len() >= self.cfg.calls as usize {
+        let (total, mine) = core.counts(user);
+        if total >= self.cfg.calls as usize {
             refused("calls");
             return Err(LimitError {
                 message: format!("the server is at its limit of {} calls", self.cfg.calls),
@@ -117,10 +117,6 @@ impl Limits {
         if *p == Principal::local() {
             return Ok(());
         }
-        let mine = calls
-            .iter()
-            .filter(|c| c.owner.as_deref() == Some(user))
-            .count();
         if mine >= per_user as usize {
             refused("calls_per_user");
             return Err(LimitError {

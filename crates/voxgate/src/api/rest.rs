@@ -53,12 +53,7 @@ pub async fn kill_call(
     axum::Extension(p): Caller,
     Path(id): Path<String>,
 ) -> Response {
-    let owner = st
-        .core
-        .list()
-        .into_iter()
-        .find(|c| c.id == id)
-        .map(|c| c.owner);
+    let owner = st.core.info(&id).map(|c| c.owner);
     match (st.core.get(&id), owner) {
         (Some(call), Some(owner)) if p.owns(owner.as_deref()) && call.end("killed", "system") => {
             Json(true).into_response()
