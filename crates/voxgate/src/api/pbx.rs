@@ -583,21 +583,34 @@ async fn audio(s: &SocketRef, d: Result<AudioIn, String>) -> Result<(), String> 
     Ok(())
 }
 
-async fn on_checkpoint(s: SocketRef, TryData(d): TryData<Value>) {
-    let Some((st, p)) = state(&s) else { return };
-    let Ok(id) = session_id(&d) else { return };
-    let Ok(sess) = st.joined(&s, &p, &id) else {
-        return;
-    };
-    let name = d
-        .as_ref()
+/// The session an event names, when this socket's user owns it and the socket joined its room.
+fn joined_session(
+    s: &SocketRef,
+    d: &Result<Value, impl std::fmt::Display>,
+) -> Option<(Arc<Session>, String)> {
+    let (st, p) = state(s)?;
+    let id = session_id(d).ok()?;
+    let sess = st.joined(s, &p, &id).ok()?;
+    Some((sess, id))
+}
+
+/// A field as text (a number is written out: `digit: 1` is `"1"`); empty when absent.
+fn text_field(d: &Result<Value, impl std::fmt::Display>, field: &str) -> String {
+    d.as_ref()
         .ok()
-        .and_then(|v| v.get("name"))
+        .and_then(|v| v.get(field))
         .map(|n| match n {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+async fn on_checkpoint(s: SocketRef, TryData(d): TryData<Value>) {
+    let Some((sess, id)) = joined_session(&s, &d) else {
+        return;
+    };
+    let name = text_field(&d, "name");
     // What this socket sent short of a frame is played (padded) before the mark.
     let rest = s
         .extensions
@@ -616,20 +629,10 @@ async fn on_checkpoint(s: SocketRef, TryData(d): TryData<Value>) {
 }
 
 async fn on_dtmf(s: SocketRef, TryData(d): TryData<Value>) {
-    let Some((st, p)) = state(&s) else { return };
-    let Ok(id) = session_id(&d) else { return };
-    let Ok(sess) = st.joined(&s, &p, &id) else {
+    let Some((sess, _)) = joined_session(&s, &d) else {
         return;
     };
-    let digit = d
-        .as_ref()
-        .ok()
-        .and_then(|v| v.get("digit"))
-        .map(|n| match n {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .unwrap_or_default();
+    let digit = text_field(&d, "digit");
     if digit.is_empty() {
         return;
     }
@@ -650,9 +653,7 @@ async fn on_dtmf(s: SocketRef, TryData(d): TryData<Value>) {
 }
 
 async fn on_interruption(s: SocketRef, TryData(d): TryData<Value>) {
-    let Some((st, p)) = state(&s) else { return };
-    let Ok(id) = session_id(&d) else { return };
-    let Ok(sess) = st.joined(&s, &p, &id) else {
+    let Some((sess, id)) = joined_session(&s, &d) else {
         return;
     };
     if let Some(a) = s.extensions.get::<ClientAudios>() {
