@@ -5,10 +5,10 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: run test deps deps-test models build build-dev bench bench-sip fmt clippy
+.PHONY: run test deps deps-test models models-run build build-dev bench bench-sip fmt clippy
 
 ## Install what is missing, fetch models, build (release) and serve on the embedded defaults.
-run: deps models build
+run: deps models-run build
 	$(TARGET_DIR)/release/voxgate serve
 
 ## Install what is missing and run all tests (unit + end-to-end against the real binary).
@@ -26,8 +26,12 @@ deps:
 deps-test:
 	@scripts/install-deps.sh test
 
+## Speech models and the 135M test LLM; models-run adds the agent's default LLM (Qwen2.5-0.5B, 491 MB).
 models:
 	@scripts/fetch-models.sh
+
+models-run:
+	@scripts/fetch-models.sh run
 
 build:
 	$(CARGO) build --release -p voxgate

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages voxgate needs, only those missing (idempotent, ~0.1 s when done).
 #   scripts/install-deps.sh run   what `make run` needs: espeak-ng (Piper phonemes), flite (TTS),
-#                                 pocketsphinx-testdata (LibriVox recordings for "Try it")
+#                                 pocketsphinx-testdata (LibriVox recordings for "Try it"), and the offline
+#                                 LLM runtime: xllamacpp (llama.cpp's server as a PyPI wheel) in a venv under
+#                                 ~/.cache/voxgate/llm-venv (`[llm] python`), which voxgate starts as a child
 #   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone),
 #                                 and, from PyPI into .venv-peers/, PJSUA2 (PJSIP's Python binding),
 #                                 streamdouble (plays Twilio's side of a Media Streams call), the official
@@ -12,10 +14,10 @@
 set -euo pipefail
 what="${1:-run}"
 pkgs=(espeak-ng flite pocketsphinx-testdata)
+# Debian's python3 needs python3-venv for `python3 -m venv`.
+python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ "$what" = "test" ]; then
   pkgs+=(sip-tester baresip-core openssl)
-  # Debian's python3 needs python3-venv for `python3 -m venv`.
-  python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
   # The official Socket.IO client runs on Node.js (Debian's is fine).
   command -v npm >/dev/null || pkgs+=(nodejs npm)
 fi
@@ -32,6 +34,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}" >&2
   $SUDO apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=500 install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+# The offline LLM runtime (SPEECH.md "LLM"): llama.cpp's server embedded in the xllamacpp wheel.
+llm_venv="${VOXGATE_CACHE:-$HOME/.cache/voxgate}/llm-venv"
+if ! "$llm_venv/bin/python" -c 'import xllamacpp' 2>/dev/null; then
+  echo "install-deps: installing xllamacpp (the offline LLM runtime) into $llm_venv" >&2
+  [ -x "$llm_venv/bin/pip" ] || python3 -m venv "$llm_venv" >&2
+  "$llm_venv/bin/pip" install -q xllamacpp==2026.10.11549 >&2
 fi
 if [ "$what" = "test" ]; then
   root="$(cd "$(dirname "$0")/.." && pwd)"

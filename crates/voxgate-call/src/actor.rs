@@ -1205,7 +1205,9 @@ impl CallActor {
                     id.clone(),
                     Producer {
                         tx: Some(tx),
-                        splitter: SentenceSplitter::new(MAX_PENDING_CHARS),
+                        // A streamed reply starts speaking at its first clause.
+                        splitter: SentenceSplitter::new(MAX_PENDING_CHARS)
+                            .first_clause(t.streaming),
                         task,
                         auto_hangup: false,
                         requested_at: Instant::now(),

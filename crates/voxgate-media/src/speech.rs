@@ -47,6 +47,10 @@ pub trait Synthesizer: Send + Sync {
 /// without punctuation must not grow the buffer without bound.
 pub const MAX_PENDING_CHARS: usize = 300;
 
+/// Words a first clause needs before it is cut off ([`SentenceSplitter::first_clause`]): "Well,"
+/// alone sounds clipped.
+pub const FIRST_CLAUSE_WORDS: usize = 3;
+
 fn ends_sentence(c: char) -> bool {
     matches!(c, '.' | '!' | '?' | ';' | '\n' | '。' | '！' | '？')
 }
@@ -63,9 +67,15 @@ fn worth_speaking(s: &str) -> bool {
 /// spoken without waiting for the next token). Pieces without a letter or digit (`"..."`) are
 /// dropped. Each character is scanned once, and at most [`MAX_PENDING_CHARS`] (or the configured
 /// bound) wait for a sentence end: longer text is cut at its last `,` `:` or space.
+///
+/// With [`SentenceSplitter::first_clause`], the first piece ends at the first `,` or `:`
+/// followed by whitespace once it has [`FIRST_CLAUSE_WORDS`] words: the first audio of a streamed
+/// reply starts at its first clause instead of its first full stop.
 #[derive(Debug, Clone)]
 pub struct SentenceSplitter {
     buf: String,
+    first_clause: bool,
+    emitted: bool,
     /// Byte offset in `buf` from which no decision has been made yet.
     scan_from: usize,
     max_chars: usize,
@@ -82,9 +92,17 @@ impl SentenceSplitter {
     pub fn new(max_chars: usize) -> Self {
         SentenceSplitter {
             buf: String::new(),
+            first_clause: false,
+            emitted: false,
             scan_from: 0,
             max_chars: max_chars.max(16),
         }
+    }
+
+    /// Cut the first piece at its first clause boundary (see the type's doc).
+    pub fn first_clause(mut self, on: bool) -> Self {
+        self.first_clause = on;
+        self
     }
 
     /// Text received but not yet part of a complete sentence.
@@ -101,16 +119,23 @@ impl SentenceSplitter {
         let mut undecided: Option<usize> = None;
         let mut iter = self.buf[self.scan_from..].char_indices().peekable();
         while let Some((off, c)) = iter.next() {
-            if !ends_sentence(c) {
+            let clause =
+                self.first_clause && !self.emitted && out.is_empty() && matches!(c, ',' | ':');
+            if !ends_sentence(c) && !clause {
                 continue;
             }
             let at = self.scan_from + off;
             let end = at + c.len_utf8();
-            let closes = match iter.peek() {
-                Some(&(_, n)) => n.is_whitespace(),
-                // The mark ends the chunk: `.!?` and newlines close the sentence now; `;` and
-                // the CJK marks wait for what follows unless the stream ended.
-                None => final_chunk || matches!(c, '.' | '!' | '?' | '\n'),
+            let closes = if clause {
+                matches!(iter.peek(), Some(&(_, n)) if n.is_whitespace())
+                    && self.buf[start..at].split_whitespace().count() >= FIRST_CLAUSE_WORDS
+            } else {
+                match iter.peek() {
+                    Some(&(_, n)) => n.is_whitespace(),
+                    // The mark ends the chunk: `.!?` and newlines close the sentence now; `;` and
+                    // the CJK marks wait for what follows unless the stream ended.
+                    None => final_chunk || matches!(c, '.' | '!' | '?' | '\n'),
+                }
             };
             if closes {
                 let s = self.buf[start..end].trim();
@@ -123,6 +148,7 @@ impl SentenceSplitter {
             }
         }
         let scanned_to = undecided.unwrap_or(self.buf.len());
+        self.emitted |= !out.is_empty();
         self.buf.drain(..start);
         self.scan_from = scanned_to - start;
         if final_chunk {
@@ -212,6 +238,29 @@ mod tests {
         assert_eq!(s.push("... ok; ", false), vec!["ok;"]);
         assert!(s.push("wait;", false).is_empty());
         assert_eq!(s.push(" go", true), vec!["wait;", "go"]);
+    }
+
+    #[test]
+    fn a_streamed_reply_starts_at_its_first_clause() {
+        let mut s = SentenceSplitter::default().first_clause(true);
+        // Too short a clause waits; the comma at the end of a chunk waits for what follows.
+        assert!(s.push("Well, our clinic", false).is_empty());
+        assert!(s.push(" opens at nine,", false).is_empty());
+        assert_eq!(
+            s.push(" and closes", false),
+            ["Well, our clinic opens at nine,"]
+        );
+        // Only the first piece is a clause; then whole sentences again.
+        assert!(s.push(" at five, on weekdays", false).is_empty());
+        assert_eq!(
+            s.push(". Bye", true),
+            ["and closes at five, on weekdays.", "Bye"]
+        );
+        // Off by default.
+        let mut d = SentenceSplitter::default();
+        assert!(d
+            .push("Well, our clinic opens at nine, and", false)
+            .is_empty());
     }
 
     #[test]

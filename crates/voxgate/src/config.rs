@@ -36,6 +36,8 @@ pub struct Config {
     pub bots: BotsConfig,
     pub twilio: TwilioConfig,
     pub llm: LlmConfig,
+    /// Seed 001 agents (`/outbound-call`).
+    pub agent: AgentConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub pbx: PbxConfig,
@@ -141,6 +143,48 @@ impl Default for PbxConfig {
     }
 }
 
+/// Seed 001 agents: an LLM holds a phone conversation (`POST /outbound-call`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The token budget of one reply.
+    pub max_tokens: u32,
+    pub temperature: f32,
+    /// Said once when the LLM has not produced a word this long after the caller's final
+    /// transcript (a busy or slow model), ms; 0: never.
+    pub hold_ms: u64,
+    pub hold_phrase: String,
+    /// Said when the LLM fails (timeout, error, full queue).
+    pub apology: String,
+    /// Said by `end_call` when the model gives no message.
+    pub goodbye: String,
+    /// Where the `transfer` tool sends the caller (a `sip:` URI or a number); without it the
+    /// model is not offered the tool.
+    pub transfer_to: Option<String>,
+    /// Conversation turns kept in the LLM's context (older ones are dropped, the prompt stays).
+    pub history_turns: usize,
+    /// TTS engine and voice of agents (the server's defaults when unset).
+    pub tts_provider: Option<String>,
+    pub tts_speaker: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            max_tokens: 120,
+            temperature: 0.4,
+            hold_ms: 1500,
+            hold_phrase: "One moment.".into(),
+            apology: "Sorry, I did not catch that. Could you say it again?".into(),
+            goodbye: "Goodbye!".into(),
+            transfer_to: None,
+            history_turns: 20,
+            tts_provider: None,
+            tts_speaker: None,
+        }
+    }
+}
+
 /// Seed 004 bots: phone numbers, webhook loop, limits.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -172,14 +216,18 @@ pub struct TwilioConfig {
     pub auth_token: Option<String>,
 }
 
-/// An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp's server, Ollama) for
-/// the bots' `llm_suggestion`. Without `base_url` the suggestion is `null`.
+/// The LLM of seed-001 agents and of the bots' `llm_suggestion`: an OpenAI-compatible
+/// chat-completions endpoint (OpenAI, vLLM, llama.cpp's server, Ollama) at `base_url`, or, without
+/// one, the offline model (`offline`): llama.cpp's server (the xllamacpp wheel in `python`'s venv)
+/// started by voxgate as a supervised child process on loopback, loaded once and shared by every
+/// call.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
     /// e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8081/v1`.
     pub base_url: Option<String>,
     pub api_key: Option<String>,
+    /// The `model` of each request (a local llama.cpp server ignores it).
     pub model: String,
     /// Time to the first byte of an answer and between streamed chunks, ms (the bots'
     /// suggestion is asked before each webhook request, so keep it short).
@@ -187,6 +235,25 @@ pub struct LlmConfig {
     /// Retries of a request that failed before answering (connection, 429, 5xx, timeout), with
     /// exponential backoff from 200 ms.
     pub retries: u32,
+    /// Without `base_url`, run the offline model. Default true.
+    pub offline: bool,
+    /// The offline model (GGUF); default `<models_dir>/llm/qwen2.5-0.5b-instruct-q4_k_m.gguf`
+    /// (`scripts/fetch-models.sh run`).
+    pub model_path: Option<PathBuf>,
+    /// The Python with xllamacpp installed; default `~/.cache/voxgate/llm-venv/bin/python`
+    /// (`scripts/install-deps.sh`).
+    pub python: Option<PathBuf>,
+    /// Decoding threads of the offline model. 1: on a shared 2-core machine 2 threads collapse
+    /// decoding (SPEECH.md).
+    pub threads: u32,
+    /// Context per request slot, tokens.
+    pub context: u32,
+    /// Requests the offline model decodes at once (llama.cpp slots).
+    pub parallel: u32,
+    /// Requests that may wait for a slot; more fail at once (the agent says its holding phrase).
+    pub queue: u32,
+    /// How long the offline model may take to load, ms.
+    pub start_timeout_ms: u64,
 }
 
 impl Default for BotsConfig {
@@ -211,6 +278,14 @@ impl Default for LlmConfig {
             model: "gpt-4o-mini".into(),
             timeout_ms: 1500,
             retries: 1,
+            offline: true,
+            model_path: None,
+            python: None,
+            threads: 1,
+            context: 2048,
+            parallel: 1,
+            queue: 8,
+            start_timeout_ms: 120_000,
         }
     }
 }
@@ -394,6 +469,7 @@ impl Default for Config {
             sip: SipConfig::default(),
             public_url: None,
             bots: BotsConfig::default(),
+            agent: AgentConfig::default(),
             twilio: TwilioConfig::default(),
             llm: LlmConfig::default(),
             auth: AuthConfig::default(),
@@ -534,7 +610,13 @@ impl Config {
             None => fig = fig.merge(Toml::file("voxgate.toml")),
         }
         fig = fig
-            .merge(Env::prefixed("VOXGATE_").split("__"))
+            // VOXGATE_CACHE is the scripts' cache directory (and the offline LLM's venv), not a
+            // setting.
+            .merge(
+                Env::prefixed("VOXGATE_")
+                    .filter(|k| k != "cache")
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(|e| {
             e.into_iter()
@@ -631,6 +713,39 @@ impl Config {
                 errs.push(format!("llm.base_url: `{u}` is not an http(s) URL"));
             }
         }
+        let l = &self.llm;
+        if !(1..=64).contains(&l.threads) || !(1..=16).contains(&l.parallel) {
+            errs.push("llm.threads must be 1-64 and llm.parallel 1-16".into());
+        }
+        if !(256..=131_072).contains(&l.context) {
+            errs.push(format!(
+                "llm.context: {} is not 256-131072 tokens",
+                l.context
+            ));
+        }
+    }
+
+    /// The offline LLM's model file: `llm.model_path`, or the default under `models_dir`.
+    pub fn llm_model_path(&self) -> PathBuf {
+        self.llm.model_path.clone().unwrap_or_else(|| {
+            self.models_dir
+                .join("llm")
+                .join("qwen2.5-0.5b-instruct-q4_k_m.gguf")
+        })
+    }
+
+    /// The Python that runs the offline LLM: `llm.python`, or the venv `scripts/install-deps.sh`
+    /// makes (`$VOXGATE_CACHE` or `~/.cache/voxgate`, then `llm-venv/bin/python`).
+    pub fn llm_python(&self) -> PathBuf {
+        self.llm.python.clone().unwrap_or_else(|| {
+            let cache = std::env::var_os("VOXGATE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                        .join(".cache/voxgate")
+                });
+            cache.join("llm-venv/bin/python")
+        })
     }
 
     /// The URL this server is reached at (`public_url`, or `http://` + `listen`), without a

@@ -2,6 +2,7 @@
 //! (`voxgate-call`, L3), and the server itself (L5). See `DESIGN.md` for the layers and the README
 //! for the protocols.
 
+pub mod agent;
 pub mod api;
 pub mod audio_file;
 pub mod auth;

@@ -116,7 +116,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let config = Arc::new(cfg.clone());
-    let bots = crate::bots::BotService::new(store.clone(), core.clone(), config.clone(), http);
+    let llm = crate::llm::Llm::from_config(http.clone(), &cfg);
+    tracing::info!("LLM: {}", llm.describe());
+    let bots = crate::bots::BotService::new(
+        store.clone(),
+        core.clone(),
+        config.clone(),
+        http.clone(),
+        llm.clone(),
+    );
+    let agents = crate::agent::AgentService::new(llm, store.clone(), cfg.agent.clone());
     let limits = crate::limits::Limits::new(cfg.limits.clone(), store.clone());
     let pbx = crate::api::pbx::Pbx::new(core.clone(), auth.clone(), limits.clone(), &cfg);
     if let Some(s) = &sip {
@@ -135,6 +144,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         auth,
         limits,
         pbx,
+        agents,
     };
     println!("voxgate listening on http://{addr}");
     tracing::info!("listening on http://{addr}");

@@ -8,36 +8,16 @@
 
 mod common;
 
+use common::pjsua::*;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use voxgate_media::codec::Codec;
 use voxgate_media::SampleRate;
 
 const NUMBER_IN: &str = "+12025550150";
-
-fn venv_python() -> PathBuf {
-    let p = repo_root().join(".venv-peers/bin/python");
-    assert!(
-        p.exists(),
-        "the test peers are missing: run `make test` (scripts/install-deps.sh test)"
-    );
-    p
-}
-
-fn peers() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
-
-fn clip(n: &str) -> (PathBuf, String) {
-    librivox()
-        .into_iter()
-        .find(|(p, _)| p.to_string_lossy().contains(n))
-        .unwrap()
-}
 
 /// Headerless µ-law at 8 kHz of a WAV.
 fn ulaw_file(wav: &Path, out: &Path) {
@@ -60,59 +40,6 @@ open(sys.argv[2], 'wb').write(data)\n";
         .status()
         .unwrap();
     assert!(st.success(), "lameenc failed");
-}
-
-/// A PJSUA2 phone (tests/peers/pjsua_peer.py), started and READY.
-async fn phone(
-    mode: &str,
-    play: &Path,
-    record: &Path,
-    send: &str,
-    target: Option<&str>,
-) -> (
-    u16,
-    tokio::process::Child,
-    tokio::task::JoinHandle<Vec<String>>,
-) {
-    let (sip, rtp) = (free_udp_port(), free_udp_port());
-    let mut cmd = tokio::process::Command::new(venv_python());
-    cmd.arg(peers().join("pjsua_peer.py"))
-        .arg(mode)
-        .arg(sip.to_string())
-        .arg(rtp.to_string())
-        .arg(play)
-        .arg(record)
-        .arg(send)
-        .arg("3.0")
-        .arg("90");
-    if let Some(t) = target {
-        cmd.arg(t);
-    }
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("run PJSUA2");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let lines = tokio::spawn(async move {
-        let mut r = BufReader::new(out).lines();
-        let mut all = Vec::new();
-        let mut tx = Some(tx);
-        while let Ok(Some(l)) = r.next_line().await {
-            if l == "READY" {
-                if let Some(t) = tx.take() {
-                    let _ = t.send(());
-                }
-            }
-            all.push(l);
-        }
-        all
-    });
-    tokio::time::timeout(Duration::from_secs(20), rx)
-        .await
-        .expect("PJSUA2 ready")
-        .unwrap();
-    (sip, child, lines)
 }
 
 struct Setup {
@@ -145,24 +72,6 @@ async fn setup(record: &str) -> Setup {
         child,
         lines,
     }
-}
-
-/// A WAV written by PJSUA's recorder, which leaves the sizes at 0 when the process exits
-/// without destroying it: 16-bit mono, the rate from the header, every byte after `data`.
-fn read_recording(path: &Path) -> (Vec<i16>, SampleRate) {
-    let b = std::fs::read(path).unwrap();
-    assert!(
-        b.len() > 44 && &b[..4] == b"RIFF",
-        "{} is not a WAV",
-        path.display()
-    );
-    let rate = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
-    let data = b.windows(4).position(|w| w == b"data").unwrap() + 8;
-    let pcm = b[data..]
-        .chunks_exact(2)
-        .map(|x| i16::from_le_bytes([x[0], x[1]]))
-        .collect();
-    (pcm, SampleRate::new(rate).unwrap())
 }
 
 fn wer_of(reference: &str, heard: &str) -> f64 {

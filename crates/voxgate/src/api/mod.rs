@@ -1,5 +1,6 @@
 //! The HTTP and WebSocket APIs (layer L4 "api"): routes and shared state.
 
+pub mod agent;
 pub mod bots;
 pub mod call_ws;
 pub mod keys;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Rate limits and quotas.
     pub limits: Arc<Limits>,
+    /// Seed 001 agents.
+    pub agents: Arc<crate::agent::AgentService>,
     /// Seed 003's Socket.IO rooms.
     pub pbx: Arc<pbx::Pbx>,
     /// Renders `/metrics`.
@@ -50,6 +53,8 @@ pub struct AppState {
 pub enum ApiShape {
     Native,
     Pbx,
+    /// Seed 001: `{"success": false, "error"}` (`{"error"}` for 400).
+    Seed001,
 }
 
 impl ApiShape {
@@ -58,6 +63,7 @@ impl ApiShape {
         match self {
             ApiShape::Native => json_error(status, code, message),
             ApiShape::Pbx => pbx::envelope_error(status, message),
+            ApiShape::Seed001 => agent::error(status, message),
         }
     }
 
@@ -108,6 +114,10 @@ async fn authenticate(st: &AppState, shape: ApiShape, req: Request, next: Next) 
 
 async fn auth_native(State(st): State<AppState>, req: Request, next: Next) -> Response {
     authenticate(&st, ApiShape::Native, req, next).await
+}
+
+async fn auth_seed001(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    authenticate(&st, ApiShape::Seed001, req, next).await
 }
 
 async fn auth_pbx(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -162,10 +172,18 @@ pub fn router(state: AppState) -> Router {
         .route("/pbx/call", post(pbx::call))
         .route("/pbx/hangup", post(pbx::hangup))
         .route_layer(from_fn_with_state(state.clone(), auth_pbx));
+    // Seed 001: errors in its own `{"error"}` shape (401 included).
+    let seed001 = Router::new()
+        .route("/outbound-call", post(agent::outbound_call))
+        .route("/end-call", post(agent::end_call))
+        .route("/call-status", get(agent::call_status))
+        .route("/frontend-stream", get(agent::frontend_stream))
+        .route_layer(from_fn_with_state(state.clone(), auth_seed001));
     let socketio = state.pbx.layer();
     Router::new()
         .merge(native)
         .merge(seed003)
+        .merge(seed001)
         .route("/voice", post(twilio::twiml::voice))
         .route("/voice/next", post(twilio::twiml::voice_next))
         .route("/stream/{bot_id}", get(twilio::stream::stream))

@@ -26,6 +26,89 @@ pub struct PbxError {
     pub data: Option<Value>,
 }
 
+/// Seed 001 errors: `{"error"}` (400) or `{"success": false, "error"}` (401, 403, 404, 429,
+/// 500).
+#[derive(Serialize, ToSchema)]
+pub struct Seed001Error {
+    pub success: Option<bool>,
+    pub error: String,
+}
+
+/// `POST /outbound-call` body (seed 001).
+#[derive(Deserialize, Serialize, ToSchema)]
+pub struct OutboundCallRequest {
+    /// The user (tenant) of the call: the API key's user when authentication is on.
+    #[schema(max_length = 128, example = "user123")]
+    pub user_id: String,
+    /// The number to dial through the first SIP trunk: 3 to 20 digits, optionally with a
+    /// leading `+` (spaces, dashes, dots and parentheses are ignored).
+    #[schema(example = "+12025550100")]
+    pub number: String,
+    /// The agent's instructions (the LLM's system prompt).
+    #[schema(
+        max_length = 8000,
+        example = "You are a helpful customer service agent"
+    )]
+    pub prompt: String,
+    /// What the agent says when the callee answers (nothing when empty).
+    #[schema(max_length = 1000, example = "Hello! How can I help you today?")]
+    pub first_message: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OutboundCallResponse {
+    pub success: bool,
+    #[schema(example = "Call initiated")]
+    pub message: String,
+    /// `CA` + 32 hex digits.
+    #[serde(rename = "callSid")]
+    #[schema(example = "CA0123456789abcdef0123456789abcdef")]
+    pub call_sid: String,
+}
+
+/// `POST /end-call` body (seed 001).
+#[derive(Deserialize, Serialize, ToSchema)]
+pub struct EndCallRequest {
+    #[serde(rename = "callSid")]
+    pub call_sid: String,
+    pub user_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EndCallResponse {
+    pub success: bool,
+    #[schema(example = "Call ended successfully")]
+    pub message: String,
+}
+
+/// `GET /call-status` query (seed 001).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CallStatusQuery {
+    #[serde(rename = "callSid")]
+    #[param(rename = "callSid")]
+    pub call_sid: String,
+    pub user_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CallStatusResponse {
+    pub success: bool,
+    #[serde(rename = "callSid")]
+    pub call_sid: String,
+    /// `queued`, `ringing`, `in-progress`, `completed`, `busy`, `failed`, `no-answer`,
+    /// `canceled` (Twilio's words).
+    pub status: String,
+    /// When the call was placed, RFC 3339 UTC.
+    #[serde(rename = "startTime")]
+    pub start_time: String,
+    /// When it ended; null while live.
+    #[serde(rename = "endTime")]
+    pub end_time: Option<String>,
+    /// Seconds since the answer (to the end); 0 when never answered.
+    pub duration: u64,
+}
+
 /// `POST /pbx/call` body.
 #[derive(Deserialize, Serialize, ToSchema)]
 pub struct PbxCallRequest {
@@ -278,6 +361,9 @@ WebSocket APIs (`/call`, `/call/sip`, `/stream/{bot_id}`) and Socket.IO (`/socke
         super::twilio::twiml::voice_next,
         super::pbx::call,
         super::pbx::hangup,
+        super::agent::outbound_call,
+        super::agent::end_call,
+        super::agent::call_status,
         super::keys::create,
         super::keys::list,
         super::keys::revoke,

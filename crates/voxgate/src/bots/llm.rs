@@ -1,9 +1,8 @@
-//! `llm_suggestion` for the bots' webhook: one chat through [`crate::llm::LlmClient`] (an
-//! OpenAI-compatible endpoint: OpenAI, vLLM, llama.cpp's server, Ollama) with the bot's goal,
-//! context and the call's history. Without `[llm] base_url`, or when the endpoint fails or is
+//! `llm_suggestion` for the bots' webhook: one chat through the server's LLM
+//! ([`crate::llm::Llm`]: `[llm] base_url`, an OpenAI-compatible endpoint, or the offline model)
+//! with the bot's goal, context and the call's history. Without an LLM, or when it fails or is
 //! slow, the suggestion is `None` (`null` in the webhook request).
 
-use crate::config::LlmConfig;
 use crate::llm::{ChatRequest, LlmClient, Message};
 
 /// One turn of a call's history as the webhook sees it (`role`: `user` or `bot`).
@@ -49,14 +48,12 @@ pub fn messages(
 /// Asks for a suggestion (streamed through [`crate::llm::LlmClient`], with its timeouts and
 /// retries); `None` when none is configured or it failed (logged).
 pub async fn suggest(
-    http: &reqwest::Client,
-    cfg: &LlmConfig,
+    client: &LlmClient,
     goal: &str,
     context: Option<&str>,
     history: &[Turn],
     user_text: &str,
 ) -> Option<String> {
-    let client = LlmClient::new(http.clone(), cfg);
     if !client.is_configured() {
         return None;
     }

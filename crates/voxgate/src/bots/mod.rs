@@ -71,6 +71,8 @@ pub struct BotService {
     pub core: CallCore,
     pub config: Arc<Config>,
     pub http: reqwest::Client,
+    /// The LLM of `llm_suggestion`.
+    pub llm: crate::llm::Llm,
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Twilio CallSid → where `action: transfer` sends the caller (read by `/voice/next`).
     transfers: Mutex<HashMap<String, String>>,
@@ -101,6 +103,7 @@ impl BotService {
         core: CallCore,
         config: Arc<Config>,
         http: reqwest::Client,
+        llm: crate::llm::Llm,
     ) -> Arc<Self> {
         if core.context().speech.asr.is_none() {
             tracing::warn!("asr.engine = \"none\": bots answer calls but cannot hear callers (no webhook requests)");
@@ -110,6 +113,7 @@ impl BotService {
             core,
             config,
             http,
+            llm,
             buckets: Mutex::new(HashMap::new()),
             transfers: Mutex::new(HashMap::new()),
         })

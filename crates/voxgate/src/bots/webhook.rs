@@ -93,7 +93,7 @@ pub fn parse_reply(body: &[u8]) -> Result<Reply, (u16, String)> {
 /// What one turn needs, detached from the controller.
 struct TurnJob {
     http: reqwest::Client,
-    llm: crate::config::LlmConfig,
+    llm: crate::llm::LlmClient,
     bot: BotRecord,
     call_id: String,
     index: i64,
@@ -113,7 +113,6 @@ struct TurnOutcome {
 
 async fn run_turn(j: TurnJob) -> TurnOutcome {
     let suggestion = llm::suggest(
-        &j.http,
         &j.llm,
         &j.bot.goal,
         j.bot.context.as_deref(),
@@ -316,7 +315,7 @@ impl BotController {
                     Ok(()) => {
                         let job = TurnJob {
                             http: self.svc.http.clone(),
-                            llm: self.svc.config.llm.clone(),
+                            llm: self.svc.llm.client(),
                             bot: self.bot.clone(),
                             call_id: self.call.id().to_string(),
                             index: next_index,

@@ -14,14 +14,18 @@
 //! generating), which is how barge-in cancels a reply. A server that answers a plain
 //! `chat.completion` JSON object instead of a stream is understood too (one text piece).
 
+pub mod local;
 #[cfg(test)]
 mod tests;
 
-use crate::config::LlmConfig;
+use crate::config::{Config, LlmConfig};
+use local::{LocalLlm, LocalOptions};
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// One message of a conversation, in the OpenAI shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -114,6 +118,9 @@ pub enum LlmError {
     Connect(String),
     #[error("the LLM's stream is malformed: {0}")]
     Protocol(String),
+    /// The offline model's queue is full ([llm] queue requests already wait).
+    #[error("the LLM is busy: {0} requests are waiting")]
+    Busy(u32),
 }
 
 impl LlmError {
@@ -126,11 +133,88 @@ impl LlmError {
     }
 }
 
+/// Where requests go.
+#[derive(Clone, Debug)]
+enum Endpoint {
+    None,
+    /// `{base_url}/chat/completions`.
+    Url(String),
+    Local(Arc<LocalLlm>),
+}
+
+/// The offline model's request queue: `parallel` requests decode at once, `queue` more may wait.
+#[derive(Debug)]
+struct Queue {
+    slots: Semaphore,
+    waiting: AtomicU32,
+    max_waiting: u32,
+}
+
+/// The server's LLM: the configured endpoint, or the offline model (started here, once, and
+/// shared by every call). Cheap to clone.
+#[derive(Clone)]
+pub struct Llm {
+    client: LlmClient,
+}
+
+impl Llm {
+    /// The LLM of `cfg`: `[llm] base_url` when set; otherwise, with `[llm] offline`, starts the
+    /// offline model in the background (requests wait for it to load); otherwise none.
+    pub fn from_config(http: reqwest::Client, cfg: &Config) -> Llm {
+        let mut client = LlmClient::new(http, &cfg.llm);
+        if cfg.llm.base_url.is_none() && cfg.llm.offline {
+            let local = LocalLlm::start(LocalOptions {
+                python: cfg.llm_python(),
+                model: cfg.llm_model_path(),
+                threads: cfg.llm.threads,
+                context: cfg.llm.context,
+                parallel: cfg.llm.parallel,
+                start_timeout: Duration::from_millis(cfg.llm.start_timeout_ms),
+            });
+            client.endpoint = Endpoint::Local(local);
+            // A 1.5 s first-token timeout suits a hosted model, not a CPU prefill.
+            client.timeout = client.timeout.max(Duration::from_secs(30));
+            client.start_wait = Duration::from_millis(cfg.llm.start_timeout_ms);
+            client.queue = Some(Arc::new(Queue {
+                slots: Semaphore::new(cfg.llm.parallel as usize),
+                waiting: AtomicU32::new(0),
+                max_waiting: cfg.llm.queue,
+            }));
+        }
+        Llm { client }
+    }
+
+    /// No LLM (requests fail with [`LlmError::NotConfigured`]).
+    pub fn none(http: reqwest::Client) -> Llm {
+        let mut client = LlmClient::new(http, &LlmConfig::default());
+        client.endpoint = Endpoint::None;
+        Llm { client }
+    }
+
+    /// A client of this LLM.
+    pub fn client(&self) -> LlmClient {
+        self.client.clone()
+    }
+
+    /// What serves requests, for logs and `/health`-like answers: `offline <model> (<state>)`,
+    /// the base URL, or `none`.
+    pub fn describe(&self) -> String {
+        match &self.client.endpoint {
+            Endpoint::None => "none".into(),
+            Endpoint::Url(u) => u.trim_end_matches("/chat/completions").to_string(),
+            Endpoint::Local(l) => format!("offline {} ({:?})", l.model().display(), l.state()),
+        }
+    }
+}
+
 /// The client. Cheap to clone.
 #[derive(Clone)]
 pub struct LlmClient {
     http: reqwest::Client,
-    url: Option<String>,
+    endpoint: Endpoint,
+    queue: Option<Arc<Queue>>,
+    /// How long a request waits for the offline model to load.
+    start_wait: Duration,
     api_key: Option<String>,
     model: String,
     timeout: Duration,
@@ -178,10 +262,12 @@ impl LlmClient {
     pub fn new(http: reqwest::Client, cfg: &LlmConfig) -> Self {
         LlmClient {
             http,
-            url: cfg
-                .base_url
-                .as_ref()
-                .map(|b| format!("{}/chat/completions", b.trim_end_matches('/'))),
+            endpoint: match &cfg.base_url {
+                Some(b) => Endpoint::Url(format!("{}/chat/completions", b.trim_end_matches('/'))),
+                None => Endpoint::None,
+            },
+            queue: None,
+            start_wait: Duration::ZERO,
             api_key: cfg.api_key.clone(),
             model: cfg.model.clone(),
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
@@ -189,9 +275,9 @@ impl LlmClient {
         }
     }
 
-    /// Whether a base URL is configured.
+    /// Whether a base URL or the offline model is configured.
     pub fn is_configured(&self) -> bool {
-        self.url.is_some()
+        !matches!(self.endpoint, Endpoint::None)
     }
 
     /// The request body for `req` (streaming, with usage).
@@ -230,7 +316,15 @@ impl LlmClient {
     }
 
     async fn connect(&self, body: &Value) -> Result<reqwest::Response, LlmError> {
-        let url = self.url.as_deref().ok_or(LlmError::NotConfigured)?;
+        let url = match &self.endpoint {
+            Endpoint::None => return Err(LlmError::NotConfigured),
+            Endpoint::Url(u) => u.clone(),
+            Endpoint::Local(l) => format!(
+                "{}/chat/completions",
+                l.url(self.start_wait).await.map_err(LlmError::Connect)?
+            ),
+        };
+        let url = url.as_str();
         let mut attempt = 0;
         loop {
             let mut r = self.http.post(url).json(body);
@@ -279,6 +373,21 @@ impl LlmClient {
         tx: &mpsc::Sender<Result<ChatDelta, LlmError>>,
     ) -> Result<(), LlmError> {
         let body = self.body(&req);
+        // The offline model decodes `parallel` requests at once; others wait in a bounded queue.
+        let _slot = match &self.queue {
+            None => None,
+            Some(q) => {
+                if q.waiting.fetch_add(1, Ordering::SeqCst) >= q.max_waiting
+                    && q.slots.available_permits() == 0
+                {
+                    q.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(LlmError::Busy(q.max_waiting));
+                }
+                let p = q.slots.acquire().await;
+                q.waiting.fetch_sub(1, Ordering::SeqCst);
+                p.ok()
+            }
+        };
         let mut resp = self.connect(&body).await?;
         let json_answer = resp
             .headers()

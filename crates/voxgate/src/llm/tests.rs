@@ -113,6 +113,7 @@ fn client(base: &str, timeout_ms: u64, retries: u32) -> LlmClient {
             model: "m".into(),
             timeout_ms,
             retries,
+            ..LlmConfig::default()
         },
     )
 }

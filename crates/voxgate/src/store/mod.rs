@@ -99,6 +99,57 @@ pub trait BotStore: Send + Sync {
     async fn usage(&self, scope: &str, period: &str) -> Result<i64, StoreError>;
 }
 
+/// A seed-001 agent call (`POST /outbound-call`). Times are Unix epoch ms.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct AgentCallRecord {
+    pub call_id: String,
+    pub user_id: String,
+    /// The dialled number, normalised (`+` and digits).
+    pub number: String,
+    /// The system prompt.
+    pub prompt: String,
+    pub first_message: String,
+    pub created_at: i64,
+}
+
+/// One turn of an agent's conversation.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct AgentTurnRecord {
+    pub call_id: String,
+    /// 0, 1, 2 ... in conversation order.
+    pub index: i64,
+    /// `agent` (what the agent said) or `caller` (a final transcript it answered).
+    pub role: String,
+    /// The caller's words, or all the agent generated for this turn.
+    pub text: String,
+    /// Agent turns: what the caller heard, cut at the interruption position (the history the
+    /// LLM sees next); the whole text when not interrupted.
+    pub heard: Option<String>,
+    pub interrupted: bool,
+    /// `end_call` or `transfer` when the agent called a tool.
+    pub tool: Option<String>,
+    /// Agent turns, ms from the caller's end of speech: to the final transcript, to the LLM's
+    /// first token, to the first audio sent.
+    pub asr_ms: Option<i64>,
+    pub llm_first_ms: Option<i64>,
+    pub first_audio_ms: Option<i64>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    /// The LLM's failure, when the agent apologised instead.
+    pub error: Option<String>,
+    pub created_at: i64,
+}
+
+/// Seed-001 agent calls and their turns.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    async fn agent_call_added(&self, a: &AgentCallRecord) -> Result<(), StoreError>;
+    async fn agent_call(&self, call_id: &str) -> Result<Option<AgentCallRecord>, StoreError>;
+    async fn agent_turn_added(&self, t: &AgentTurnRecord) -> Result<(), StoreError>;
+    /// A call's turns, in order.
+    async fn agent_turns(&self, call_id: &str) -> Result<Vec<AgentTurnRecord>, StoreError>;
+}
+
 /// An API key as stored: never the key itself, only the SHA-256 of its secret part.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct KeyRecord {

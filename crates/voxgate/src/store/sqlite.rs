@@ -2,8 +2,8 @@
 //! `migrations/sqlite/` and run at open.
 
 use super::{
-    BotCreateError, BotRecord, BotStore, CallRecord, CallStore, KeyRecord, KeyStore, Store,
-    StoreError, TranscriptRecord, TurnRecord,
+    AgentCallRecord, AgentStore, AgentTurnRecord, BotCreateError, BotRecord, BotStore, CallRecord,
+    CallStore, KeyRecord, KeyStore, Store, StoreError, TranscriptRecord, TurnRecord,
 };
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -67,6 +67,13 @@ impl SqliteStore {
                     Cow::Borrowed("auth"),
                     MigrationType::Simple,
                     include_str!("../../migrations/sqlite/0004_auth.sql").into_sql_str(),
+                    false,
+                ),
+                Migration::new(
+                    5,
+                    Cow::Borrowed("agents"),
+                    MigrationType::Simple,
+                    include_str!("../../migrations/sqlite/0005_agents.sql").into_sql_str(),
                     false,
                 ),
             ]),
@@ -419,6 +426,94 @@ fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         revoked_at: r.try_get("revoked_at")?,
     })
+}
+
+#[async_trait]
+impl AgentStore for SqliteStore {
+    async fn agent_call_added(&self, a: &AgentCallRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR REPLACE INTO agent_calls (call_id, user_id, number, prompt, first_message, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&a.call_id)
+            .bind(&a.user_id)
+            .bind(&a.number)
+            .bind(&a.prompt)
+            .bind(&a.first_message)
+            .bind(a.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn agent_call(&self, call_id: &str) -> Result<Option<AgentCallRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM agent_calls WHERE call_id = ?")
+            .bind(call_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        row.map(|r| -> Result<AgentCallRecord, sqlx::Error> {
+            Ok(AgentCallRecord {
+                call_id: r.try_get("call_id")?,
+                user_id: r.try_get("user_id")?,
+                number: r.try_get("number")?,
+                prompt: r.try_get("prompt")?,
+                first_message: r.try_get("first_message")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+        .map_err(err)
+    }
+
+    async fn agent_turn_added(&self, t: &AgentTurnRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR REPLACE INTO agent_turns (call_id, idx, role, text, heard, interrupted, tool, asr_ms, llm_first_ms, first_audio_ms, prompt_tokens, completion_tokens, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&t.call_id)
+            .bind(t.index)
+            .bind(&t.role)
+            .bind(&t.text)
+            .bind(&t.heard)
+            .bind(t.interrupted)
+            .bind(&t.tool)
+            .bind(t.asr_ms)
+            .bind(t.llm_first_ms)
+            .bind(t.first_audio_ms)
+            .bind(t.prompt_tokens)
+            .bind(t.completion_tokens)
+            .bind(&t.error)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn agent_turns(&self, call_id: &str) -> Result<Vec<AgentTurnRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM agent_turns WHERE call_id = ? ORDER BY idx")
+            .bind(call_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(|r| -> Result<AgentTurnRecord, sqlx::Error> {
+                Ok(AgentTurnRecord {
+                    call_id: r.try_get("call_id")?,
+                    index: r.try_get("idx")?,
+                    role: r.try_get("role")?,
+                    text: r.try_get("text")?,
+                    heard: r.try_get("heard")?,
+                    interrupted: r.try_get("interrupted")?,
+                    tool: r.try_get("tool")?,
+                    asr_ms: r.try_get("asr_ms")?,
+                    llm_first_ms: r.try_get("llm_first_ms")?,
+                    first_audio_ms: r.try_get("first_audio_ms")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                    error: r.try_get("error")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
 }
 
 #[async_trait]

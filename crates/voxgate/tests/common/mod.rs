@@ -16,6 +16,8 @@ use voxgate_media::codec::{AudioEncoder, Codec};
 use voxgate_media::resample::resample_clip;
 use voxgate_media::{AudioFrame, SampleRate};
 
+pub mod pjsua;
+
 pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
 
 pub fn repo_root() -> PathBuf {
@@ -105,6 +107,8 @@ impl Server {
             .arg(root.join("models"))
             .env("VOXGATE_ASR__INSTANCES", "1")
             .env("VOXGATE_SIP__LISTEN", "127.0.0.1:0")
+            // No offline LLM unless a test asks for one (it takes a core while it loads).
+            .env("VOXGATE_LLM__OFFLINE", "false")
             .env("RUST_LOG", "warn,voxgate=info")
             .current_dir(data_dir.path())
             .stdout(Stdio::piped())

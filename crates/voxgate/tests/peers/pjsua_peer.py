@@ -6,6 +6,8 @@ plays PLAY_WAV (once) into the call, records what it hears to RECORD_WAV, sends 
 SEND (RFC 4733) DTMF_AFTER seconds after the answer, and prints `STATE <text>` and
 `DTMF <digit> <duration ms>` lines. It exits 0 when the other side hangs up (BYE), 1 after TIMEOUT seconds.
 Silence suppression is off, so RTP flows every 20 ms. Everything binds to 127.0.0.1.
+Environment: PJ_RING_SECS rings (180) that long before answering; PJ_PLAY_AFTER starts PLAY_WAV
+that many seconds after the media is up (an agent speaks first).
 
 usage: pjsua_peer.py MODE SIP_PORT RTP_PORT PLAY_WAV RECORD_WAV SEND DTMF_AFTER TIMEOUT [TARGET]
 """
@@ -18,7 +20,10 @@ import pjsua2 as pj
 mode, sip_port, rtp_port, play_wav, record_wav, send, dtmf_after, timeout = sys.argv[1:9]
 target = sys.argv[9] if len(sys.argv) > 9 else None
 dtmf_after, timeout = float(dtmf_after), float(timeout)
-state = {"confirmed_at": None, "sent": False, "disconnected": False, "call": None}
+ring_secs = float(os.environ.get("PJ_RING_SECS", "0"))
+play_after = float(os.environ.get("PJ_PLAY_AFTER", "0"))
+state = {"confirmed_at": None, "sent": False, "disconnected": False, "call": None,
+         "ring_until": None, "play": None}
 keep = []
 
 
@@ -47,10 +52,7 @@ class Call(pj.Call):
                     aud.startTransmit(rec)
                     keep.append(rec)
                 if play_wav != "-":
-                    player = pj.AudioMediaPlayer()
-                    player.createPlayer(play_wav, pj.PJMEDIA_FILE_NO_LOOP)
-                    player.startTransmit(aud)
-                    keep.append(player)
+                    state["play"] = (time.time() + play_after, aud)
                 say("MEDIA up")
 
     def onDtmfEvent(self, prm):
@@ -65,7 +67,11 @@ class Account(pj.Account):
         call = Call(self, prm.callId)
         state["call"] = call
         op = pj.CallOpParam()
-        op.statusCode = 200
+        if ring_secs > 0:
+            op.statusCode = 180
+            state["ring_until"] = time.time() + ring_secs
+        else:
+            op.statusCode = 200
         call.answer(op)
 
 
@@ -112,6 +118,19 @@ while time.time() < deadline:
     if state["disconnected"]:
         code = 0
         break
+    if state["ring_until"] and time.time() >= state["ring_until"]:
+        state["ring_until"] = None
+        op = pj.CallOpParam()
+        op.statusCode = 200
+        state["call"].answer(op)
+    if state["play"] and time.time() >= state["play"][0]:
+        aud = state["play"][1]
+        state["play"] = None
+        player = pj.AudioMediaPlayer()
+        player.createPlayer(play_wav, pj.PJMEDIA_FILE_NO_LOOP)
+        player.startTransmit(aud)
+        keep.append(player)
+        say("PLAYING")
     c = state["confirmed_at"]
     if c and not state["sent"] and send != "-" and time.time() - c > dtmf_after:
         state["sent"] = True

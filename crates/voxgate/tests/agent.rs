@@ -1,0 +1,554 @@
+//! Seed 001 end to end: `POST /outbound-call` dials a PJSUA2 phone through a trunk and an LLM
+//! agent holds the conversation. The phone plays LibriVox speech after the agent's first message
+//! and records what it hears; `/frontend-stream` listens; `/call-status` and `/end-call` follow
+//! the call; the stored turns are read back.
+//!
+//! - `offline_agent_answers_and_end_call_hangs_up`: the offline LLM (SmolLM2-135M through the
+//!   supervised llama.cpp child, the smallest real model: its words are not judged).
+//! - `scripted_llm_streams_is_cancelled_by_barge_in_and_ends_the_call`: a scripted
+//!   OpenAI-compatible server replaying the documented streaming format (SSE
+//!   `chat.completion.chunk`s, tool calls with streamed arguments): a 503 retried, a slow reply
+//!   cut by the caller's barge-in (the request is cancelled, the history keeps what was heard),
+//!   then `end_call`.
+
+mod common;
+
+use common::pjsua::*;
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use voxgate::store::sqlite::SqliteStore;
+use voxgate::store::{AgentStore, AgentTurnRecord};
+use voxgate_media::codec::{AudioDecoder, Codec};
+use voxgate_media::SampleRate;
+
+const FIRST: &str = "Hello! Thanks for taking my call. How can I help you today?";
+
+/// A trunk to the phone at `sip_port`.
+fn trunk(sip_port: u16) -> String {
+    format!(
+        "[[sip.trunks]]\nname = \"carrier\"\nhost = \"127.0.0.1:{sip_port}\"\nkeepalive_secs = 0\n"
+    )
+}
+
+/// A 16 kHz mono WAV of the LibriVox clips `ids`, each followed by `gap_ms` of silence.
+fn speech_wav(out: &Path, ids: &[&str], gap_ms: u32) -> Vec<String> {
+    let mut samples = Vec::new();
+    let mut texts = Vec::new();
+    for id in ids {
+        let (p, text) = clip(id);
+        let (s, r) = read_wav(&p);
+        assert_eq!(r, SampleRate::HZ_16000);
+        samples.extend(s);
+        samples.extend(std::iter::repeat_n(0i16, (gap_ms * 16) as usize));
+        texts.push(text);
+    }
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(out, spec).unwrap();
+    for s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+    texts
+}
+
+async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(server.http(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn status(server: &Server, sid: &str, user: &str) -> (u16, Value) {
+    let r = reqwest::get(server.http(&format!("/call-status?callSid={sid}&user_id={user}")))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `/call-status` until `want` (or panics after `timeout`); returns every status seen.
+async fn wait_status(
+    server: &Server,
+    sid: &str,
+    want: &str,
+    timeout: Duration,
+    seen: &mut Vec<String>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, v) = status(server, sid, "alice").await;
+        assert_eq!(code, 200, "{v}");
+        let s = v["status"].as_str().unwrap().to_string();
+        if seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        if s == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status stayed {s}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn turns(server: &Server, sid: &str) -> Vec<AgentTurnRecord> {
+    let store = SqliteStore::open(&server.db_url()).await.unwrap();
+    store.agent_turns(sid).await.unwrap()
+}
+
+/// Waits for the phone to exit and returns its lines.
+async fn phone_done(
+    mut child: tokio::process::Child,
+    lines: tokio::task::JoinHandle<Vec<String>>,
+) -> Vec<String> {
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the phone did not exit")
+        .unwrap();
+    lines.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_agent_answers_and_end_call_hangs_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let caller = dir.path().join("caller.wav");
+    let said = speech_wav(&caller, &["0880"], 1000);
+    let rec = dir.path().join("heard.wav");
+    let (sip_port, child, lines) = phone_with(
+        "uas",
+        &caller,
+        &rec,
+        "-",
+        None,
+        &[("PJ_RING_SECS", "1.5"), ("PJ_PLAY_AFTER", "6")],
+    )
+    .await;
+    let model = repo_root().join("models/llm/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let server = Server::start_with_config(
+        &[
+            ("VOXGATE_LLM__OFFLINE", "true"),
+            ("VOXGATE_LLM__MODEL_PATH", model.to_str().unwrap()),
+            ("VOXGATE_AGENT__MAX_TOKENS", "24"),
+            ("VOXGATE_AGENT__TEMPERATURE", "0"),
+        ],
+        &trunk(sip_port),
+    );
+    // Seed 001's errors.
+    let (code, v) = post(&server, "/outbound-call", json!({"number": "+15550100"})).await;
+    assert_eq!(
+        (code, v),
+        (
+            400,
+            json!({"error": "User ID and phone number are required"})
+        )
+    );
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "12ab", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(v["error"].as_str().unwrap().contains("phone number"), "{v}");
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "+15550100"}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(v["error"].as_str().unwrap().contains("prompt"), "{v}");
+
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "+1 (555) 010-0100",
+               "prompt": "You are a friendly receptionist of a dental clinic.", "first_message": FIRST}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["success"], true);
+    assert_eq!(v["message"], "Call initiated");
+    let sid = v["callSid"].as_str().unwrap().to_string();
+    assert!(
+        sid.len() == 34 && sid.starts_with("CA") && sid[2..].chars().all(|c| c.is_ascii_hexdigit()),
+        "{sid}"
+    );
+    // Another user's callSid does not exist for them.
+    assert_eq!(status(&server, &sid, "bob").await.0, 404);
+    assert_eq!(
+        post(
+            &server,
+            "/end-call",
+            json!({"callSid": sid, "user_id": "bob"})
+        )
+        .await
+        .0,
+        404
+    );
+
+    let mut seen = Vec::new();
+    wait_status(
+        &server,
+        &sid,
+        "in-progress",
+        Duration::from_secs(20),
+        &mut seen,
+    )
+    .await;
+    assert!(
+        seen.contains(&"ringing".to_string()),
+        "statuses seen: {seen:?}"
+    );
+    // The live view: three connections are allowed, the fourth is refused.
+    let url = format!(
+        "ws://{}/frontend-stream?callSid={sid}&user_id=alice",
+        server.addr
+    );
+    let mut view = Client::connect(&url).await;
+    view.send(json!({"event": "connect-twilio", "callSid": sid, "user_id": "alice"}))
+        .await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(&url).await;
+        c.send(json!({"event": "connect-twilio", "callSid": sid, "user_id": "alice"}))
+            .await;
+        others.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut fourth, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(5), fourth.next())
+        .await
+        .expect("the 4th connection is closed");
+    match close {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 1008);
+            assert!(f.reason.contains("concurrent"), "{}", f.reason);
+        }
+        other => panic!("the 4th connection was not refused: {other:?}"),
+    }
+    let _ = fourth.close(None).await;
+    for c in others {
+        c.close().await;
+    }
+
+    // The agent's reply to the caller's words.
+    let reply = view
+        .wait_for("the agent's reply", Duration::from_secs(90), |e| {
+            e["event"] == "transcription"
+                && e["speaker"] == "agent"
+                && e["text"].as_str().is_some_and(|t| t != FIRST)
+        })
+        .await;
+    let caller_line = view
+        .events_named("transcription")
+        .into_iter()
+        .find(|e| e["speaker"] == "caller")
+        .expect("the caller's transcription");
+    assert!(
+        wer(&said[0], caller_line["text"].as_str().unwrap()) <= 0.3,
+        "{caller_line}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, v) = post(
+        &server,
+        "/end-call",
+        json!({"callSid": sid, "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(
+        (code, v),
+        (
+            200,
+            json!({"success": true, "message": "Call ended successfully"})
+        )
+    );
+    let out = phone_done(child, lines).await;
+    assert!(
+        out.iter().any(|l| l == "EXIT 0"),
+        "the phone got no BYE: {out:?}"
+    );
+    wait_status(
+        &server,
+        &sid,
+        "completed",
+        Duration::from_secs(10),
+        &mut seen,
+    )
+    .await;
+    let (_, v) = status(&server, &sid, "alice").await;
+    assert!(
+        v["endTime"].is_string() && v["duration"].as_u64().unwrap() >= 5,
+        "{v}"
+    );
+    assert_eq!(
+        &seen[seen.len() - 3..],
+        ["ringing", "in-progress", "completed"]
+    );
+
+    // Every turn is stored: the first message, the caller, the reply.
+    let t = turns(&server, &sid).await;
+    for x in &t {
+        eprintln!(
+            "turn {} {}: `{}` asr {:?} ms, LLM first token {:?} ms, first audio {:?} ms, tokens {:?}",
+            x.index, x.role, x.text, x.asr_ms, x.llm_first_ms, x.first_audio_ms, x.completion_tokens
+        );
+    }
+    assert!(t.len() >= 3, "{t:#?}");
+    assert_eq!((t[0].role.as_str(), t[0].text.as_str()), ("agent", FIRST));
+    assert_eq!(t[1].role, "caller");
+    assert_eq!(t[2].role, "agent");
+    assert_eq!(t[2].heard.as_deref(), reply["text"].as_str());
+    assert!(
+        t[2].llm_first_ms.is_some() && t[2].first_audio_ms.is_some(),
+        "{:?}",
+        t[2]
+    );
+    assert!(t[2].completion_tokens.unwrap_or(0) > 0, "{:?}", t[2]);
+
+    // The phone heard the first message (and then the reply).
+    let (pcm, rate) = read_recording(&rec);
+    let heard = transcribe_samples(&server, &pcm, rate, None).await;
+    let n = words(FIRST).len();
+    let head: Vec<String> = words(&heard).into_iter().take(n).collect();
+    let w = wer(FIRST, &head.join(" "));
+    assert!(w <= 0.15, "first message WER {w:.2}: heard `{heard}`");
+    assert!(words(&heard).len() > n, "no reply was heard: `{heard}`");
+
+    // The live view's audio is both parties: the caller's words and the agent's.
+    let mut dec = AudioDecoder::new(Codec::Pcmu);
+    let mut mixed = Vec::new();
+    let frames = view.events_named("audio");
+    assert!(frames.len() > 200, "{} audio frames", frames.len());
+    for f in &frames {
+        let b = base64_decode(f["payload"].as_str().unwrap());
+        assert_eq!(b.len(), 160, "20 ms of 8 kHz µ-law");
+        mixed.extend(dec.decode(&b).samples);
+    }
+    let both = transcribe_samples(&server, &mixed, SampleRate::HZ_8000, None).await;
+    let found = |reference: &str| {
+        let w = words(&both);
+        let r = words(reference);
+        r.iter().filter(|x| w.contains(x)).count() as f64 / r.len() as f64
+    };
+    assert!(
+        found(FIRST) >= 0.7,
+        "agent words missing from the mix: `{both}`"
+    );
+    assert!(
+        found(&said[0]) >= 0.6,
+        "caller words missing from the mix: `{both}`"
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// What the scripted LLM saw.
+#[derive(Default)]
+struct Script {
+    requests: Mutex<Vec<Value>>,
+    /// The slow reply's connection was closed by voxgate before its end.
+    cancelled: AtomicBool,
+    failed_once: AtomicBool,
+    turns: AtomicUsize,
+}
+
+fn chunk(delta: Value, finish: Option<&str>) -> String {
+    let v = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {v}\n\n")
+}
+
+const SLOW_REPLY: &str = "Our clinic is open on weekdays, from nine in the morning until five in the afternoon, and on Saturdays we open from ten until two, but on Sundays and public holidays we are closed, so please call again then.";
+
+async fn scripted(
+    script: Arc<Script>,
+    axum::Json(req): axum::Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    script.requests.lock().unwrap().push(req.clone());
+    if req["max_tokens"] == 1 {
+        // The warm-up request.
+        let body = format!(
+            "{}{}data: [DONE]\n\n",
+            chunk(json!({"role": "assistant", "content": "Hi"}), None),
+            chunk(json!({}), Some("length"))
+        );
+        return ([("content-type", "text/event-stream")], body).into_response();
+    }
+    if !script.failed_once.swap(true, Ordering::SeqCst) {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
+    }
+    let turn = script.turns.fetch_add(1, Ordering::SeqCst);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
+    let s = script.clone();
+    tokio::spawn(async move {
+        if turn == 0 {
+            // A slow reply, word by word: the caller interrupts it.
+            let _ = tx
+                .send(Ok(chunk(json!({"role": "assistant", "content": ""}), None)))
+                .await;
+            for w in SLOW_REPLY.split_inclusive(' ') {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if tx
+                    .send(Ok(chunk(json!({"content": w}), None)))
+                    .await
+                    .is_err()
+                {
+                    s.cancelled.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(chunk(json!({}), Some("stop")))).await;
+        } else {
+            // end_call, its arguments streamed in two pieces.
+            let call = |args: &str, first: bool| {
+                let mut c = json!({"index": 0, "function": {"arguments": args}});
+                if first {
+                    c["id"] = json!("call_1");
+                    c["type"] = json!("function");
+                    c["function"]["name"] = json!("end_call");
+                }
+                chunk(json!({"tool_calls": [c]}), None)
+            };
+            let _ = tx.send(Ok(call("{\"message\": \"Thank you, ", true))).await;
+            let _ = tx.send(Ok(call("goodbye.\"}", false))).await;
+            let _ = tx.send(Ok(chunk(json!({}), Some("tool_calls")))).await;
+        }
+        let _ = tx.send(Ok("data: [DONE]\n\n".to_string())).await;
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_llm_streams_is_cancelled_by_barge_in_and_ends_the_call() {
+    let script = Arc::new(Script::default());
+    let s = script.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body| scripted(s.clone(), body)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let caller = dir.path().join("caller.wav");
+    // The question, then (while the slow reply plays) the interruption.
+    speech_wav(&caller, &["0880", "0890"], 5000);
+    let (sip_port, child, lines) = phone_with(
+        "uas",
+        &caller,
+        Path::new("-"),
+        "-",
+        None,
+        &[("PJ_PLAY_AFTER", "2.5")],
+    )
+    .await;
+    let server = Server::start_with_config(
+        &[],
+        &format!(
+            "{}[llm]\nbase_url = \"{llm}\"\nmodel = \"scripted\"\ntimeout_ms = 3000\nretries = 1\n",
+            trunk(sip_port)
+        ),
+    );
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "+15550100",
+               "prompt": "You are the receptionist of a dental clinic.", "first_message": "Hi there."}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let sid = v["callSid"].as_str().unwrap().to_string();
+    // end_call says goodbye and hangs up: the phone gets a BYE.
+    let out = phone_done(child, lines).await;
+    assert!(out.iter().any(|l| l == "EXIT 0"), "no BYE: {out:?}");
+    let mut seen = Vec::new();
+    wait_status(
+        &server,
+        &sid,
+        "completed",
+        Duration::from_secs(10),
+        &mut seen,
+    )
+    .await;
+
+    assert!(
+        script.cancelled.load(Ordering::SeqCst),
+        "the interrupted reply's request was not cancelled"
+    );
+    let reqs = script.requests.lock().unwrap().clone();
+    let real: Vec<&Value> = reqs.iter().filter(|r| r["max_tokens"] != 1).collect();
+    // The 503 was retried: the first turn was asked twice.
+    assert_eq!(real.len(), 3, "{reqs:#?}");
+    assert_eq!(real[0]["messages"], real[1]["messages"]);
+    assert_eq!(real[0]["stream"], true);
+    let tools: Vec<&str> = real[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["end_call"]);
+    let sys = real[0]["messages"][0]["content"].as_str().unwrap();
+    assert!(sys.starts_with("You are the receptionist of a dental clinic."));
+
+    // The second request's history has what the caller heard of the slow reply: a proper prefix.
+    let m = real[2]["messages"].as_array().unwrap();
+    let heard = m.iter().rev().find(|x| x["role"] == "assistant").unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The caller spoke about 2 s into the reply (position-based cut, word boundary).
+    assert!(
+        heard.split_whitespace().count() >= 3
+            && SLOW_REPLY.starts_with(&heard)
+            && heard.len() < SLOW_REPLY.len() - 20,
+        "heard `{heard}`"
+    );
+    assert_eq!(m.last().unwrap()["role"], "user");
+
+    let t = turns(&server, &sid).await;
+    for x in &t {
+        eprintln!(
+            "turn {} {}: `{}` heard `{:?}` first audio {:?} ms",
+            x.index, x.role, x.text, x.heard, x.first_audio_ms
+        );
+    }
+    let roles: Vec<&str> = t.iter().map(|x| x.role.as_str()).collect();
+    assert_eq!(
+        roles,
+        ["agent", "caller", "agent", "caller", "agent"],
+        "{t:#?}"
+    );
+    assert!(t[2].interrupted, "{:?}", t[2]);
+    assert_eq!(t[2].heard.as_deref(), Some(heard.as_str()));
+    assert!(t[2].llm_first_ms.is_some() && t[2].first_audio_ms.is_some());
+    assert_eq!(t[4].tool.as_deref(), Some("end_call"));
+    assert_eq!(t[4].text, "Thank you, goodbye.");
+    assert!(!t[4].interrupted);
+}
