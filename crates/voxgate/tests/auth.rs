@@ -427,7 +427,7 @@ async fn openapi_document_holds_under_schemathesis() {
         st.exists(),
         "schemathesis is missing: run `make test` (scripts/install-deps.sh test)"
     );
-    // A trunk nobody answers: /pbx/call places calls that fail on their own.
+    // A trunk nobody answers: /pbx/call and /outbound-call place calls that fail on their own.
     let toml = "[[sip.trunks]]\nname = \"dead\"\nhost = \"127.0.0.1:9\"\nkeepalive_secs = 0\n";
     let server = Server::start_with_config(&NO_ASR, toml);
     let admin = server.cli(&["keys", "create", "--user", "ops", "--admin"]);
@@ -447,6 +447,9 @@ async fn openapi_document_holds_under_schemathesis() {
         "/voice/next",
         "/pbx/call",
         "/pbx/hangup",
+        "/outbound-call",
+        "/end-call",
+        "/call-status",
         "/admin/keys",
         "/admin/keys/{id}",
     ] {

@@ -38,15 +38,19 @@ pub struct Seed001Error {
 #[derive(Deserialize, Serialize, ToSchema)]
 pub struct OutboundCallRequest {
     /// The user (tenant) of the call: the API key's user when authentication is on.
-    #[schema(max_length = 128, example = "user123")]
+    #[schema(max_length = 128, pattern = r"\S", example = "user123")]
     pub user_id: String,
     /// The number to dial through the first SIP trunk: 3 to 20 digits, optionally with a
     /// leading `+` (spaces, dashes, dots and parentheses are ignored).
-    #[schema(example = "+12025550100")]
+    #[schema(
+        pattern = r"^\s*\+?(?:[ ().-]*[0-9]){3,20}[ ().-]*\s*$",
+        example = "+12025550100"
+    )]
     pub number: String,
     /// The agent's instructions (the LLM's system prompt).
     #[schema(
         max_length = 8000,
+        pattern = r"\S",
         example = "You are a helpful customer service agent"
     )]
     pub prompt: String,
@@ -70,7 +74,9 @@ pub struct OutboundCallResponse {
 #[derive(Deserialize, Serialize, ToSchema)]
 pub struct EndCallRequest {
     #[serde(rename = "callSid")]
+    #[schema(pattern = r"\S")]
     pub call_sid: String,
+    #[schema(pattern = r"\S")]
     pub user_id: String,
 }
 
@@ -86,8 +92,9 @@ pub struct EndCallResponse {
 #[into_params(parameter_in = Query)]
 pub struct CallStatusQuery {
     #[serde(rename = "callSid")]
-    #[param(rename = "callSid")]
+    #[param(rename = "callSid", pattern = r"\S")]
     pub call_sid: String,
+    #[param(pattern = r"\S")]
     pub user_id: String,
 }
 
