@@ -135,6 +135,9 @@ pub fn tools(cfg: &AgentConfig) -> Vec<Tool> {
 /// counts as heard once it has begun).
 pub fn heard_prefix(text: &str, position_ms: u64, chars_per_ms: f64) -> String {
     let n = (position_ms as f64 * chars_per_ms).ceil() as usize;
+    if n == 0 {
+        return String::new();
+    }
     if n >= text.chars().count() {
         return text.to_string();
     }

@@ -45,8 +45,11 @@ pub fn messages(
     m
 }
 
+/// The longest a suggestion may take: it is advisory, and the webhook request waits for it.
+pub const SUGGESTION_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Asks for a suggestion (streamed through [`crate::llm::LlmClient`], with its timeouts and
-/// retries); `None` when none is configured or it failed (logged).
+/// retries, within [`SUGGESTION_BUDGET`]); `None` when none is configured or it failed (logged).
 pub async fn suggest(
     client: &LlmClient,
     goal: &str,
@@ -63,7 +66,12 @@ pub async fn suggest(
         max_tokens: 60,
         temperature: 0.2,
     };
-    match client.chat(req).collect().await {
+    let answer = tokio::time::timeout(SUGGESTION_BUDGET, client.chat(req).collect())
+        .await
+        .unwrap_or(Err(crate::llm::LlmError::Timeout(
+            SUGGESTION_BUDGET.as_millis() as u64,
+        )));
+    match answer {
         Ok((text, _, _)) if !text.trim().is_empty() => Some(text.trim().to_string()),
         Ok(_) => {
             tracing::warn!("llm suggestion: an empty answer");
