@@ -7,14 +7,14 @@
 //! user (an admin key may act for any user); without it, it still separates users: another
 //! user's `callSid` answers 404.
 
-use super::{AppState, Caller};
+use super::{ApiShape, AppState, Caller, DialRefusal};
 use crate::agent::AgentCall;
 use crate::auth::Principal;
 use crate::store::{AgentCallRecord, AgentStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
@@ -35,15 +35,6 @@ pub fn error(status: StatusCode, message: &str) -> Response {
         json!({ "success": false, "error": message })
     };
     (status, Json(body)).into_response()
-}
-
-fn too_many(message: &str, retry_after: u64) -> Response {
-    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
-    r.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        HeaderValue::from(retry_after.max(1)),
-    );
-    r
 }
 
 /// The principal a request acts as for `user_id`: the key's own user, or (admin keys, and a
@@ -145,19 +136,16 @@ pub async fn outbound_call(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let Some(sip) = st.sip.as_ref() else {
-        tracing::error!("/outbound-call: SIP is disabled on this server");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "Failed to initiate call");
-    };
-    if sip.trunk().is_none() {
-        tracing::error!("/outbound-call: no SIP trunk is configured ([[sip.trunks]])");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "Failed to initiate call");
-    }
-    if let Err(e) = st.limits.call_room(&st.core, &me) {
-        return too_many(&e.message, e.retry_after_secs);
-    }
-    if let Err(e) = st.limits.originate(&me).await {
-        return too_many(&e.message, e.retry_after_secs);
+    match super::admit_dial(&st, &me).await {
+        Ok(()) => {}
+        Err(DialRefusal::NoRoute(why)) => {
+            // The seed's message; the cause goes to the log.
+            tracing::error!("/outbound-call: {why}");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "Failed to initiate call");
+        }
+        Err(DialRefusal::Limited(e)) => {
+            return ApiShape::Seed001.too_many(&e.message, e.retry_after_secs)
+        }
     }
     let call_sid = format!("CA{}", uuid::Uuid::new_v4().simple());
     let (sub, events) = voxgate_call::subscriber::channel(4096, 0);

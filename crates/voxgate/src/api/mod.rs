@@ -124,6 +124,36 @@ async fn auth_pbx(State(st): State<AppState>, req: Request, next: Next) -> Respo
     authenticate(&st, ApiShape::Pbx, req, next).await
 }
 
+/// Why a request to place a call is refused before dialling; each API words it in its shape.
+#[derive(Debug)]
+pub enum DialRefusal {
+    /// No way to dial (500): SIP is disabled, or no trunk is configured. The message says which.
+    NoRoute(&'static str),
+    /// Over the concurrent-calls quota or the originations rate (429 with `Retry-After`).
+    Limited(crate::limits::LimitError),
+}
+
+/// The checks before a REST-originated call (seed 001 `/outbound-call`, seed 003 `/pbx/call`):
+/// a SIP trunk exists, `p` has room for one more call, and one more origination this minute
+/// (counted here).
+///
+/// # Errors
+/// [`DialRefusal`].
+pub async fn admit_dial(st: &AppState, p: &Principal) -> Result<(), DialRefusal> {
+    let Some(sip) = st.sip.as_ref() else {
+        return Err(DialRefusal::NoRoute("SIP is disabled on this server"));
+    };
+    if sip.trunk().is_none() {
+        return Err(DialRefusal::NoRoute(
+            "no SIP trunk is configured ([[sip.trunks]])",
+        ));
+    }
+    st.limits
+        .call_room(&st.core, p)
+        .map_err(DialRefusal::Limited)?;
+    st.limits.originate(p).await.map_err(DialRefusal::Limited)
+}
+
 /// The authenticated user of a request (set by the auth middleware of every protected route).
 pub type Caller = axum::Extension<Principal>;
 

@@ -18,7 +18,7 @@
 //! `interruption`, `hangup` — each with `sessionId`, for a call of the socket's user that the
 //! socket has joined.
 
-use super::{ApiShape, AppState, Caller};
+use super::{ApiShape, AppState, Caller, DialRefusal};
 use crate::auth::{Authenticator, Principal};
 use crate::limits::Limits;
 use crate::mp3_stream::Mp3Stream;
@@ -767,23 +767,17 @@ pub async fn call(
     let Some(number) = normalize_number(raw) else {
         return envelope_error(StatusCode::BAD_REQUEST, "Invalid phone number format");
     };
-    let Some(sip) = st.sip.as_ref() else {
-        return envelope_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Failed to initiate call: SIP is disabled on this server",
-        );
-    };
-    if sip.trunk().is_none() {
-        return envelope_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Failed to initiate call: no SIP trunk is configured ([[sip.trunks]])",
-        );
-    }
-    if let Err(e) = st.limits.call_room(&st.core, &p) {
-        return ApiShape::Pbx.too_many(&e.message, e.retry_after_secs);
-    }
-    if let Err(e) = st.limits.originate(&p).await {
-        return ApiShape::Pbx.too_many(&e.message, e.retry_after_secs);
+    match super::admit_dial(&st, &p).await {
+        Ok(()) => {}
+        Err(DialRefusal::NoRoute(why)) => {
+            return envelope_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("Failed to initiate call: {why}"),
+            )
+        }
+        Err(DialRefusal::Limited(e)) => {
+            return ApiShape::Pbx.too_many(&e.message, e.retry_after_secs)
+        }
     }
     let (sub, events) = voxgate_call::subscriber::channel(4096, 64);
     let h = match st
