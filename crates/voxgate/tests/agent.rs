@@ -254,14 +254,17 @@ async fn offline_agent_answers_and_end_call_hangs_up() {
                 && e["text"].as_str().is_some_and(|t| t != FIRST)
         })
         .await;
-    let caller_line = view
+    // The caller's words (one utterance, or two if a loaded machine's VAD split it).
+    let caller_text = view
         .events_named("transcription")
         .into_iter()
-        .find(|e| e["speaker"] == "caller")
-        .expect("the caller's transcription");
+        .filter(|e| e["speaker"] == "caller")
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(
-        wer(&said[0], caller_line["text"].as_str().unwrap()) <= 0.3,
-        "{caller_line}"
+        wer(&said[0], &caller_text) <= 0.3,
+        "caller: `{caller_text}`"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (code, v) = post(
@@ -504,7 +507,7 @@ async fn scripted_llm_streams_is_cancelled_by_barge_in_and_ends_the_call() {
     let reqs = script.requests.lock().unwrap().clone();
     let real: Vec<&Value> = reqs.iter().filter(|r| r["max_tokens"] != 1).collect();
     // The 503 was retried: the first turn was asked twice.
-    assert_eq!(real.len(), 3, "{reqs:#?}");
+    assert!(real.len() >= 3, "{reqs:#?}");
     assert_eq!(real[0]["messages"], real[1]["messages"]);
     assert_eq!(real[0]["stream"], true);
     let tools: Vec<&str> = real[0]["tools"]
@@ -540,15 +543,14 @@ async fn scripted_llm_streams_is_cancelled_by_barge_in_and_ends_the_call() {
         );
     }
     let roles: Vec<&str> = t.iter().map(|x| x.role.as_str()).collect();
-    assert_eq!(
-        roles,
-        ["agent", "caller", "agent", "caller", "agent"],
-        "{t:#?}"
-    );
+    // (A loaded machine's VAD may split an utterance: more caller turns, same shape.)
+    assert_eq!(roles[..3], ["agent", "caller", "agent"], "{t:#?}");
+    assert_eq!(roles.last(), Some(&"agent"), "{t:#?}");
     assert!(t[2].interrupted, "{:?}", t[2]);
     assert_eq!(t[2].heard.as_deref(), Some(heard.as_str()));
     assert!(t[2].llm_first_ms.is_some() && t[2].first_audio_ms.is_some());
-    assert_eq!(t[4].tool.as_deref(), Some("end_call"));
-    assert_eq!(t[4].text, "Thank you, goodbye.");
-    assert!(!t[4].interrupted);
+    let last = t.last().unwrap();
+    assert_eq!(last.tool.as_deref(), Some("end_call"));
+    assert_eq!(last.text, "Thank you, goodbye.");
+    assert!(!last.interrupted);
 }
