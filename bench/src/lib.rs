@@ -40,6 +40,18 @@ pub fn librivox() -> anyhow::Result<Vec<(Vec<i16>, String)>> {
     Ok(out)
 }
 
+/// The position in [`librivox`] of the clip whose id ends with `id` (e.g. `0880`).
+///
+/// # Errors
+/// When the clips are missing or none has that id.
+pub fn librivox_index(id: &str) -> anyhow::Result<usize> {
+    let refs = std::fs::read_to_string(Path::new(LIBRIVOX).join("transcription"))?;
+    refs.lines()
+        .filter(|l| l.contains(" ("))
+        .position(|l| l.trim_end().trim_end_matches(')').ends_with(id))
+        .ok_or_else(|| anyhow::anyhow!("no LibriVox clip {id}"))
+}
+
 /// Lower-case words without punctuation (hyphens split words; `mr` → `mister`).
 pub fn words(s: &str) -> Vec<String> {
     let s: String = s

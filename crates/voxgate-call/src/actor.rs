@@ -14,7 +14,9 @@
 //! - TTS: at most [`PENDING_SENTENCES`] sentences wait for synthesis per track (more is an
 //!   `error` 429); streamed text waits for a sentence end up to [`MAX_PENDING_CHARS`].
 //! - ASR: at most [`PENDING_ASR`] utterances wait per call (more is an `error` 503); only the
-//!   newest partial waits, and partials run only on an idle model.
+//!   newest partial waits, and partials run only on an idle model, never in the way of a final.
+//!   A final is speculated: the utterance is transcribed 200 ms into a silence, while
+//!   endpointing still waits; when that silence ends it, that transcript is the final.
 //! - A VAD that must not run on this task (Silero) runs on the blocking pool, one batch of
 //!   frames at a time; at most [`MAX_VAD_BACKLOG`] frames wait for it (older ones are judged by
 //!   the last probability).
@@ -34,6 +36,7 @@ use crate::vocab::{
     PlayRequest, TtsRequest,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
@@ -103,11 +106,26 @@ enum TrackInput {
     },
 }
 
+/// What an ASR job is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AsrKind {
+    /// `asrDelta` of the utterance so far.
+    Partial,
+    /// The final's transcript computed ahead of endpointing; it counts once confirmed.
+    Speculative,
+    /// `asrFinal`.
+    Final,
+}
+
 /// Result of one ASR job.
 #[derive(Debug)]
 struct AsrOutcome {
     index: u32,
-    partial: bool,
+    kind: AsrKind,
+    /// Samples transcribed (identifies a speculation).
+    len: usize,
+    /// The transcript was written to the store (finals, and speculations confirmed in time).
+    stored: bool,
     start_ms: u64,
     end_ms: u64,
     queued_at: Instant,
@@ -124,11 +142,22 @@ struct VadBatch {
 
 struct AsrJob {
     index: u32,
-    partial: bool,
+    kind: AsrKind,
     start_ms: u64,
     end_ms: u64,
     samples: Vec<f32>,
     queued_at: Instant,
+    /// Set when a speculation is confirmed as the final (the job then stores its transcript).
+    confirmed: Arc<AtomicBool>,
+}
+
+/// The latest speculation, not confirmed yet: the utterance and length it transcribes, its
+/// confirmation flag, and its result once done.
+struct Speculation {
+    index: u32,
+    len: usize,
+    confirmed: Arc<AtomicBool>,
+    done: Option<AsrOutcome>,
 }
 
 /// What an ASR job needs besides its audio.
@@ -219,7 +248,16 @@ pub(crate) struct CallActor {
     player: Player,
     producers: HashMap<String, Producer>,
     asr_queue: VecDeque<AsrJob>,
+    /// A final or speculative job is running.
     asr_busy: bool,
+    /// A partial job is running.
+    partial_busy: bool,
+    speculation: Option<Speculation>,
+    /// Confirmed speculations still running: utterance, length, when the final arrived (the
+    /// `ttfb.asr` latency starts there).
+    confirmed: Vec<(u32, usize, Instant)>,
+    /// The highest utterance index with an `asrFinal` (older partials are dropped).
+    last_final: u32,
     media_epoch_ms: Option<i64>,
     /// When the leg last delivered (or we synthesised) a caller frame.
     last_caller_frame: Instant,
@@ -287,6 +325,10 @@ impl CallActor {
             producers: HashMap::new(),
             asr_queue: VecDeque::new(),
             asr_busy: false,
+            partial_busy: false,
+            speculation: None,
+            confirmed: Vec::new(),
+            last_final: 0,
             media_epoch_ms: None,
             last_caller_frame: Instant::now(),
             idle_check: None,
@@ -833,14 +875,41 @@ impl CallActor {
                 samples,
             } => {
                 // Only the newest partial matters: replace a waiting one.
-                self.asr_queue.retain(|j| !j.partial);
+                self.asr_queue.retain(|j| j.kind != AsrKind::Partial);
                 self.asr_queue.push_back(AsrJob {
                     index,
-                    partial: true,
+                    kind: AsrKind::Partial,
                     start_ms,
                     end_ms,
                     samples,
                     queued_at: Instant::now(),
+                    confirmed: Arc::default(),
+                });
+                self.pump_asr();
+            }
+            MediaEvent::UtteranceSpeculative {
+                index,
+                start_ms,
+                end_ms,
+                samples,
+            } => {
+                // A newer speculation replaces a waiting one (the caller spoke again).
+                self.asr_queue.retain(|j| j.kind != AsrKind::Speculative);
+                let confirmed = Arc::new(AtomicBool::new(false));
+                self.speculation = Some(Speculation {
+                    index,
+                    len: samples.len(),
+                    confirmed: confirmed.clone(),
+                    done: None,
+                });
+                self.asr_queue.push_back(AsrJob {
+                    index,
+                    kind: AsrKind::Speculative,
+                    start_ms,
+                    end_ms,
+                    samples,
+                    queued_at: Instant::now(),
+                    confirmed,
                 });
                 self.pump_asr();
             }
@@ -850,7 +919,29 @@ impl CallActor {
                 end_ms,
                 samples,
             } => {
-                self.asr_queue.retain(|j| !(j.partial && j.index == index));
+                self.asr_queue
+                    .retain(|j| !(j.kind == AsrKind::Partial && j.index == index));
+                if let Some(sp) = self
+                    .speculation
+                    .take()
+                    .filter(|sp| sp.index == index && sp.len == samples.len())
+                {
+                    // The silence that was speculated on ended the utterance: its transcript is
+                    // the final (done, still queued, or running).
+                    sp.confirmed.store(true, Ordering::SeqCst);
+                    let queued = self
+                        .asr_queue
+                        .iter_mut()
+                        .find(|j| j.kind == AsrKind::Speculative && j.index == index);
+                    match (sp.done, queued) {
+                        (Some(o), _) => self.final_transcript(o, Instant::now()),
+                        (None, Some(job)) => job.kind = AsrKind::Final,
+                        (None, None) => self.confirmed.push((index, sp.len, Instant::now())),
+                    }
+                    return;
+                }
+                // The caller spoke again after the speculation: it is void.
+                self.asr_queue.retain(|j| j.kind != AsrKind::Speculative);
                 if self.asr_queue.len() >= PENDING_ASR {
                     return self.error(
                         "asr",
@@ -862,11 +953,12 @@ impl CallActor {
                 }
                 self.asr_queue.push_back(AsrJob {
                     index,
-                    partial: false,
+                    kind: AsrKind::Final,
                     start_ms,
                     end_ms,
                     samples,
                     queued_at: Instant::now(),
+                    confirmed: Arc::default(),
                 });
                 self.pump_asr();
             }
@@ -885,27 +977,42 @@ impl CallActor {
         })
     }
 
+    /// Starts what can run: the oldest final or speculation when none runs (it waits for a model
+    /// instance); the newest partial when nothing of this call runs and an instance is idle.
     fn pump_asr(&mut self) {
-        if self.asr_busy {
-            return;
-        }
         let Some(ctx) = self.asr_context() else {
             self.asr_queue.clear();
             return;
         };
-        let (job, permit) = loop {
-            let Some(job) = self.asr_queue.pop_front() else {
-                return;
-            };
-            if !job.partial {
-                break (job, None);
+        if !self.asr_busy {
+            if let Some(i) = self
+                .asr_queue
+                .iter()
+                .position(|j| j.kind != AsrKind::Partial)
+            {
+                let job = self.asr_queue.remove(i).expect("position");
+                self.asr_busy = true;
+                self.spawn_asr(job, None, ctx.clone());
             }
-            // A partial result is worth computing only with an idle model.
-            if let Ok(p) = ctx.slots.clone().try_acquire_owned() {
-                break (job, Some(p));
+        }
+        if !self.asr_busy && !self.partial_busy {
+            if let Some(i) = self
+                .asr_queue
+                .iter()
+                .rposition(|j| j.kind == AsrKind::Partial)
+            {
+                let job = self.asr_queue.remove(i).expect("position");
+                self.asr_queue.retain(|j| j.kind != AsrKind::Partial);
+                // A partial result is worth computing only with an idle model.
+                if let Ok(p) = ctx.slots.clone().try_acquire_owned() {
+                    self.partial_busy = true;
+                    self.spawn_asr(job, Some(p), ctx);
+                }
             }
-        };
-        self.asr_busy = true;
+        }
+    }
+
+    fn spawn_asr(&mut self, job: AsrJob, permit: Option<OwnedSemaphorePermit>, ctx: AsrContext) {
         let tx = self.work_tx.clone();
         self.tasks.spawn(async move {
             let outcome = transcribe(job, permit, &ctx).await;
@@ -914,7 +1021,63 @@ impl CallActor {
     }
 
     fn asr_done(&mut self, o: AsrOutcome) {
-        self.asr_busy = false;
+        match o.kind {
+            AsrKind::Partial => self.partial_busy = false,
+            _ => self.asr_busy = false,
+        }
+        match o.kind {
+            AsrKind::Partial if o.index <= self.last_final => {}
+            AsrKind::Partial | AsrKind::Final => self.transcript(o, None),
+            AsrKind::Speculative => {
+                if let Some(i) = self
+                    .confirmed
+                    .iter()
+                    .position(|&(index, len, _)| index == o.index && len == o.len)
+                {
+                    let (_, _, at) = self.confirmed.remove(i);
+                    self.final_transcript(o, at);
+                } else if let Some(sp) = self
+                    .speculation
+                    .as_mut()
+                    .filter(|sp| sp.index == o.index && sp.len == o.len)
+                {
+                    sp.done = Some(o);
+                }
+                // Otherwise the caller spoke on: the speculation is void.
+            }
+        }
+        if self.phase != Phase::Ended {
+            self.pump_asr();
+        }
+    }
+
+    /// A speculation confirmed as the final: stored (unless its job did) and reported.
+    fn final_transcript(&mut self, mut o: AsrOutcome, confirmed_at: Instant) {
+        if let (false, Ok(text), Some(ctx)) = (o.stored, &o.result, self.asr_context()) {
+            if !text.is_empty() {
+                let rec = TranscriptRecord {
+                    call_id: self.id.clone(),
+                    index: o.index as i64,
+                    start_ms: Some(ctx.epoch_ms + o.start_ms as i64),
+                    end_ms: Some(ctx.epoch_ms + o.end_ms as i64),
+                    text: text.clone(),
+                    created_at: now_ms(),
+                };
+                self.tasks.spawn(async move {
+                    if let Err(e) = ctx.store.transcript_added(&rec).await {
+                        tracing::error!(call = %rec.call_id, "{e}");
+                    }
+                });
+            }
+        }
+        o.stored = true;
+        o.kind = AsrKind::Final;
+        self.transcript(o, Some(confirmed_at));
+    }
+
+    /// Reports a partial or final transcript; a final's latency counts from `since` (when the
+    /// utterance ended) or its job's queueing.
+    fn transcript(&mut self, o: AsrOutcome, since: Option<Instant>) {
         let name = self
             .speech
             .asr
@@ -924,10 +1087,13 @@ impl CallActor {
         let track_id = self.id.clone();
         let epoch = self.epoch_ms();
         let (start_time, end_time) = (epoch + o.start_ms as i64, epoch + o.end_ms as i64);
+        if o.kind != AsrKind::Partial {
+            self.last_final = self.last_final.max(o.index);
+        }
         match o.result {
             Err(e) => self.error("asr", e, Some(500)),
             Ok(text) if text.is_empty() => {}
-            Ok(text) if o.partial => self.emit(EventKind::AsrDelta {
+            Ok(text) if o.kind == AsrKind::Partial => self.emit(EventKind::AsrDelta {
                 track_id,
                 index: o.index,
                 start_time,
@@ -935,7 +1101,7 @@ impl CallActor {
                 text,
             }),
             Ok(text) => {
-                let latency = o.queued_at.elapsed().as_millis() as u64;
+                let latency = since.unwrap_or(o.queued_at).elapsed().as_millis() as u64;
                 let data = serde_json::json!({ "index": o.index, "computeMs": o.compute_ms });
                 self.emit(EventKind::Metrics {
                     key: format!("ttfb.asr.{name}"),
@@ -950,9 +1116,6 @@ impl CallActor {
                     text,
                 });
             }
-        }
-        if self.phase != Phase::Ended {
-            self.pump_asr();
         }
     }
 
@@ -1417,7 +1580,8 @@ impl CallActor {
         for e in ev {
             self.media_event(e);
         }
-        self.asr_queue.retain(|j| !j.partial);
+        // Partials are moot now, and so is a speculation the final did not confirm.
+        self.asr_queue.retain(|j| j.kind == AsrKind::Final);
         self.pump_asr();
         while self.asr_busy || !self.asr_queue.is_empty() {
             match self.next_work(deadline).await {
@@ -1481,12 +1645,14 @@ async fn transcribe(
 ) -> AsrOutcome {
     let AsrJob {
         index,
-        partial,
+        kind,
         start_ms,
         end_ms,
         samples,
         queued_at,
+        confirmed,
     } = job;
+    let len = samples.len();
     let _permit = match permit {
         Some(p) => Some(p),
         None => ctx.slots.clone().acquire_owned().await.ok(),
@@ -1501,7 +1667,14 @@ async fn transcribe(
         Ok((r, ms)) => (r.map_err(|e| e.to_string()), ms),
         Err(e) => (Err(format!("asr task failed: {e}")), 0),
     };
-    if let (false, Ok(text)) = (partial, &result) {
+    // Finals are stored here (so that one finished after the call's end is not lost), and so is a
+    // speculation confirmed by the time it is done; a later confirmation stores it in the actor.
+    let store = match kind {
+        AsrKind::Partial => false,
+        AsrKind::Final => true,
+        AsrKind::Speculative => confirmed.load(Ordering::SeqCst),
+    };
+    if let (true, Ok(text)) = (store, &result) {
         if !text.is_empty() {
             let rec = TranscriptRecord {
                 call_id: ctx.call_id.clone(),
@@ -1518,7 +1691,9 @@ async fn transcribe(
     }
     AsrOutcome {
         index,
-        partial,
+        kind,
+        len,
+        stored: store,
         start_ms,
         end_ms,
         queued_at,

@@ -203,9 +203,10 @@ impl Gate {
     }
 }
 
-/// Transcribes an utterance as "N ms of speech".
+/// Transcribes an utterance as "N ms of speech", counting its runs.
 struct FakeAsr {
     gate: Option<Arc<Gate>>,
+    runs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Transcriber for FakeAsr {
@@ -216,6 +217,7 @@ impl Transcriber for FakeAsr {
         if let Some(g) = &self.gate {
             g.wait();
         }
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(format!("{} ms of speech", samples.len() / 16))
     }
 }
@@ -254,6 +256,7 @@ impl AudioLoader for FakeLoader {
 
 struct Setup {
     asr_gate: Option<Arc<Gate>>,
+    asr_runs: Arc<std::sync::atomic::AtomicUsize>,
     blocking_vad: bool,
     settings: CallSettings,
 }
@@ -262,6 +265,7 @@ impl Default for Setup {
     fn default() -> Self {
         Setup {
             asr_gate: None,
+            asr_runs: Arc::default(),
             blocking_vad: false,
             settings: CallSettings {
                 partial_interval_ms: 0,
@@ -280,6 +284,7 @@ fn core(setup: Setup) -> (CallCore, Arc<FakeStore>) {
     let speech = Speech {
         asr: Some(Arc::new(FakeAsr {
             gate: setup.asr_gate,
+            runs: setup.asr_runs,
         })),
         asr_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         tts,
@@ -559,6 +564,80 @@ async fn barge_in_fires_200_ms_after_speech_onset() {
             matches!(fin.kind, EventKind::AsrFinal { ref text, .. } if text.ends_with("ms of speech"))
         );
     }
+}
+
+/// The final transcript is computed 200 ms into the silence, before endpointing (600 ms) ends the
+/// utterance, and is not computed again; when the caller speaks on after that pause, the
+/// speculation is void and the final covers the whole utterance.
+#[tokio::test(start_paused = true)]
+async fn a_final_is_speculated_before_endpointing() {
+    let runs: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let (core, store) = core(Setup {
+        asr_runs: runs.clone(),
+        ..Setup::default()
+    });
+    let count = || runs.load(std::sync::atomic::Ordering::SeqCst);
+    let mut c = call(&core, "spec", LegSetup::default()).await;
+    c.answer().await;
+    c.speak(&vec![loud(); 25]).await; // 500 ms of speech
+    c.speak(&vec![quiet(); 12]).await; // 240 ms: speculated at 200
+    settle(MS(20)).await;
+    assert_eq!(count(), 1, "transcribed 200 ms into the silence");
+    assert!(!c.drain().contains(&"silence"), "before endpointing");
+    c.speak(&vec![quiet(); 30]).await;
+    let fin = c.expect("asrFinal", S(1)).await;
+    assert_eq!(count(), 1, "the speculation was the final");
+    let EventKind::AsrFinal { text, .. } = fin.kind else {
+        unreachable!()
+    };
+    // 500 ms of speech (the call starts with it: no pre-roll) and the 200 ms tail.
+    assert_eq!(text, "700 ms of speech");
+    assert_eq!(store.transcripts.lock().unwrap().len(), 1);
+
+    // A pause of 240 ms, then more speech: the first speculation is void.
+    c.speak(&vec![loud(); 25]).await;
+    c.speak(&vec![quiet(); 12]).await;
+    c.speak(&vec![loud(); 10]).await;
+    c.speak(&vec![quiet(); 40]).await;
+    let fin = c.expect("asrFinal", S(1)).await;
+    let EventKind::AsrFinal { text, index, .. } = fin.kind else {
+        unreachable!()
+    };
+    assert_eq!((index, text.as_str()), (2, "1380 ms of speech"));
+    assert_eq!(count(), 3, "two speculations, the second one confirmed");
+    let t = store.transcripts.lock().unwrap().clone();
+    assert_eq!(
+        t.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
+        ["700 ms of speech", "1380 ms of speech"]
+    );
+}
+
+/// With a slow engine, speculations queue up behind each other: one confirmed while running and
+/// one confirmed while still queued both come out as finals, in order, and are stored.
+#[tokio::test(start_paused = true)]
+async fn speculations_confirmed_while_busy_are_not_lost() {
+    let gate = Gate::closed();
+    let (core, store) = core(Setup {
+        asr_gate: Some(gate.clone()),
+        ..Setup::default()
+    });
+    let mut c = call(&core, "busy-spec", LegSetup::default()).await;
+    c.answer().await;
+    for _ in 0..2 {
+        c.speak_advancing(&vec![loud(); 25]).await;
+        c.speak_advancing(&vec![quiet(); 40]).await;
+    }
+    assert!(!c.drain().contains(&"asrFinal"));
+    gate.open();
+    let a = c.expect("asrFinal", S(5)).await;
+    let b = c.expect("asrFinal", S(5)).await;
+    let idx = |e: &CallEvent| match &e.kind {
+        EventKind::AsrFinal { index, .. } => *index,
+        _ => unreachable!(),
+    };
+    assert_eq!((idx(&a), idx(&b)), (1, 2));
+    settle(MS(100)).await;
+    assert_eq!(store.transcripts.lock().unwrap().len(), 2);
 }
 
 /// Barge-in is off when the controller says so, and a quieter voice run shorter than the

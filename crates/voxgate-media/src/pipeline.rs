@@ -25,6 +25,11 @@ pub struct InboundConfig {
     pub partial_interval_ms: u32,
     /// Audio kept from before the detected speech start, so ASR hears the first phoneme.
     pub pre_roll_ms: u32,
+    /// Speculative ASR: once the caller has been silent [`FINAL_TAIL_MS`] inside an utterance
+    /// (the tail a final keeps), emit [`MediaEvent::UtteranceSpeculative`] with the utterance so
+    /// far, so that recognition runs while endpointing still waits (`min_silence_ms`): when the
+    /// silence ends the utterance, the final's audio is the same.
+    pub speculative: bool,
     /// Utterances longer than this are cut and finalised (ASR models have a context limit).
     pub max_utterance_ms: u32,
     /// Detect in-band DTMF.
@@ -40,6 +45,7 @@ impl Default for InboundConfig {
             asr: true,
             partial_interval_ms: 1000,
             pre_roll_ms: 300,
+            speculative: true,
             max_utterance_ms: 20_000,
             dtmf: true,
             vad_gate_dbfs: -55.0,
@@ -58,6 +64,15 @@ pub enum MediaEvent {
     Dtmf { digit: char, at_ms: u64 },
     /// The utterance so far, for a partial transcript (`asrDelta`). Mono 16 kHz f32 samples.
     UtterancePartial {
+        index: u32,
+        start_ms: u64,
+        end_ms: u64,
+        samples: Vec<f32>,
+    },
+    /// The utterance so far, [`FINAL_TAIL_MS`] into a silence that may end it: transcribe it now;
+    /// if [`MediaEvent::UtteranceFinal`] follows with the same `index` and as many samples, its
+    /// transcript is this one. Mono 16 kHz f32 samples.
+    UtteranceSpeculative {
         index: u32,
         start_ms: u64,
         end_ms: u64,
@@ -91,7 +106,12 @@ struct Utterance {
     start_ms: u64,
     samples: Vec<i16>,
     last_partial_len: usize,
+    /// The last voiced end a speculative snapshot was taken at.
+    speculated_at: Option<u64>,
 }
+
+/// Audio a final utterance keeps after its last voiced frame, ms.
+pub const FINAL_TAIL_MS: u64 = 200;
 
 impl InboundPipeline {
     /// A chain with the given voice detector.
@@ -198,6 +218,7 @@ impl InboundPipeline {
                         start_ms,
                         samples,
                         last_partial_len: 0,
+                        speculated_at: None,
                     });
                     self.next_index += 1;
                 }
@@ -211,7 +232,7 @@ impl InboundPipeline {
                 });
                 if let Some(mut u) = self.utt.take() {
                     // Keep 200 ms after the last voiced frame; drop the rest of the silence.
-                    let keep_until = end_ms + 200;
+                    let keep_until = end_ms + FINAL_TAIL_MS;
                     let len = ((keep_until.saturating_sub(u.start_ms)) * 16) as usize;
                     u.samples.truncate(len);
                     out.push(MediaEvent::UtteranceFinal {
@@ -224,6 +245,7 @@ impl InboundPipeline {
             }
             None => {}
         }
+        let due = self.utt.as_ref().and_then(|u| self.speculation_due(u));
         if let Some(u) = self.utt.as_mut() {
             let len_ms = u.samples.len() as u64 / 16;
             if len_ms >= self.cfg.max_utterance_ms as u64 {
@@ -240,8 +262,18 @@ impl InboundPipeline {
                     start_ms: self.now_ms,
                     samples: Vec::new(),
                     last_partial_len: 0,
+                    speculated_at: None,
                 });
                 self.next_index += 1;
+            } else if let Some(at) = due {
+                // Silent `speculative_ms` after the last voiced frame: what the final would be.
+                u.speculated_at = Some(at);
+                out.push(MediaEvent::UtteranceSpeculative {
+                    index: u.index,
+                    start_ms: u.start_ms,
+                    end_ms: at,
+                    samples: to_f32(&u.samples),
+                });
             } else if self.cfg.partial_interval_ms > 0
                 && self.seg.in_speech()
                 && u.samples.len() - u.last_partial_len
@@ -256,6 +288,20 @@ impl InboundPipeline {
                 });
             }
         }
+    }
+
+    /// The last voiced end, when a speculative snapshot of `u` is due now: in speech, silent for
+    /// exactly [`FINAL_TAIL_MS`] and not taken yet for this silence.
+    fn speculation_due(&self, u: &Utterance) -> Option<u64> {
+        let ms = FINAL_TAIL_MS;
+        let at = self.seg.last_voiced_end_ms();
+        let fits = self.cfg.speculative
+            && ms < u64::from(self.seg.config().min_silence_ms)
+            && self.seg.in_speech()
+            && self.now_ms.saturating_sub(at) == ms
+            && at > u.start_ms
+            && u.start_ms + u.samples.len() as u64 / 16 == self.now_ms;
+        (fits && u.speculated_at != Some(at)).then_some(at)
     }
 
     /// Ends the stream: an utterance in progress is finalised (the caller hung up mid-sentence).
@@ -351,6 +397,28 @@ mod tests {
             .iter()
             .any(|e| matches!(e, MediaEvent::UtterancePartial { index: 1, .. })));
         assert_eq!(p.now_ms(), 3500);
+        // 200 ms into the silence, before endpointing (600 ms), the same audio as the final.
+        let spec: Vec<_> = ev
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                MediaEvent::UtteranceSpeculative {
+                    index,
+                    samples,
+                    start_ms,
+                    end_ms,
+                } => Some((i, *index, samples.len(), *start_ms, *end_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(spec.len(), 1, "one silence, one speculation");
+        let fin = ev
+            .iter()
+            .position(|e| matches!(e, MediaEvent::UtteranceFinal { .. }))
+            .unwrap();
+        assert!(spec[0].0 < fin);
+        assert_eq!(spec[0].1, 1);
+        assert_eq!((spec[0].2, spec[0].3, spec[0].4), finals[0]);
     }
 
     #[test]

@@ -185,6 +185,11 @@ impl Segmenter {
         self.in_speech
     }
 
+    /// End of the last voiced frame, ms.
+    pub fn last_voiced_end_ms(&self) -> u64 {
+        self.last_voiced_end_ms
+    }
+
     /// Start of the current utterance (when [`Self::in_speech`]).
     pub fn speech_start_ms(&self) -> u64 {
         self.speech_start_ms

@@ -18,7 +18,9 @@ CREATE TABLE IF NOT EXISTS agent_turns (
     heard            TEXT,
     interrupted      INTEGER NOT NULL DEFAULT 0,
     tool             TEXT,
-    -- caller stopped (end of speech) → final transcript, → LLM first token, → first audio out
+    -- caller stopped (end of speech) → endpointed (silence event), → final transcript,
+    -- → LLM first token, → first audio out
+    endpoint_ms      INTEGER,
     asr_ms           INTEGER,
     llm_first_ms     INTEGER,
     first_audio_ms   INTEGER,

@@ -163,6 +163,7 @@ struct Reply {
     /// The caller's end of speech (epoch ms) and the final transcript's arrival.
     speech_end: Option<i64>,
     final_at: Instant,
+    endpoint_ms: Option<i64>,
     asr_ms: Option<i64>,
     llm_first_ms: Option<i64>,
     first_audio_ms: Option<i64>,
@@ -185,8 +186,9 @@ struct Agent {
     /// The warm-up request (the prompt prefix is evaluated while the first message plays).
     warm: Option<ChatStream>,
     chars_per_ms: f64,
-    /// Start of the caller's last silence (epoch ms): the end of speech of the next utterance.
-    silence_at: Option<i64>,
+    /// Start of the caller's last silence (epoch ms): the end of speech of the next utterance,
+    /// and when its `silence` event arrived.
+    silence_at: Option<(i64, i64)>,
 }
 
 impl Agent {
@@ -325,6 +327,7 @@ impl Agent {
             closed: false,
             speech_end,
             final_at: Instant::now(),
+            endpoint_ms: None,
             asr_ms: speech_end.map(|e| (now_ms() - e).max(0)),
             llm_first_ms: None,
             first_audio_ms: None,
@@ -341,10 +344,14 @@ impl Agent {
     async fn event(&mut self, kind: EventKind, at: i64) -> bool {
         match kind {
             EventKind::Hangup { .. } => return false,
-            EventKind::Silence { start_time, .. } => self.silence_at = Some(start_time),
+            EventKind::Silence { start_time, .. } => self.silence_at = Some((start_time, at)),
             EventKind::Speaking { .. } => self.silence_at = None,
             EventKind::AsrFinal { text, end_time, .. } if !text.trim().is_empty() => {
-                self.caller_said(text.trim().to_string(), self.silence_at.or(Some(end_time)))
+                let (end, endpointed) = match self.silence_at {
+                    Some((s, e)) => (s, Some(e)),
+                    None => (end_time, None),
+                };
+                self.caller_said(text.trim().to_string(), end, endpointed)
                     .await;
             }
             EventKind::TrackStart { play_id, .. } => {
@@ -401,7 +408,7 @@ impl Agent {
     }
 
     /// The caller finished an utterance: answer it.
-    async fn caller_said(&mut self, text: String, speech_end: Option<i64>) {
+    async fn caller_said(&mut self, text: String, speech_end: i64, endpointed: Option<i64>) {
         self.feed("caller", &text);
         let mut user_text = text;
         if let Some(r) = self.reply.take() {
@@ -435,7 +442,8 @@ impl Agent {
         });
         self.history.push(Message::User { content: user_text });
         self.trim_history();
-        let mut r = self.open_reply(speech_end);
+        let mut r = self.open_reply(Some(speech_end));
+        r.endpoint_ms = endpointed.map(|e| (e - speech_end).max(0));
         r.stream = Some(self.svc.llm.client().chat(ChatRequest {
             messages: self.history.clone(),
             tools: tools(&self.svc.cfg),
@@ -609,6 +617,7 @@ impl Agent {
             heard: Some(heard_words),
             interrupted,
             tool: r.tool.clone(),
+            endpoint_ms: r.endpoint_ms,
             asr_ms: r.asr_ms,
             llm_first_ms: r.llm_first_ms,
             first_audio_ms: r.first_audio_ms,

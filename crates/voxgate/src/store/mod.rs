@@ -128,8 +128,10 @@ pub struct AgentTurnRecord {
     pub interrupted: bool,
     /// `end_call` or `transfer` when the agent called a tool.
     pub tool: Option<String>,
-    /// Agent turns, ms from the caller's end of speech: to the final transcript, to the LLM's
-    /// first token, to the first audio sent.
+    /// Agent turns, ms from the caller's end of speech (the start of the silence that ended the
+    /// utterance): to the end of the utterance being detected (endpointing: the `silence`
+    /// event), to the final transcript, to the LLM's first token, to the first audio sent.
+    pub endpoint_ms: Option<i64>,
     pub asr_ms: Option<i64>,
     pub llm_first_ms: Option<i64>,
     pub first_audio_ms: Option<i64>,

@@ -465,7 +465,7 @@ impl AgentStore for SqliteStore {
     }
 
     async fn agent_turn_added(&self, t: &AgentTurnRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR REPLACE INTO agent_turns (call_id, idx, role, text, heard, interrupted, tool, asr_ms, llm_first_ms, first_audio_ms, prompt_tokens, completion_tokens, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT OR REPLACE INTO agent_turns (call_id, idx, role, text, heard, interrupted, tool, endpoint_ms, asr_ms, llm_first_ms, first_audio_ms, prompt_tokens, completion_tokens, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&t.call_id)
             .bind(t.index)
             .bind(&t.role)
@@ -473,6 +473,7 @@ impl AgentStore for SqliteStore {
             .bind(&t.heard)
             .bind(t.interrupted)
             .bind(&t.tool)
+            .bind(t.endpoint_ms)
             .bind(t.asr_ms)
             .bind(t.llm_first_ms)
             .bind(t.first_audio_ms)
@@ -502,6 +503,7 @@ impl AgentStore for SqliteStore {
                     heard: r.try_get("heard")?,
                     interrupted: r.try_get("interrupted")?,
                     tool: r.try_get("tool")?,
+                    endpoint_ms: r.try_get("endpoint_ms")?,
                     asr_ms: r.try_get("asr_ms")?,
                     llm_first_ms: r.try_get("llm_first_ms")?,
                     first_audio_ms: r.try_get("first_audio_ms")?,
