@@ -711,7 +711,11 @@ impl CallActor {
         let cfg = InboundConfig {
             segmenter: self.settings.segmenter.clone(),
             asr: self.media.asr && self.speech.asr.is_some(),
-            partial_interval_ms: self.settings.partial_interval_ms,
+            partial_interval_ms: if self.media.partials {
+                self.settings.partial_interval_ms
+            } else {
+                0
+            },
             vad_gate_dbfs: self.settings.vad_gate_dbfs,
             ..InboundConfig::default()
         };

@@ -34,6 +34,9 @@ pub struct MediaOptions {
     /// reaches the leg's audio taps: a controller that does its own listening (seed 003) pays
     /// nothing for it.
     pub vad: bool,
+    /// Partial transcripts (`asrDelta`) while the caller speaks. Default true; a controller that
+    /// acts on finals only (an LLM agent) turns them off and leaves the model to finals.
+    pub partials: bool,
 }
 
 impl Default for MediaOptions {
@@ -45,6 +48,7 @@ impl Default for MediaOptions {
             barge_in: true,
             barge_in_ms: None,
             vad: true,
+            partials: true,
         }
     }
 }

@@ -159,6 +159,9 @@ pub async fn outbound_call(
                 media: MediaOptions {
                     tts_provider: st.config.agent.tts_provider.clone(),
                     tts_speaker: st.config.agent.tts_speaker.clone(),
+                    // The agent answers finals: partial transcripts would only take the model
+                    // from other calls' finals.
+                    partials: false,
                     ..MediaOptions::default()
                 },
                 ..Default::default()

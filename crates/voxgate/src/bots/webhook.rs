@@ -269,6 +269,8 @@ impl BotController {
             media: MediaOptions {
                 tts_provider: Some(voice.provider.clone()),
                 tts_speaker: voice.speaker.clone(),
+                // A webhook turn starts from a final transcript: no partials.
+                partials: false,
                 ..MediaOptions::default()
             },
             ..AnswerOptions::default()

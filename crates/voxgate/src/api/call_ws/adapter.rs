@@ -173,6 +173,7 @@ fn invite_options(
             barge_in_ms: o.barge_in_ms,
             barge_in: o.barge_in.unwrap_or(true),
             vad: true,
+            partials: true,
         },
     })
 }
