@@ -5,7 +5,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: run test deps deps-test models models-run build build-dev bench bench-sip fmt clippy
+.PHONY: run test deps deps-test models models-run build build-dev bench bench-sip bench-agent fmt clippy
 
 ## Install what is missing, fetch models, build (release) and serve on the embedded defaults.
 run: deps models-run build
@@ -48,6 +48,11 @@ bench: deps-test models
 bench-sip: deps-test models
 	$(CARGO) build --release -p voxgate -p voxgate-bench
 	bench/run-sip-load.sh
+
+## Seed-001 agent latency: caller stops -> first agent audio, 1/2/4 calls (see bench/README.md).
+bench-agent: deps-test models-run
+	$(CARGO) build --release -p voxgate -p voxgate-bench
+	bench/run-agent-latency.sh
 
 fmt:
 	$(CARGO) fmt --all
