@@ -149,6 +149,34 @@ struct AsrJob {
     queued_at: Instant,
     /// Set when a speculation is confirmed as the final (the job then stores its transcript).
     confirmed: Arc<AtomicBool>,
+    /// The utterance's transcribed head (samples, text), set when the job starts: only the
+    /// samples after it are transcribed and the text is prepended (see [`AsrPrefix`]).
+    prefix: Option<(usize, String)>,
+}
+
+/// The transcript of the head of the current utterance, up to a pause the caller spoke on after:
+/// a speculation made at that pause. Later speculations and the final transcribe only what
+/// follows it, so a final costs the last phrase rather than the whole utterance (Moonshine's cost
+/// grows with the audio's length). The cut is [`voxgate_media::pipeline::FINAL_TAIL_MS`] into a
+/// pause, between words.
+struct AsrPrefix {
+    index: u32,
+    /// Samples (16 kHz) the text covers, from the utterance's start.
+    len: usize,
+    text: String,
+}
+
+/// The shortest head worth keeping as an [`AsrPrefix`]: 1 s at 16 kHz (shorter phrases lose the
+/// context that makes Moonshine accurate).
+const MIN_PREFIX_SAMPLES: usize = 16_000;
+
+/// Joins a head's and a tail's transcript with one space.
+fn join_transcripts(head: &str, tail: &str) -> String {
+    match (head.is_empty(), tail.is_empty()) {
+        (true, _) => tail.to_string(),
+        (_, true) => head.to_string(),
+        _ => format!("{head} {tail}"),
+    }
 }
 
 /// The latest speculation, not confirmed yet: the utterance and length it transcribes, its
@@ -253,6 +281,8 @@ pub(crate) struct CallActor {
     /// A partial job is running.
     partial_busy: bool,
     speculation: Option<Speculation>,
+    /// The current utterance's transcribed head.
+    asr_prefix: Option<AsrPrefix>,
     /// Confirmed speculations still running: utterance, length, when the final arrived (the
     /// `ttfb.asr` latency starts there).
     confirmed: Vec<(u32, usize, Instant)>,
@@ -328,6 +358,7 @@ impl CallActor {
             partial_busy: false,
             speculation: None,
             confirmed: Vec::new(),
+            asr_prefix: None,
             last_final: 0,
             media_epoch_ms: None,
             last_caller_frame: Instant::now(),
@@ -888,6 +919,7 @@ impl CallActor {
                     samples,
                     queued_at: Instant::now(),
                     confirmed: Arc::default(),
+                    prefix: None,
                 });
                 self.pump_asr();
             }
@@ -914,6 +946,7 @@ impl CallActor {
                     samples,
                     queued_at: Instant::now(),
                     confirmed,
+                    prefix: None,
                 });
                 self.pump_asr();
             }
@@ -963,6 +996,7 @@ impl CallActor {
                     samples,
                     queued_at: Instant::now(),
                     confirmed: Arc::default(),
+                    prefix: None,
                 });
                 self.pump_asr();
             }
@@ -994,8 +1028,15 @@ impl CallActor {
                 .iter()
                 .position(|j| j.kind != AsrKind::Partial)
             {
-                let job = self.asr_queue.remove(i).expect("position");
+                let mut job = self.asr_queue.remove(i).expect("position");
                 self.asr_busy = true;
+                if let Some(p) = self
+                    .asr_prefix
+                    .as_ref()
+                    .filter(|p| p.index == job.index && p.len < job.samples.len())
+                {
+                    job.prefix = Some((p.len, p.text.clone()));
+                }
                 self.spawn_asr(job, None, ctx.clone());
             }
         }
@@ -1033,6 +1074,21 @@ impl CallActor {
             AsrKind::Partial if o.index <= self.last_final => {}
             AsrKind::Partial | AsrKind::Final => self.transcript(o, None),
             AsrKind::Speculative => {
+                // Whatever becomes of it, the speculation transcribes the utterance up to a pause:
+                // later jobs of the utterance start from there.
+                if let Ok(text) = &o.result {
+                    let longer = self
+                        .asr_prefix
+                        .as_ref()
+                        .is_none_or(|p| p.index != o.index || p.len < o.len);
+                    if o.index > self.last_final && o.len >= MIN_PREFIX_SAMPLES && longer {
+                        self.asr_prefix = Some(AsrPrefix {
+                            index: o.index,
+                            len: o.len,
+                            text: text.clone(),
+                        });
+                    }
+                }
                 if let Some(i) = self
                     .confirmed
                     .iter()
@@ -1093,6 +1149,9 @@ impl CallActor {
         let (start_time, end_time) = (epoch + o.start_ms as i64, epoch + o.end_ms as i64);
         if o.kind != AsrKind::Partial {
             self.last_final = self.last_final.max(o.index);
+            if self.asr_prefix.as_ref().is_some_and(|p| p.index <= o.index) {
+                self.asr_prefix = None;
+            }
         }
         match o.result {
             Err(e) => self.error("asr", e, Some(500)),
@@ -1655,8 +1714,10 @@ async fn transcribe(
         samples,
         queued_at,
         confirmed,
+        prefix,
     } = job;
     let len = samples.len();
+    let (skip, head) = prefix.unwrap_or_default();
     let _permit = match permit {
         Some(p) => Some(p),
         None => ctx.slots.clone().acquire_owned().await.ok(),
@@ -1664,11 +1725,16 @@ async fn transcribe(
     let asr = ctx.asr.clone();
     let r = tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
-        (asr.transcribe(&samples), t.elapsed().as_millis() as u64)
+        let tail = samples.get(skip..).unwrap_or_default();
+        (asr.transcribe(tail), t.elapsed().as_millis() as u64)
     })
     .await;
     let (result, compute_ms) = match r {
-        Ok((r, ms)) => (r.map_err(|e| e.to_string()), ms),
+        Ok((r, ms)) => (
+            r.map(|t| join_transcripts(&head, &t))
+                .map_err(|e| e.to_string()),
+            ms,
+        ),
         Err(e) => (Err(format!("asr task failed: {e}")), 0),
     };
     // Finals are stored here (so that one finished after the call's end is not lost), and so is a

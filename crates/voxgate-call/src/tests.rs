@@ -612,6 +612,47 @@ async fn a_final_is_speculated_before_endpointing() {
     );
 }
 
+/// A speculation the caller spoke on after is kept as the utterance's head: the final transcribes
+/// only the audio after that pause and prepends the head's text.
+#[tokio::test(start_paused = true)]
+async fn a_final_after_a_pause_transcribes_only_the_last_phrase() {
+    let runs: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let (core, store) = core(Setup {
+        asr_runs: runs.clone(),
+        ..Setup::default()
+    });
+    let mut c = call(&core, "head", LegSetup::default()).await;
+    c.answer().await;
+    c.speak(&vec![loud(); 50]).await; // 1 s of speech
+    c.speak(&vec![quiet(); 12]).await; // 240 ms: speculated at 200 (1200 ms of audio)
+    settle(MS(20)).await;
+    c.speak(&vec![loud(); 20]).await; // 400 ms more
+    c.speak(&vec![quiet(); 40]).await;
+    let fin = c.expect("asrFinal", S(1)).await;
+    let EventKind::AsrFinal { text, .. } = fin.kind else {
+        unreachable!()
+    };
+    // The head (1000 + 200 ms) and the tail: 40 ms of the pause, 400 ms of speech, 200 ms tail.
+    assert_eq!(text, "1200 ms of speech 640 ms of speech");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    settle(MS(50)).await;
+    let t = store.transcripts.lock().unwrap().clone();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].text, text);
+
+    // A pause under 1 s into the utterance is not a head: the final covers the whole utterance.
+    c.speak(&vec![loud(); 10]).await;
+    c.speak(&vec![quiet(); 12]).await;
+    settle(MS(20)).await;
+    c.speak(&vec![loud(); 10]).await;
+    c.speak(&vec![quiet(); 40]).await;
+    let fin = c.expect("asrFinal", S(1)).await;
+    let EventKind::AsrFinal { text, .. } = fin.kind else {
+        unreachable!()
+    };
+    assert!(!text.contains(" ms of speech "), "{text}");
+}
+
 /// With a slow engine, speculations queue up behind each other: one confirmed while running and
 /// one confirmed while still queued both come out as finals, in order, and are stored.
 #[tokio::test(start_paused = true)]
