@@ -2,6 +2,7 @@
 //! `scripts/fetch-models.sh`, version 1.31.x to match `ort` 2.0.0-rc.15) and shared by all models.
 
 use ort::environment::Environment;
+use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -34,6 +35,20 @@ pub fn environment(dylib: &Path) -> Result<&'static Environment, SpeechError> {
 /// # Errors
 /// [`SpeechError::Unavailable`] when the file is missing or not a model.
 pub fn load(env: &Environment, model: &Path, threads: usize) -> Result<Session, SpeechError> {
+    load_sharing(env, model, threads, None)
+}
+
+/// [`load`], with the sessions of one model sharing their pre-packed weights (the MatMul weights
+/// ONNX Runtime re-lays out at load): N instances then hold one packed copy, not N.
+///
+/// # Errors
+/// [`SpeechError::Unavailable`] when the file is missing or not a model.
+pub fn load_sharing(
+    env: &Environment,
+    model: &Path,
+    threads: usize,
+    weights: Option<&PrepackedWeights>,
+) -> Result<Session, SpeechError> {
     if !model.exists() {
         return Err(SpeechError::Unavailable(format!(
             "model file {} is missing (run scripts/fetch-models.sh)",
@@ -41,9 +56,13 @@ pub fn load(env: &Environment, model: &Path, threads: usize) -> Result<Session, 
         )));
     }
     let err = |e: ort::Error| SpeechError::Unavailable(format!("loading {}: {e}", model.display()));
-    Session::builder(env)
-        .map_err(err)?
-        .with_intra_threads(threads)
+    let mut b = Session::builder(env).map_err(err)?;
+    if let Some(w) = weights {
+        b = b
+            .with_prepacked_weights(w)
+            .map_err(|e| SpeechError::Unavailable(e.to_string()))?;
+    }
+    b.with_intra_threads(threads)
         .map_err(|e| SpeechError::Unavailable(e.to_string()))?
         .with_inter_threads(1)
         .map_err(|e| SpeechError::Unavailable(e.to_string()))?

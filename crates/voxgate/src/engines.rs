@@ -56,6 +56,14 @@ impl Engines {
         let mut asr: Option<Arc<dyn Transcriber>> = None;
         if cfg.asr.engine == "moonshine" {
             if let Some(env) = env {
+                let (encoder, _) =
+                    voxgate_speech::moonshine::model_files(&models.join("moonshine-base"));
+                if encoder.extension().is_some_and(|e| e == "ort") {
+                    tracing::warn!(
+                        "asr: using Moonshine's int8 .ort models, ~3.5x slower than the fp32 ones \
+                         that scripts/fetch-models.sh derives from them"
+                    );
+                }
                 match voxgate_speech::moonshine::Moonshine::load(
                     env,
                     &models.join("moonshine-base"),
