@@ -283,7 +283,10 @@ async fn one_size(
         .arg(&a.models_dir)
         .env("VOXGATE_SIP__LISTEN", format!("127.0.0.1:{}", a.sip_port))
         .env("VOXGATE_CALL__DUMP_DEFAULT", "false")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .current_dir(&data);
     let mut server = start_server(cmd)?;
     let sipp_dir = dir.to_path_buf();

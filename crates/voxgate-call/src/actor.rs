@@ -31,6 +31,7 @@ use crate::leg::{Leg, LegCommand, LegEvent, LegInput, LegPort, LegReply, Pending
 use crate::observe::CallMetrics;
 use crate::ports::{CallContext, CallSettings, CallStore, Speech, TranscriptRecord};
 use crate::subscriber::{AudioTrack, Delivery, Subscriber, Unsubscribed};
+use crate::turns::{turn_end, TurnEnd, COMPLETE_SILENCE_MS, HESITANT_SILENCE_MS};
 use crate::vocab::{
     now_ms, AnswerOptions, CallCommand, CallEvent, DialOptions, EventKind, MediaOptions,
     PlayRequest, TtsRequest,
@@ -896,6 +897,7 @@ impl CallActor {
                 duration_ms,
             } => {
                 let start_time = self.epoch_ms() + start_ms as i64;
+                tracing::debug!(call = %self.id, start_ms, duration_ms, "caller silent (end of utterance)");
                 self.emit(EventKind::Silence {
                     track_id,
                     start_time,
@@ -1089,6 +1091,7 @@ impl CallActor {
                         });
                     }
                 }
+                self.adapt_endpointing(&o);
                 if let Some(i) = self
                     .confirmed
                     .iter()
@@ -1108,6 +1111,34 @@ impl CallActor {
         }
         if self.phase != Phase::Ended {
             self.pump_asr();
+        }
+    }
+
+    /// Adaptive endpointing: the current speculation's transcript sets the silence that ends the
+    /// utterance ([`crate::turns`]).
+    fn adapt_endpointing(&mut self, o: &AsrOutcome) {
+        let current = self
+            .speculation
+            .as_ref()
+            .is_some_and(|sp| sp.index == o.index && sp.len == o.len);
+        let (true, true, Ok(text)) = (self.media.adaptive_endpointing, current, &o.result) else {
+            return;
+        };
+        let ms = match turn_end(text) {
+            TurnEnd::Complete => COMPLETE_SILENCE_MS,
+            TurnEnd::Hesitant => HESITANT_SILENCE_MS,
+            TurnEnd::Open => return,
+        };
+        tracing::debug!(
+            call = %self.id,
+            index = o.index,
+            ms,
+            compute_ms = o.compute_ms,
+            since_queued_ms = o.queued_at.elapsed().as_millis() as u64,
+            "endpointing adapted to {text:?}"
+        );
+        if let Some(p) = self.pipeline.as_mut() {
+            p.set_utterance_silence_ms(ms);
         }
     }
 

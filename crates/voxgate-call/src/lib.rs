@@ -25,6 +25,7 @@
 //! - [`handle`]: the call handle controllers use.
 //! - [`ports`]: store, dialer, audio loader, speech engines, settings.
 //! - [`core`]: [`CallCore`], the live calls of a node.
+//! - [`turns`]: turn-taking rules on transcripts (adaptive endpointing, backchannels).
 //! - `actor`: the call's state machine (private; see [`CallCore::start`]).
 //! - `observe`: the calls' Prometheus measurements through the `metrics` facade (private; the
 //!   names are listed in its module doc and the README).
@@ -39,6 +40,7 @@ pub mod leg;
 mod observe;
 pub mod ports;
 pub mod subscriber;
+pub mod turns;
 pub mod vocab;
 
 #[cfg(test)]

@@ -207,6 +207,8 @@ impl Gate {
 struct FakeAsr {
     gate: Option<Arc<Gate>>,
     runs: Arc<std::sync::atomic::AtomicUsize>,
+    /// Appended to every transcript (punctuation for adaptive endpointing).
+    suffix: &'static str,
 }
 
 impl Transcriber for FakeAsr {
@@ -218,7 +220,11 @@ impl Transcriber for FakeAsr {
             g.wait();
         }
         self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(format!("{} ms of speech", samples.len() / 16))
+        Ok(format!(
+            "{} ms of speech{}",
+            samples.len() / 16,
+            self.suffix
+        ))
     }
 }
 
@@ -259,6 +265,7 @@ struct Setup {
     asr_runs: Arc<std::sync::atomic::AtomicUsize>,
     blocking_vad: bool,
     settings: CallSettings,
+    asr_suffix: &'static str,
 }
 
 impl Default for Setup {
@@ -267,6 +274,7 @@ impl Default for Setup {
             asr_gate: None,
             asr_runs: Arc::default(),
             blocking_vad: false,
+            asr_suffix: "",
             settings: CallSettings {
                 partial_interval_ms: 0,
                 ..CallSettings::default()
@@ -285,6 +293,7 @@ fn core(setup: Setup) -> (CallCore, Arc<FakeStore>) {
         asr: Some(Arc::new(FakeAsr {
             gate: setup.asr_gate,
             runs: setup.asr_runs,
+            suffix: setup.asr_suffix,
         })),
         asr_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         tts,
@@ -651,6 +660,52 @@ async fn a_final_after_a_pause_transcribes_only_the_last_phrase() {
         unreachable!()
     };
     assert!(!text.contains(" ms of speech "), "{text}");
+}
+
+/// Adaptive endpointing: the speculative transcript sets the silence that ends the turn — 300 ms
+/// after a complete sentence, 1,200 ms after a trailing "and", the configured 600 ms otherwise or
+/// with the option off.
+#[tokio::test(start_paused = true)]
+async fn endpointing_adapts_to_the_transcript() {
+    for (suffix, adaptive, want) in [
+        (".", true, 300),
+        (" and", true, 1200),
+        ("", true, 600),
+        (".", false, 600),
+    ] {
+        let (core, _) = core(Setup {
+            asr_suffix: suffix,
+            ..Setup::default()
+        });
+        let mut c = call(&core, "adaptive", LegSetup::default()).await;
+        c.cmd(CallCommand::Answer(AnswerOptions {
+            media: MediaOptions {
+                adaptive_endpointing: adaptive,
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+        .await;
+        c.expect("answer", S(1)).await;
+        c.speak(&vec![loud(); 25]).await;
+        for _ in 0..80 {
+            c.speak(&[quiet()]).await;
+            settle(MS(1)).await;
+        }
+        let e = c.expect("silence", S(1)).await;
+        let EventKind::Silence { duration, .. } = e.kind else {
+            unreachable!()
+        };
+        assert_eq!(
+            duration, want,
+            "transcript ending {suffix:?}, adaptive {adaptive}"
+        );
+        let fin = c.expect("asrFinal", S(1)).await;
+        let EventKind::AsrFinal { text, .. } = fin.kind else {
+            unreachable!()
+        };
+        assert_eq!(text, format!("700 ms of speech{suffix}"));
+    }
 }
 
 /// With a slow engine, speculations queue up behind each other: one confirmed while running and

@@ -37,6 +37,11 @@ pub struct MediaOptions {
     /// Partial transcripts (`asrDelta`) while the caller speaks. Default true; a controller that
     /// acts on finals only (an LLM agent) turns them off and leaves the model to finals.
     pub partials: bool,
+    /// Adaptive endpointing ([`crate::turns`]): the speculative transcript decides how much
+    /// silence ends the caller's turn (300 ms after a complete sentence, 1,200 ms after a
+    /// hesitation, the configured silence otherwise). Default false (seed 002's endpointing is
+    /// the client's `vad` settings); LLM agents and webhook bots turn it on.
+    pub adaptive_endpointing: bool,
 }
 
 impl Default for MediaOptions {
@@ -49,6 +54,7 @@ impl Default for MediaOptions {
             barge_in_ms: None,
             vad: true,
             partials: true,
+            adaptive_endpointing: false,
         }
     }
 }

@@ -139,6 +139,15 @@ impl InboundPipeline {
         self.seg.voiced_run_ms(self.now_ms)
     }
 
+    /// Adaptive endpointing: the silence (ms) that ends the utterance in progress, instead of the
+    /// configured `min_silence_ms` (see [`Segmenter::set_utterance_silence_ms`]). Ending it no
+    /// earlier than [`FINAL_TAIL_MS`] into the silence keeps the final's audio equal to the
+    /// speculation's.
+    pub fn set_utterance_silence_ms(&mut self, ms: u32) {
+        self.seg
+            .set_utterance_silence_ms(ms.max(FINAL_TAIL_MS as u32));
+    }
+
     /// Whether the caller is mid-utterance.
     pub fn in_speech(&self) -> bool {
         self.seg.in_speech()

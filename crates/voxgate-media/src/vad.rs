@@ -163,6 +163,9 @@ pub struct Segmenter {
     run_start_ms: Option<u64>,
     speech_start_ms: u64,
     last_voiced_end_ms: u64,
+    /// Unvoiced time that ends the current utterance instead of `min_silence_ms` (adaptive
+    /// endpointing); cleared when an utterance starts or ends.
+    silence_override_ms: Option<u32>,
 }
 
 impl Segmenter {
@@ -173,6 +176,16 @@ impl Segmenter {
             run_start_ms: None,
             speech_start_ms: 0,
             last_voiced_end_ms: 0,
+            silence_override_ms: None,
+        }
+    }
+
+    /// Sets the unvoiced time (ms) that ends the utterance in progress, instead of
+    /// `min_silence_ms`; no effect between utterances. A value at or below the silence so far ends
+    /// the utterance at the next unvoiced frame.
+    pub fn set_utterance_silence_ms(&mut self, ms: u32) {
+        if self.in_speech {
+            self.silence_override_ms = Some(ms);
         }
     }
 
@@ -205,15 +218,17 @@ impl Segmenter {
             if !self.in_speech && end_ms - run_start >= self.cfg.min_speech_ms as u64 {
                 self.in_speech = true;
                 self.speech_start_ms = run_start;
+                self.silence_override_ms = None;
                 return Some(Segment::SpeechStart {
                     start_ms: run_start,
                 });
             }
         } else {
             self.run_start_ms = None;
-            if self.in_speech && end_ms - self.last_voiced_end_ms >= self.cfg.min_silence_ms as u64
-            {
+            let needed = self.silence_override_ms.unwrap_or(self.cfg.min_silence_ms);
+            if self.in_speech && end_ms - self.last_voiced_end_ms >= needed as u64 {
                 self.in_speech = false;
+                self.silence_override_ms = None;
                 return Some(Segment::SpeechEnd {
                     start_ms: self.speech_start_ms,
                     end_ms: self.last_voiced_end_ms,

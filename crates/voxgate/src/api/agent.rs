@@ -162,6 +162,7 @@ pub async fn outbound_call(
                     // The agent answers finals: partial transcripts would only take the model
                     // from other calls' finals.
                     partials: false,
+                    adaptive_endpointing: true,
                     ..MediaOptions::default()
                 },
                 ..Default::default()

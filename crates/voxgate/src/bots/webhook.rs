@@ -271,6 +271,7 @@ impl BotController {
                 tts_speaker: voice.speaker.clone(),
                 // A webhook turn starts from a final transcript: no partials.
                 partials: false,
+                adaptive_endpointing: true,
                 ..MediaOptions::default()
             },
             ..AnswerOptions::default()

@@ -174,6 +174,7 @@ fn invite_options(
             barge_in: o.barge_in.unwrap_or(true),
             vad: true,
             partials: true,
+            adaptive_endpointing: false,
         },
     })
 }

@@ -1,0 +1,160 @@
+//! Turn-taking rules on transcripts (issue 9, seed 001 agents): adaptive endpointing and
+//! backchannels. Pure functions on text; the actor applies them.
+//!
+//! # Adaptive endpointing
+//! The pipeline transcribes each utterance speculatively [`FINAL_TAIL_MS`] into a silence (see
+//! `voxgate_media::pipeline`). With [`crate::MediaOptions::adaptive_endpointing`] on, that
+//! transcript sets how much silence ends the utterance:
+//!
+//! | the transcript so far | silence that ends the turn |
+//! |---|---|
+//! | a complete sentence: ends in `.` `?` `!` and its last word is not a filler or a word that needs a continuation | [`COMPLETE_SILENCE_MS`] (300 ms), or as soon as the transcript is ready when that is later |
+//! | a hesitation: ends in a filler (`um`, `uh`, `er`, `hmm`...), a conjunction or another word that needs a continuation (`and`, `but`, `because`, `the`, `to`...), or `...` | [`HESITANT_SILENCE_MS`] (1,200 ms) |
+//! | anything else (e.g. a trailing comma) | the configured `min_silence_ms` (600 ms by default) |
+//!
+//! [`FINAL_TAIL_MS`]: voxgate_media::pipeline::FINAL_TAIL_MS
+
+/// Silence that ends a turn whose transcript is a complete sentence, ms.
+pub const COMPLETE_SILENCE_MS: u32 = 300;
+/// Silence that ends a turn whose transcript trails off in a hesitation, ms.
+pub const HESITANT_SILENCE_MS: u32 = 1_200;
+
+/// How an utterance's transcript so far ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnEnd {
+    /// A complete sentence: end the turn soon.
+    Complete,
+    /// A filler or a word that needs a continuation: wait longer.
+    Hesitant,
+    /// Neither: the configured endpointing.
+    Open,
+}
+
+/// Fillers and words that rarely end an English turn.
+const HESITATIONS: &[&str] = &[
+    "um", "umm", "uh", "uhh", "er", "erm", "hmm", "ah", "and", "but", "or", "so", "because",
+    "cause", "if", "then", "the", "a", "an", "to", "of", "with", "for", "my", "your", "like",
+    "that", "which", "who", "is", "are", "was", "i", "we", "it's", "i'm", "in", "on", "at",
+];
+
+/// The lower-case words of `text`, without punctuation (apostrophes and inner hyphens kept).
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace())
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Classifies a transcript by how it ends (see the module doc).
+pub fn turn_end(text: &str) -> TurnEnd {
+    let t = text.trim();
+    let Some(last) = words(t).pop() else {
+        return TurnEnd::Open;
+    };
+    if t.ends_with("...") || t.ends_with('…') || HESITATIONS.contains(&last.as_str()) {
+        return TurnEnd::Hesitant;
+    }
+    if t.ends_with(['.', '?', '!']) {
+        TurnEnd::Complete
+    } else {
+        TurnEnd::Open
+    }
+}
+
+/// Backchannels: what a listener says to show attention, not to take the turn.
+const BACKCHANNELS: &[&str] = &[
+    "mhm",
+    "mm",
+    "mmm",
+    "hmm",
+    "mm-hmm",
+    "mmhmm",
+    "uh-huh",
+    "uhhuh",
+    "uh",
+    "um",
+    "ah",
+    "oh",
+    "yeah",
+    "yes",
+    "yep",
+    "yup",
+    "ok",
+    "okay",
+    "right",
+    "sure",
+    "alright",
+    "i see",
+    "got it",
+    "uh huh",
+    "mm hmm",
+    "oh okay",
+    "okay okay",
+    "yeah yeah",
+    "right right",
+    "oh yeah",
+    "ah okay",
+];
+
+/// Whether `text` (a whole utterance's transcript) is only a backchannel ("mhm", "yeah",
+/// "okay", "uh-huh", "I see"...) or has no words at all (a cough, a click, noise): something that
+/// should not take the turn from a speaking agent.
+pub fn is_backchannel(text: &str) -> bool {
+    let w = words(text);
+    if w.is_empty() {
+        return true;
+    }
+    if w.len() > 3 {
+        return false;
+    }
+    BACKCHANNELS.contains(&w.join(" ").as_str())
+        || w.iter().all(|x| BACKCHANNELS.contains(&x.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_ends() {
+        assert_eq!(turn_end("What time do you open?"), TurnEnd::Complete);
+        assert_eq!(
+            turn_end("He might even have been made amiable himself."),
+            TurnEnd::Complete
+        );
+        assert_eq!(turn_end("I would like to book, um"), TurnEnd::Hesitant);
+        assert_eq!(turn_end("I need a table and."), TurnEnd::Hesitant);
+        assert_eq!(turn_end("Let me think..."), TurnEnd::Hesitant);
+        assert_eq!(
+            turn_end("He was not an ill-disposed young man,"),
+            TurnEnd::Open
+        );
+        assert_eq!(turn_end(""), TurnEnd::Open);
+    }
+
+    #[test]
+    fn backchannels() {
+        for b in [
+            "Mm-hmm.",
+            "Yeah.",
+            "Okay, okay.",
+            "Uh-huh",
+            "I see.",
+            "",
+            " . ",
+        ] {
+            assert!(is_backchannel(b), "{b:?}");
+        }
+        for q in [
+            "What time do you open?",
+            "No.",
+            "Yeah, but what about Sunday?",
+            "Stop.",
+        ] {
+            assert!(!is_backchannel(q), "{q:?}");
+        }
+    }
+}
