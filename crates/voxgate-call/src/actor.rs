@@ -31,7 +31,10 @@ use crate::leg::{Leg, LegCommand, LegEvent, LegInput, LegPort, LegReply, Pending
 use crate::observe::CallMetrics;
 use crate::ports::{CallContext, CallSettings, CallStore, Speech, TranscriptRecord};
 use crate::subscriber::{AudioTrack, Delivery, Subscriber, Unsubscribed};
-use crate::turns::{turn_end, TurnEnd, COMPLETE_SILENCE_MS, HESITANT_SILENCE_MS};
+use crate::turns::{
+    is_backchannel, turn_end, TurnEnd, BARGE_PAUSE_LIMIT_MS, COMPLETE_SILENCE_MS,
+    FALSE_INTERRUPTION_MS, HESITANT_SILENCE_MS,
+};
 use crate::vocab::{
     now_ms, AnswerOptions, CallCommand, CallEvent, DialOptions, EventKind, MediaOptions,
     PlayRequest, TtsRequest,
@@ -284,6 +287,9 @@ pub(crate) struct CallActor {
     speculation: Option<Speculation>,
     /// The current utterance's transcribed head.
     asr_prefix: Option<AsrPrefix>,
+    /// Bot audio paused by caller speech, waiting for its words
+    /// ([`MediaOptions::false_interruption_resume`]): the utterance and when.
+    barge_pause: Option<(u32, Instant)>,
     /// Confirmed speculations still running: utterance, length, when the final arrived (the
     /// `ttfb.asr` latency starts there).
     confirmed: Vec<(u32, usize, Instant)>,
@@ -360,6 +366,7 @@ impl CallActor {
             speculation: None,
             confirmed: Vec::new(),
             asr_prefix: None,
+            barge_pause: None,
             last_final: 0,
             media_epoch_ms: None,
             last_caller_frame: Instant::now(),
@@ -398,6 +405,8 @@ impl CallActor {
                 tick.reset_immediately();
             }
             was_active = active;
+            // Whatever woke the loop (a frame, a tick, the timer), a barge-in pause may be due.
+            self.check_barge_pause();
             let next = self.next_deadline();
             if next != armed {
                 if let Some(t) = next {
@@ -447,10 +456,16 @@ impl CallActor {
             (true, _) => Some(self.last_caller_frame + CALLER_IDLE),
         };
         let hangup = self.autohangup.as_ref().map(|a| a.1);
-        match (hangup, self.idle_check) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // A barge-in pause is checked when it is 1 s old, then when it reaches its limit.
+        let pause = self.barge_pause.map(|(_, since)| {
+            let first = since + Duration::from_millis(FALSE_INTERRUPTION_MS);
+            if Instant::now() < first {
+                first
+            } else {
+                since + Duration::from_millis(BARGE_PAUSE_LIMIT_MS)
+            }
+        });
+        [hangup, self.idle_check, pause].into_iter().flatten().min()
     }
 
     async fn on_timer(&mut self) -> Flow {
@@ -848,8 +863,66 @@ impl CallActor {
     fn check_barge_in(&mut self, voiced_ms: u64) {
         let min = self.media.barge_in_ms.unwrap_or(self.settings.barge_in_ms) as u64;
         if self.media.barge_in && self.player.is_playing() && voiced_ms >= min {
-            self.interrupt();
+            let wait_for_words =
+                self.media.false_interruption_resume && self.media.asr && self.speech.asr.is_some();
+            match self.pipeline.as_ref() {
+                Some(p) if wait_for_words => {
+                    self.player.pause();
+                    self.barge_pause = Some((p.utterance_index(), Instant::now()));
+                    tracing::debug!(call = %self.id, "bot audio paused by caller speech");
+                }
+                _ => self.interrupt(),
+            }
         }
+    }
+
+    /// A barge-in pause the caller is still speaking through 1 s on is an interruption; one no
+    /// transcript settled in 3 s resumes (every tick).
+    fn check_barge_pause(&mut self) {
+        let Some((_, since)) = self.barge_pause else {
+            return;
+        };
+        let in_speech = self.pipeline.as_ref().is_some_and(|p| p.in_speech());
+        let waited = since.elapsed().as_millis() as u64;
+        if in_speech && waited >= FALSE_INTERRUPTION_MS {
+            tracing::debug!(call = %self.id, "caller still speaking: interruption");
+            self.interrupt();
+        } else if waited >= BARGE_PAUSE_LIMIT_MS {
+            self.resume_after_barge_pause("no transcript");
+        }
+    }
+
+    /// The transcript of utterance `index` decides a pending barge-in pause: words other than a
+    /// backchannel interrupt; a backchannel or no words (`None`: ASR failed) resume.
+    fn settle_barge_pause(&mut self, index: u32, text: Option<&str>) {
+        let Some((at, _)) = self.barge_pause else {
+            return;
+        };
+        if index < at {
+            return;
+        }
+        match text {
+            Some(t) if !is_backchannel(t) => {
+                tracing::debug!(call = %self.id, text = t, "interruption confirmed by words");
+                self.interrupt();
+            }
+            Some(t) => self.resume_after_barge_pause(t),
+            None => self.resume_after_barge_pause("no transcript"),
+        }
+    }
+
+    fn resume_after_barge_pause(&mut self, why: &str) {
+        let Some((index, since)) = self.barge_pause.take() else {
+            return;
+        };
+        let paused = since.elapsed().as_millis() as u64;
+        tracing::debug!(call = %self.id, paused, "false interruption ({why:?}): bot audio resumed");
+        self.player.resume();
+        self.emit(EventKind::Metrics {
+            key: "interruption.resumed".into(),
+            duration: paused,
+            data: serde_json::json!({ "index": index, "heard": why }),
+        });
     }
 
     fn dispatch_vad(&mut self) {
@@ -1179,6 +1252,10 @@ impl CallActor {
         let epoch = self.epoch_ms();
         let (start_time, end_time) = (epoch + o.start_ms as i64, epoch + o.end_ms as i64);
         if o.kind != AsrKind::Partial {
+            match &o.result {
+                Ok(t) => self.settle_barge_pause(o.index, Some(t)),
+                Err(_) => self.settle_barge_pause(o.index, None),
+            }
             self.last_final = self.last_final.max(o.index);
             if self.asr_prefix.as_ref().is_some_and(|p| p.index <= o.index) {
                 self.asr_prefix = None;
@@ -1305,6 +1382,7 @@ impl CallActor {
     /// Stops bot audio now: drops queued audio and pending synthesis, reports the position the
     /// caller heard, and tells the leg to drop what the far end buffered.
     fn interrupt(&mut self) {
+        self.barge_pause = None;
         for (_, p) in self.producers.drain() {
             p.task.abort();
         }

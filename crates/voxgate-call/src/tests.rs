@@ -209,6 +209,8 @@ struct FakeAsr {
     runs: Arc<std::sync::atomic::AtomicUsize>,
     /// Appended to every transcript (punctuation for adaptive endpointing).
     suffix: &'static str,
+    /// Every transcript, instead of "N ms of speech".
+    text: Option<&'static str>,
 }
 
 impl Transcriber for FakeAsr {
@@ -220,6 +222,9 @@ impl Transcriber for FakeAsr {
             g.wait();
         }
         self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.text {
+            return Ok(t.to_string());
+        }
         Ok(format!(
             "{} ms of speech{}",
             samples.len() / 16,
@@ -266,6 +271,7 @@ struct Setup {
     blocking_vad: bool,
     settings: CallSettings,
     asr_suffix: &'static str,
+    asr_text: Option<&'static str>,
 }
 
 impl Default for Setup {
@@ -275,6 +281,7 @@ impl Default for Setup {
             asr_runs: Arc::default(),
             blocking_vad: false,
             asr_suffix: "",
+            asr_text: None,
             settings: CallSettings {
                 partial_interval_ms: 0,
                 ..CallSettings::default()
@@ -294,6 +301,7 @@ fn core(setup: Setup) -> (CallCore, Arc<FakeStore>) {
             gate: setup.asr_gate,
             runs: setup.asr_runs,
             suffix: setup.asr_suffix,
+            text: setup.asr_text,
         })),
         asr_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         tts,
@@ -705,6 +713,79 @@ async fn endpointing_adapts_to_the_transcript() {
             unreachable!()
         };
         assert_eq!(text, format!("700 ms of speech{suffix}"));
+    }
+}
+
+/// With `false_interruption_resume`, caller speech pauses the bot at once (200 ms into it); a
+/// backchannel or a wordless noise resumes it where it stopped (the track then plays in full),
+/// words interrupt it, and speech still going on 1 s after the pause interrupts it before any
+/// transcript.
+#[tokio::test(start_paused = true)]
+async fn barge_in_waits_for_words() {
+    for (text, long, resumed) in [
+        (Some("Mm-hmm."), false, true),
+        (Some(""), false, true),
+        (Some("What about Sunday?"), false, false),
+        (Some("Mm-hmm."), true, false),
+    ] {
+        let (core, _) = core(Setup {
+            asr_text: text,
+            ..Setup::default()
+        });
+        let mut c = call(&core, "words", LegSetup::default()).await;
+        c.cmd(CallCommand::Answer(AnswerOptions {
+            media: MediaOptions {
+                false_interruption_resume: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+        .await;
+        c.expect("answer", S(1)).await;
+        c.tts(&"x".repeat(100), Some("menu")).await; // 2 s of bot audio
+        c.expect("trackStart", S(1)).await;
+        c.speak(&vec![loud(); if long { 75 } else { 15 }]).await;
+        let paused_at = c.bot_frames();
+        if long {
+            // 1.5 s of speech: interrupted 1 s after the pause, while the caller still speaks.
+            c.drain();
+            assert!(
+                c.names().contains(&"interruption"),
+                "{text:?}: {:?}",
+                c.names()
+            );
+            assert!(!c.names().contains(&"asrFinal"));
+            continue;
+        }
+        c.speak(&vec![quiet(); 5]).await;
+        assert!(
+            c.bot_frames() <= paused_at + 1,
+            "the bot is paused while the caller speaks"
+        );
+        assert!(
+            !c.drain().contains(&"interruption"),
+            "not before the words are known"
+        );
+        c.speak(&vec![quiet(); 40]).await;
+        if resumed {
+            let m = c.expect("metrics", S(2)).await;
+            let EventKind::Metrics { key, .. } = &m.kind else {
+                unreachable!()
+            };
+            assert_eq!(key, "interruption.resumed");
+            let end = c.expect("trackEnd", S(5)).await;
+            let EventKind::TrackEnd { duration, .. } = end.kind else {
+                unreachable!()
+            };
+            assert_eq!(duration, 2000, "{text:?}: the whole track was played");
+            assert!(!c.names().contains(&"interruption"));
+        } else {
+            let int = c.expect("interruption", S(2)).await;
+            let EventKind::Interruption { position, .. } = int.kind else {
+                unreachable!()
+            };
+            assert!(position < 600, "cut where it paused: {position} ms");
+        }
     }
 }
 

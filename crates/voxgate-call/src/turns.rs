@@ -14,6 +14,12 @@
 //!
 //! [`FINAL_TAIL_MS`]: voxgate_media::pipeline::FINAL_TAIL_MS
 
+/// Caller speech still going on this long after it paused the bot (ms) is a real interruption
+/// (see [`crate::MediaOptions::false_interruption_resume`]).
+pub const FALSE_INTERRUPTION_MS: u64 = 1_000;
+/// A pause no transcript resolved (ASR failed or is far behind) resumes after this long, ms.
+pub const BARGE_PAUSE_LIMIT_MS: u64 = 3_000;
+
 /// Silence that ends a turn whose transcript is a complete sentence, ms.
 pub const COMPLETE_SILENCE_MS: u32 = 300;
 /// Silence that ends a turn whose transcript trails off in a hesitation, ms.

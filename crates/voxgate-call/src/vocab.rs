@@ -42,6 +42,14 @@ pub struct MediaOptions {
     /// hesitation, the configured silence otherwise). Default false (seed 002's endpointing is
     /// the client's `vad` settings); LLM agents and webhook bots turn it on.
     pub adaptive_endpointing: bool,
+    /// Barge-in waits for words (what LiveKit calls resuming false interruptions): caller speech
+    /// over bot audio *pauses* it at once (`barge_in_ms` into the speech); the utterance's
+    /// transcript then decides — words that are not a backchannel ("mhm", "yeah", "okay", see
+    /// [`crate::turns::is_backchannel`]) or speech still going on 1 s after the pause interrupt it
+    /// (`interruption`, as without this option); a backchannel, a cough or noise (no words)
+    /// resume it where it stopped (a `metrics` event `interruption.resumed` with the pause in
+    /// ms). Needs ASR; default false (seed 002 interrupts at once); LLM agents turn it on.
+    pub false_interruption_resume: bool,
 }
 
 impl Default for MediaOptions {
@@ -55,6 +63,7 @@ impl Default for MediaOptions {
             vad: true,
             partials: true,
             adaptive_endpointing: false,
+            false_interruption_resume: false,
         }
     }
 }

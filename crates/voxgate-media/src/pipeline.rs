@@ -148,6 +148,12 @@ impl InboundPipeline {
             .set_utterance_silence_ms(ms.max(FINAL_TAIL_MS as u32));
     }
 
+    /// Index of the utterance in progress, or of the next one (as its [`MediaEvent`]s will
+    /// carry it).
+    pub fn utterance_index(&self) -> u32 {
+        self.utt.as_ref().map_or(self.next_index, |u| u.index)
+    }
+
     /// Whether the caller is mid-utterance.
     pub fn in_speech(&self) -> bool {
         self.seg.in_speech()

@@ -371,6 +371,8 @@ struct Script {
     cancelled: AtomicBool,
     failed_once: AtomicBool,
     turns: AtomicUsize,
+    /// Stream the long reply a word every 40 ms (as a hosted LLM does), not every 250 ms.
+    fast: AtomicBool,
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
@@ -408,8 +410,13 @@ async fn scripted(
             let _ = tx
                 .send(Ok(chunk(json!({"role": "assistant", "content": ""}), None)))
                 .await;
+            let word_ms = if s.fast.load(Ordering::SeqCst) {
+                40
+            } else {
+                250
+            };
             for w in SLOW_REPLY.split_inclusive(' ') {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(word_ms)).await;
                 if tx
                     .send(Ok(chunk(json!({"content": w}), None)))
                     .await
@@ -553,4 +560,179 @@ async fn scripted_llm_streams_is_cancelled_by_barge_in_and_ends_the_call() {
     assert_eq!(last.tool.as_deref(), Some("end_call"));
     assert_eq!(last.text, "Thank you, goodbye.");
     assert!(!last.interrupted);
+}
+
+/// 20 ms frames of `s` (at `rate`) at or above -40 dBFS: the agent's audio as the phone heard it.
+fn active_frames(s: &[i16], rate: SampleRate) -> Vec<bool> {
+    let n = (rate.hz() / 50) as usize;
+    s.chunks(n)
+        .map(|c| {
+            let e = c.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / c.len() as f64;
+            10.0 * (e / 32768f64.powi(2)).max(1e-12).log10() >= -40.0
+        })
+        .collect()
+}
+
+/// Turn-taking over a live reply (issue 9): a short noise burst (250 ms of white noise, no words)
+/// over the agent pauses it and the agent resumes; a real question stops it, measured on what
+/// the phone heard from the question's onset to the agent's silence; the interrupted reply keeps
+/// what was heard, before and after the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
+    let script = Arc::new(Script::default());
+    script.failed_once.store(true, Ordering::SeqCst);
+    script.fast.store(true, Ordering::SeqCst);
+    let s = script.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body| scripted(s.clone(), body)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // The caller: a question (3.0 s), 4 s into the reply a noise burst, 3 s later a question.
+    let dir = tempfile::tempdir().unwrap();
+    let (q1, _) = read_wav(&clip("0880").0);
+    let (q2, _) = read_wav(&clip("0930").0);
+    let ms = |m: usize| m * 16;
+    let mut wav = q1.clone();
+    wav.extend(std::iter::repeat_n(0i16, ms(4000)));
+    let burst_at = wav.len();
+    let mut seed = 0x2545_f491_u32;
+    wav.extend((0..ms(250)).map(|_| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        ((seed % 6000) as i32 - 3000) as i16
+    }));
+    wav.extend(std::iter::repeat_n(0i16, ms(3000)));
+    // The question's onset: its first loud 20 ms frame.
+    let lead = active_frames(&q2, SampleRate::HZ_16000)
+        .iter()
+        .position(|&a| a)
+        .unwrap()
+        * ms(20);
+    let question_at = wav.len() + lead;
+    wav.extend(&q2);
+    wav.extend(std::iter::repeat_n(0i16, ms(8000)));
+    let caller = dir.path().join("caller.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&caller, spec).unwrap();
+    for x in &wav {
+        w.write_sample(*x).unwrap();
+    }
+    w.finalize().unwrap();
+
+    let heard_wav = dir.path().join("heard.wav");
+    let play_after = 2.5;
+    let (sip_port, child, lines) = phone_with(
+        "uas",
+        &caller,
+        &heard_wav,
+        "-",
+        None,
+        &[("PJ_PLAY_AFTER", "2.5")],
+    )
+    .await;
+    let server = Server::start_with_config(
+        &[],
+        &format!(
+            "{}[llm]\nbase_url = \"{llm}\"\nmodel = \"scripted\"\ntimeout_ms = 3000\nretries = 1\n",
+            trunk(sip_port)
+        ),
+    );
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "+15550100",
+               "prompt": "You are the receptionist of a dental clinic.", "first_message": "Hi there."}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let sid = v["callSid"].as_str().unwrap().to_string();
+    let out = phone_done(child, lines).await;
+    assert!(out.iter().any(|l| l == "EXIT 0"), "no BYE: {out:?}");
+
+    let (heard, rate) = read_recording(&heard_wav);
+    let act = active_frames(&heard, rate);
+    eprintln!(
+        "heard {} s at {} Hz: {}",
+        heard.len() as f64 / rate.hz() as f64,
+        rate.hz(),
+        act.chunks(25)
+            .map(|c| if c.iter().any(|&x| x) { '#' } else { '.' })
+            .collect::<String>()
+    );
+    // Caller-file positions on the recording's clock (the recorder starts with the media, the
+    // player `play_after` later).
+    let frame_of = |sample: usize| ((play_after + sample as f64 / 16000.0) * 50.0) as usize;
+    let share = |a: usize, b: usize| {
+        let w = &act[a.min(act.len())..b.min(act.len())];
+        w.iter().filter(|&&x| x).count() as f64 / w.len().max(1) as f64
+    };
+    let burst = frame_of(burst_at);
+    let before = share(burst - 50, burst);
+    let resumed = share(burst + 75, frame_of(question_at) - 10);
+    eprintln!("agent audio: {before:.2} of the second before the burst, {resumed:.2} between 1.5 s after it and the question");
+    assert!(
+        before > 0.4,
+        "the agent was speaking when the burst came ({before:.2})"
+    );
+    assert!(
+        resumed > 0.4,
+        "the agent did not resume after the noise ({resumed:.2})"
+    );
+    // The agent's silence after the question's onset: the first of 20 quiet frames (400 ms).
+    let onset = frame_of(question_at);
+    let stop = (onset..act.len().saturating_sub(20))
+        .find(|&i| act[i..i + 20].iter().all(|&x| !x))
+        .expect("the agent never stopped");
+    let stop_ms = (stop as i64 - onset as i64) * 20;
+    eprintln!("question onset -> agent silent at the phone: {stop_ms} ms");
+    // 200 ms of voiced speech (barge-in) plus both directions' RTP framing and the phone's
+    // jitter buffer.
+    assert!(
+        stop_ms <= 450,
+        "the agent went on {stop_ms} ms into the question"
+    );
+
+    let mut seen = Vec::new();
+    wait_status(
+        &server,
+        &sid,
+        "completed",
+        Duration::from_secs(10),
+        &mut seen,
+    )
+    .await;
+    let t = turns(&server, &sid).await;
+    for x in &t {
+        eprintln!(
+            "turn {} {}: `{}` heard {:?} interrupted {}",
+            x.index, x.role, x.text, x.heard, x.interrupted
+        );
+    }
+    let reply = t
+        .iter()
+        .find(|x| x.role == "agent" && x.interrupted)
+        .expect("an interrupted reply");
+    let heard_words = reply
+        .heard
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .count();
+    // 4 s of reply before the burst, 3 s after it: far more than 4 s' worth was heard.
+    assert!(heard_words >= 14, "heard only `{:?}`", reply.heard);
+    assert!(
+        !t.iter()
+            .any(|x| x.role == "caller" && x.text.trim().is_empty()),
+        "{t:#?}"
+    );
 }

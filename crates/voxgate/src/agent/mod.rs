@@ -410,6 +410,12 @@ impl Agent {
     /// The caller finished an utterance: answer it.
     async fn caller_said(&mut self, text: String, speech_end: i64, endpointed: Option<i64>) {
         self.feed("caller", &text);
+        if self.reply.is_some() && voxgate_call::turns::is_backchannel(&text) {
+            // "Mhm", "okay" while the agent answers: the caller is listening, not taking the turn
+            // (the core resumed the reply if it paused for it).
+            tracing::debug!(call = %self.call.id, text, "backchannel over the agent's reply");
+            return;
+        }
         let mut user_text = text;
         if let Some(r) = self.reply.take() {
             if r.first_audio_ms.is_none() && r.index > 0 && r.stream.is_some() {

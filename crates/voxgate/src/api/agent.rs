@@ -163,6 +163,8 @@ pub async fn outbound_call(
                     // from other calls' finals.
                     partials: false,
                     adaptive_endpointing: true,
+                    // A cough, a click or "mhm" over the agent pauses it; only words stop it.
+                    false_interruption_resume: true,
                     ..MediaOptions::default()
                 },
                 ..Default::default()

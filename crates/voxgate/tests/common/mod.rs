@@ -109,7 +109,10 @@ impl Server {
             .env("VOXGATE_SIP__LISTEN", "127.0.0.1:0")
             // No offline LLM unless a test asks for one (it takes a core while it loads).
             .env("VOXGATE_LLM__OFFLINE", "false")
-            .env("RUST_LOG", "warn,voxgate=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn,voxgate=info".into()),
+            )
             .current_dir(data_dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -175,6 +175,7 @@ fn invite_options(
             vad: true,
             partials: true,
             adaptive_endpointing: false,
+            false_interruption_resume: false,
         },
     })
 }
