@@ -12,6 +12,7 @@ fn main() {
                 std::path::Path::new("models/piper/en_US-joe-medium.onnx"),
                 std::path::Path::new("espeak-ng"),
                 1,
+                2,
             )
             .unwrap(),
         )

@@ -62,6 +62,13 @@ pub fn load_sharing(
             .with_prepacked_weights(w)
             .map_err(|e| SpeechError::Unavailable(e.to_string()))?;
     }
+    if threads > 1 {
+        // Idle intra-op threads sleep instead of spinning: a shared machine's other calls need
+        // the cores between inferences.
+        b = b
+            .with_intra_op_spinning(false)
+            .map_err(|e| SpeechError::Unavailable(e.to_string()))?;
+    }
     b.with_intra_threads(threads)
         .map_err(|e| SpeechError::Unavailable(e.to_string()))?
         .with_inter_threads(1)

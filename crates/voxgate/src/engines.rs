@@ -110,6 +110,7 @@ impl Engines {
                 &piper_model,
                 &cfg.tts.espeak_ng,
                 cfg.tts.instances,
+                cfg.tts.threads,
             ) {
                 Ok(p) => {
                     tts.insert("piper".into(), Arc::new(p));
