@@ -298,3 +298,55 @@ async fn a_stream_that_stalls_times_out() {
     assert!(matches!(s.next().await, Some(Ok(ChatDelta::Text(_)))));
     assert_eq!(s.next().await, Some(Err(LlmError::Timeout(400))));
 }
+
+/// The supervised offline model (SmolLM2-135M through llama.cpp's server child) comes back after
+/// its process is killed: the state goes Ready → Starting → Ready on a new port and the next
+/// request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_model_restarts_after_its_process_is_killed() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("models/llm/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.is_file(), "run scripts/fetch-models.sh");
+    // A path no other test's child has on its command line: this test kills only its own.
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("restart-under-test.gguf");
+    std::os::unix::fs::symlink(std::fs::canonicalize(&model).unwrap(), &link).unwrap();
+    let local = local::LocalLlm::start(local::LocalOptions {
+        python: Config::default().llm_python(),
+        model: link.clone(),
+        threads: 1,
+        context: 1024,
+        parallel: 1,
+        start_timeout: Duration::from_secs(60),
+    });
+    let first = local.url(Duration::from_secs(60)).await.expect("serving");
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", link.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no child to kill");
+    // The supervisor notices and restarts it (1 s backoff).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restarted: {:?}",
+            local.state()
+        );
+        match local.state() {
+            local::LocalState::Ready(u) if u != first => break u,
+            local::LocalState::Failed(e) => panic!("gave up: {e}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let (text, calls, finish) = client(&second, 30_000, 0)
+        .chat(ask(8))
+        .collect()
+        .await
+        .expect("the restarted model answers");
+    assert!(
+        ["stop", "length", "tool_calls"].contains(&finish.as_str()),
+        "finish {finish:?}"
+    );
+    assert!(!text.is_empty() || !calls.is_empty(), "an empty answer");
+}
