@@ -10,6 +10,10 @@
 //!   `chat.completion.chunk`s, tool calls with streamed arguments): a 503 retried, a slow reply
 //!   cut by the caller's barge-in (the request is cancelled, the history keeps what was heard),
 //!   then `end_call`.
+//! - `a_noise_burst_pauses_the_agent_and_a_question_stops_it`: turn-taking over a live reply
+//!   (barge-in waits for words; what the phone heard is measured).
+//! - `a_slow_model_gets_the_holding_phrase_and_a_failed_one_the_apology`: `[agent] hold_ms`,
+//!   the holding phrase kept out of the model's history, the apology after a failed retry.
 
 mod common;
 
@@ -734,5 +738,142 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
         !t.iter()
             .any(|x| x.role == "caller" && x.text.trim().is_empty()),
         "{t:#?}"
+    );
+}
+
+/// A scripted server whose first answer starts after 2.5 s and whose later requests fail (500).
+#[derive(Default)]
+struct Stalling {
+    requests: Mutex<Vec<Value>>,
+    turns: AtomicUsize,
+}
+
+async fn stalling(
+    script: Arc<Stalling>,
+    axum::Json(req): axum::Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    script.requests.lock().unwrap().push(req.clone());
+    let sse = |pieces: &[&str], finish: &str| {
+        let mut body = chunk(json!({"role": "assistant", "content": ""}), None);
+        for p in pieces {
+            body.push_str(&chunk(json!({"content": p}), None));
+        }
+        body.push_str(&chunk(json!({}), Some(finish)));
+        body.push_str("data: [DONE]\n\n");
+        ([("content-type", "text/event-stream")], body).into_response()
+    };
+    if req["max_tokens"] == 1 {
+        return sse(&["Hi"], "length");
+    }
+    if script.turns.fetch_add(1, Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        return sse(&["We open ", "at nine."], "stop");
+    }
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error",
+    )
+        .into_response()
+}
+
+/// A slow first token gets the holding phrase (`[agent] hold_ms`) before the answer, and the
+/// model's history keeps only the answer; a request that fails after its retry gets the apology,
+/// stored with its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_model_gets_the_holding_phrase_and_a_failed_one_the_apology() {
+    let script = Arc::new(Stalling::default());
+    let s = script.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body| stalling(s.clone(), body)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let caller = dir.path().join("caller.wav");
+    speech_wav(&caller, &["0880", "0930"], 8000);
+    let (sip_port, child, lines) = phone_with(
+        "uas",
+        &caller,
+        Path::new("-"),
+        "-",
+        None,
+        &[("PJ_PLAY_AFTER", "2.5")],
+    )
+    .await;
+    let server = Server::start_with_config(
+        &[("VOXGATE_AGENT__HOLD_MS", "800")],
+        &format!(
+            "{}[llm]\nbase_url = \"{llm}\"\nmodel = \"scripted\"\ntimeout_ms = 5000\nretries = 1\n",
+            trunk(sip_port)
+        ),
+    );
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "+15550100",
+               "prompt": "You are the receptionist of a dental clinic.", "first_message": "Hi there."}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let sid = v["callSid"].as_str().unwrap().to_string();
+    // Wait for the apology's turn, then hang up.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let t = loop {
+        let t = turns(&server, &sid).await;
+        if t.iter().any(|x| x.error.is_some()) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no failed turn: {t:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (code, v) = post(
+        &server,
+        "/end-call",
+        json!({"callSid": sid, "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let out = phone_done(child, lines).await;
+    assert!(out.iter().any(|l| l == "EXIT 0"), "no BYE: {out:?}");
+    for x in &t {
+        eprintln!(
+            "turn {} {}: `{}` llm first {:?} first audio {:?} error {:?}",
+            x.index, x.role, x.text, x.llm_first_ms, x.first_audio_ms, x.error
+        );
+    }
+    let agent: Vec<&AgentTurnRecord> = t.iter().filter(|x| x.role == "agent").collect();
+    assert!(agent.len() >= 3, "{t:#?}");
+    let (held, failed) = (agent[1], agent.last().unwrap());
+    assert_eq!(held.text, "We open at nine.");
+    let (first_token, first_audio) = (held.llm_first_ms.unwrap(), held.first_audio_ms.unwrap());
+    assert!(
+        first_audio + 1000 < first_token,
+        "the holding phrase played at {first_audio} ms, the first token came at {first_token} ms"
+    );
+    assert!(failed.error.is_some());
+    assert!(
+        failed
+            .text
+            .ends_with("Sorry, I did not catch that. Could you say it again?"),
+        "{failed:?}"
+    );
+    let reqs = script.requests.lock().unwrap().clone();
+    let real: Vec<&Value> = reqs.iter().filter(|r| r["max_tokens"] != 1).collect();
+    // The answer, then the failing turn asked twice (500, retried).
+    assert_eq!(real.len(), 3, "{real:#?}");
+    let m = real[1]["messages"].as_array().unwrap();
+    let said: Vec<&str> = m
+        .iter()
+        .filter(|x| x["role"] == "assistant")
+        .map(|x| x["content"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        said.last(),
+        Some(&"We open at nine."),
+        "the holding phrase is not the model's: {m:#?}"
     );
 }
