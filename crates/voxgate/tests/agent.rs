@@ -14,6 +14,8 @@
 //!   (barge-in waits for words; what the phone heard is measured).
 //! - `a_slow_model_gets_the_holding_phrase_and_a_failed_one_the_apology`: `[agent] hold_ms`,
 //!   the holding phrase kept out of the model's history, the apology after a failed retry.
+//! - `the_transfer_tool_refers_the_callee_to_the_configured_target`: `transfer` → SIP REFER to a
+//!   SIPp callee that accepts it (202, NOTIFY sipfrag 200) → BYE.
 
 mod common;
 
@@ -876,4 +878,103 @@ async fn a_slow_model_gets_the_holding_phrase_and_a_failed_one_the_apology() {
         Some(&"We open at nine."),
         "the holding phrase is not the model's: {m:#?}"
     );
+}
+
+/// A model that answers the caller's first question with the `transfer` tool.
+async fn transferring(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = if req["max_tokens"] == 1 {
+        format!(
+            "{}{}",
+            chunk(json!({"role": "assistant", "content": "Hi"}), None),
+            chunk(json!({}), Some("length"))
+        )
+    } else {
+        let call = json!({"index": 0, "id": "call_t", "type": "function",
+                          "function": {"name": "transfer", "arguments": "{}"}});
+        format!(
+            "{}{}",
+            chunk(json!({"role": "assistant", "tool_calls": [call]}), None),
+            chunk(json!({}), Some("tool_calls"))
+        )
+    };
+    (
+        [("content-type", "text/event-stream")],
+        format!("{body}data: [DONE]\n\n"),
+    )
+        .into_response()
+}
+
+/// The `transfer` tool (offered with `[agent] transfer_to`): the agent announces it, then sends a
+/// SIP REFER to the target; the callee (SIPp) accepts, reports success in a NOTIFY, and voxgate
+/// hangs up; the call is `completed` and the turn stored with its tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transfer_tool_refers_the_callee_to_the_configured_target() {
+    common::sipp::sipp_available();
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(transferring));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    // The caller's question as headerless 8 kHz mu-law for SIPp's rtp_stream.
+    let (pcm, rate) = read_wav(&clip("0880").0);
+    let pcm8 = voxgate_media::resample::resample_clip(&pcm, rate, SampleRate::HZ_8000).unwrap();
+    let mut enc = voxgate_media::codec::AudioEncoder::new(Codec::Pcmu);
+    let audio = dir.path().join("question.ulaw");
+    std::fs::write(
+        &audio,
+        enc.encode(&voxgate_media::AudioFrame::mono(SampleRate::HZ_8000, pcm8)),
+    )
+    .unwrap();
+    let target = "sip:desk@127.0.0.1:5999";
+    let scen = common::sipp::scenario(
+        dir.path(),
+        "uas_refer.xml",
+        &[
+            ("@AUDIO@", &audio.display().to_string()),
+            ("@WAIT_MS@", "2500"),
+            ("@TARGET@", target),
+        ],
+    );
+    let (port, sipp) = common::sipp::spawn_sipp_uas(
+        vec!["-sf".into(), scen.display().to_string()],
+        dir.path().to_path_buf(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = Server::start_with_config(
+        &[("VOXGATE_AGENT__TRANSFER_TO", target)],
+        &format!(
+            "{}[llm]\nbase_url = \"{llm}\"\nmodel = \"scripted\"\n",
+            trunk(port)
+        ),
+    );
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "+15550100",
+               "prompt": "Transfer every caller to the front desk.", "first_message": "Hi there."}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let sid = v["callSid"].as_str().unwrap().to_string();
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "SIPp: {log}");
+    let mut seen = Vec::new();
+    wait_status(
+        &server,
+        &sid,
+        "completed",
+        Duration::from_secs(10),
+        &mut seen,
+    )
+    .await;
+    let t = turns(&server, &sid).await;
+    let last = t.last().unwrap();
+    assert_eq!(
+        (last.role.as_str(), last.tool.as_deref(), last.text.as_str()),
+        ("agent", Some("transfer"), "Transferring your call now."),
+        "{t:#?}"
+    );
+    assert!(!last.interrupted);
 }

@@ -17,6 +17,7 @@ use voxgate_media::resample::resample_clip;
 use voxgate_media::{AudioFrame, SampleRate};
 
 pub mod pjsua;
+pub mod sipp;
 
 pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
 
