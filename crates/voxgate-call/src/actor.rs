@@ -1165,6 +1165,7 @@ impl CallActor {
                     }
                 }
                 self.adapt_endpointing(&o);
+                self.report_speculation(&o);
                 if let Some(i) = self
                     .confirmed
                     .iter()
@@ -1213,6 +1214,29 @@ impl CallActor {
         if let Some(p) = self.pipeline.as_mut() {
             p.set_utterance_silence_ms(ms);
         }
+    }
+
+    /// Reports the current, unconfirmed speculation's transcript (`AsrSpeculative`).
+    fn report_speculation(&mut self, o: &AsrOutcome) {
+        let current = self
+            .speculation
+            .as_ref()
+            .is_some_and(|sp| sp.index == o.index && sp.len == o.len);
+        let (true, true, Ok(text)) = (self.media.speculative_transcripts, current, &o.result)
+        else {
+            return;
+        };
+        if text.is_empty() {
+            return;
+        }
+        let epoch = self.epoch_ms();
+        self.emit(EventKind::AsrSpeculative {
+            track_id: self.id.clone(),
+            index: o.index,
+            start_time: epoch + o.start_ms as i64,
+            end_time: epoch + o.end_ms as i64,
+            text: text.clone(),
+        });
     }
 
     /// A speculation confirmed as the final: stored (unless its job did) and reported.

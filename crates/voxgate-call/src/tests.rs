@@ -393,6 +393,7 @@ fn name(e: &CallEvent) -> &'static str {
         EventKind::Silence { .. } => "silence",
         EventKind::AsrDelta { .. } => "asrDelta",
         EventKind::AsrFinal { .. } => "asrFinal",
+        EventKind::AsrSpeculative { .. } => "asrSpeculative",
         EventKind::Dtmf { .. } => "dtmf",
         EventKind::TrackStart { .. } => "trackStart",
         EventKind::TrackEnd { .. } => "trackEnd",
@@ -787,6 +788,49 @@ async fn barge_in_waits_for_words() {
             assert!(position < 600, "cut where it paused: {position} ms");
         }
     }
+}
+
+/// With `speculative_transcripts`, the speculation's transcript is reported while endpointing
+/// waits, and the final that confirms it has the same index and text; a speculation the caller
+/// speaks on after is reported too, but its final is a longer utterance.
+#[tokio::test(start_paused = true)]
+async fn speculative_transcripts_come_before_endpointing() {
+    let (core, _) = core(Setup::default());
+    let mut c = call(&core, "spec-events", LegSetup::default()).await;
+    c.cmd(CallCommand::Answer(AnswerOptions {
+        media: MediaOptions {
+            speculative_transcripts: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    }))
+    .await;
+    c.expect("answer", S(1)).await;
+    c.speak(&vec![loud(); 25]).await;
+    c.speak(&vec![quiet(); 15]).await; // 300 ms: speculated at 200, endpointing waits for 600
+    let spec = c.expect("asrSpeculative", S(1)).await;
+    assert!(!c.names().contains(&"silence"), "before endpointing");
+    c.speak(&vec![quiet(); 20]).await;
+    let fin = c.expect("asrFinal", S(1)).await;
+    let (
+        EventKind::AsrSpeculative {
+            index: a, text: t, ..
+        },
+        EventKind::AsrFinal {
+            index: b, text: u, ..
+        },
+    ) = (spec.kind, fin.kind)
+    else {
+        unreachable!()
+    };
+    assert_eq!((a, t.as_str()), (b, u.as_str()));
+    // Without the option nothing is reported early.
+    let mut d = call(&core, "no-spec-events", LegSetup::default()).await;
+    d.answer().await;
+    d.speak(&vec![loud(); 25]).await;
+    d.speak(&vec![quiet(); 40]).await;
+    d.expect("asrFinal", S(1)).await;
+    assert!(!d.names().contains(&"asrSpeculative"));
 }
 
 /// With a slow engine, speculations queue up behind each other: one confirmed while running and

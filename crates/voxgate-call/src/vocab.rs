@@ -50,6 +50,10 @@ pub struct MediaOptions {
     /// resume it where it stopped (a `metrics` event `interruption.resumed` with the pause in
     /// ms). Needs ASR; default false (seed 002 interrupts at once); LLM agents turn it on.
     pub false_interruption_resume: bool,
+    /// Report each speculative transcript (`AsrSpeculative`, computed 200 ms into a silence while
+    /// endpointing still waits) so that the controller can start on it early. Default false;
+    /// LLM agents turn it on.
+    pub speculative_transcripts: bool,
 }
 
 impl Default for MediaOptions {
@@ -64,6 +68,7 @@ impl Default for MediaOptions {
             partials: true,
             adaptive_endpointing: false,
             false_interruption_resume: false,
+            speculative_transcripts: false,
         }
     }
 }
@@ -218,6 +223,17 @@ pub enum EventKind {
     },
     /// A partial transcript of the utterance in progress.
     AsrDelta {
+        track_id: String,
+        index: u32,
+        start_time: i64,
+        end_time: i64,
+        text: String,
+    },
+    /// The transcript the final of utterance `index` will have if the caller's current silence
+    /// ends the utterance ([`MediaOptions::speculative_transcripts`]); the caller may speak on,
+    /// and then a longer utterance gets its own. A controller may start work on it (an LLM
+    /// request) and keep it when the `asrFinal` of the same `index` has the same text.
+    AsrSpeculative {
         track_id: String,
         index: u32,
         start_time: i64,

@@ -175,6 +175,20 @@ struct Reply {
     error: Option<String>,
 }
 
+/// An LLM request started on a speculative transcript, before endpointing: kept when the final
+/// transcript of the same utterance has the same text, dropped (cancelled) otherwise.
+struct Speculative {
+    index: u32,
+    text: String,
+    stream: ChatStream,
+    /// What the model sent before the final came, replayed then.
+    buffered: Vec<Option<Result<ChatDelta, LlmError>>>,
+    /// When its first text arrived (epoch ms).
+    first_token_at: Option<i64>,
+    /// The stream finished (its last item is buffered).
+    done: bool,
+}
+
 struct Agent {
     svc: Arc<AgentService>,
     call: Arc<AgentCall>,
@@ -185,6 +199,8 @@ struct Agent {
     reply: Option<Reply>,
     /// The warm-up request (the prompt prefix is evaluated while the first message plays).
     warm: Option<ChatStream>,
+    /// A request started on a speculative transcript.
+    spec: Option<Speculative>,
     chars_per_ms: f64,
     /// Start of the caller's last silence (epoch ms): the end of speech of the next utterance,
     /// and when its `silence` event arrived.
@@ -208,6 +224,7 @@ impl Agent {
             next_play: 0,
             reply: None,
             warm: None,
+            spec: None,
             chars_per_ms: DEFAULT_CHARS_PER_MS,
             silence_at: None,
         }
@@ -297,6 +314,15 @@ impl Agent {
                 d = async { self.reply.as_mut()?.stream.as_mut()?.next().await }, if self.streaming() => {
                     self.delta(d).await;
                 }
+                d = async { self.spec.as_mut()?.stream.next().await }, if self.spec.as_ref().is_some_and(|s| !s.done) => {
+                    if let Some(s) = self.spec.as_mut() {
+                        if s.first_token_at.is_none() && matches!(d, Some(Ok(ChatDelta::Text(_)))) {
+                            s.first_token_at = Some(now_ms());
+                        }
+                        s.done = !matches!(d, Some(Ok(ChatDelta::Text(_)) | Ok(ChatDelta::ToolCall { .. })));
+                        s.buffered.push(d);
+                    }
+                }
                 _ = async { self.warm.as_mut()?.next().await }, if self.warm.is_some() => {
                     self.warm = None;
                 }
@@ -345,13 +371,23 @@ impl Agent {
         match kind {
             EventKind::Hangup { .. } => return false,
             EventKind::Silence { start_time, .. } => self.silence_at = Some((start_time, at)),
-            EventKind::Speaking { .. } => self.silence_at = None,
-            EventKind::AsrFinal { text, end_time, .. } if !text.trim().is_empty() => {
+            EventKind::Speaking { .. } => {
+                self.silence_at = None;
+                // The caller speaks on: a request made on the speculation is void.
+                self.spec = None;
+            }
+            EventKind::AsrSpeculative { index, text, .. } => self.speculate(index, text),
+            EventKind::AsrFinal {
+                index,
+                text,
+                end_time,
+                ..
+            } if !text.trim().is_empty() => {
                 let (end, endpointed) = match self.silence_at {
                     Some((s, e)) => (s, Some(e)),
                     None => (end_time, None),
                 };
-                self.caller_said(text.trim().to_string(), end, endpointed)
+                self.caller_said(index, text.trim().to_string(), end, endpointed)
                     .await;
             }
             EventKind::TrackStart { play_id, .. } => {
@@ -407,8 +443,46 @@ impl Agent {
         true
     }
 
+    /// A speculative transcript while the agent is silent: ask the model now, while endpointing
+    /// decides whether the caller is done (the answer is held until the final confirms it).
+    fn speculate(&mut self, index: u32, text: String) {
+        let text = text.trim().to_string();
+        if self.reply.is_some() || text.is_empty() {
+            self.spec = None;
+            return;
+        }
+        let mut messages = self.history.clone();
+        messages.push(Message::User {
+            content: text.clone(),
+        });
+        tracing::debug!(call = %self.call.id, index, text, "asking the model on a speculative transcript");
+        self.spec = Some(Speculative {
+            index,
+            text,
+            stream: self.svc.llm.client().chat(ChatRequest {
+                messages,
+                tools: tools(&self.svc.cfg),
+                max_tokens: self.svc.cfg.max_tokens,
+                temperature: self.svc.cfg.temperature,
+            }),
+            buffered: Vec::new(),
+            first_token_at: None,
+            done: false,
+        });
+    }
+
     /// The caller finished an utterance: answer it.
-    async fn caller_said(&mut self, text: String, speech_end: i64, endpointed: Option<i64>) {
+    async fn caller_said(
+        &mut self,
+        asr_index: u32,
+        text: String,
+        speech_end: i64,
+        endpointed: Option<i64>,
+    ) {
+        let spec = self
+            .spec
+            .take()
+            .filter(|s| s.index == asr_index && s.text == text);
         self.feed("caller", &text);
         if self.reply.is_some() && voxgate_call::turns::is_backchannel(&text) {
             // "Mhm", "okay" while the agent answers: the caller is listening, not taking the turn
@@ -450,13 +524,30 @@ impl Agent {
         self.trim_history();
         let mut r = self.open_reply(Some(speech_end));
         r.endpoint_ms = endpointed.map(|e| (e - speech_end).max(0));
-        r.stream = Some(self.svc.llm.client().chat(ChatRequest {
-            messages: self.history.clone(),
-            tools: tools(&self.svc.cfg),
-            max_tokens: self.svc.cfg.max_tokens,
-            temperature: self.svc.cfg.temperature,
-        }));
-        self.reply = Some(r);
+        let user_is_spec = matches!(self.history.last(), Some(Message::User { content }) if spec.as_ref().is_some_and(|s| &s.text == content));
+        match spec.filter(|_| user_is_spec) {
+            Some(s) => {
+                // The model was asked on the speculation, which this final confirms: its answer
+                // so far is spoken now, the rest as it comes.
+                r.llm_first_ms = s.first_token_at.map(|t| (t - speech_end).max(0));
+                // (A finished stream's end is among the buffered items: replaying it closes the
+                // reply the usual way.)
+                r.stream = Some(s.stream);
+                self.reply = Some(r);
+                for d in s.buffered {
+                    self.delta(d).await;
+                }
+            }
+            None => {
+                r.stream = Some(self.svc.llm.client().chat(ChatRequest {
+                    messages: self.history.clone(),
+                    tools: tools(&self.svc.cfg),
+                    max_tokens: self.svc.cfg.max_tokens,
+                    temperature: self.svc.cfg.temperature,
+                }));
+                self.reply = Some(r);
+            }
+        }
     }
 
     /// Keeps the prompt and the last `history_turns` messages.

@@ -165,6 +165,8 @@ pub async fn outbound_call(
                     adaptive_endpointing: true,
                     // A cough, a click or "mhm" over the agent pauses it; only words stop it.
                     false_interruption_resume: true,
+                    // The LLM request starts on the transcript computed while endpointing waits.
+                    speculative_transcripts: true,
                     ..MediaOptions::default()
                 },
                 ..Default::default()

@@ -176,6 +176,7 @@ fn invite_options(
             partials: true,
             adaptive_endpointing: false,
             false_interruption_resume: false,
+            speculative_transcripts: false,
         },
     })
 }
@@ -228,7 +229,16 @@ pub fn event_json(e: &CallEvent) -> Value {
         } => {
             json!({ "event": "silence", "trackId": track_id, "timestamp": ts, "startTime": start_time, "duration": duration })
         }
+        // A speculative transcript is the utterance so far: seed 002's partial (only controllers
+        // that ask for them get them; `/call` does not).
         EventKind::AsrDelta {
+            track_id,
+            index,
+            start_time,
+            end_time,
+            text,
+        }
+        | EventKind::AsrSpeculative {
             track_id,
             index,
             start_time,
