@@ -51,6 +51,41 @@ pub const MAX_PENDING_CHARS: usize = 300;
 /// alone sounds clipped.
 pub const FIRST_CLAUSE_WORDS: usize = 3;
 
+/// Openers a reply may speak on their own before the first clause is complete ("Sure, ...",
+/// "Of course, ..."): they stand as a phrase, and their audio covers the synthesis of what
+/// follows. "Well," is not one (alone it sounds clipped).
+const OPENERS: &[&str] = &[
+    "sure",
+    "yes",
+    "yeah",
+    "okay",
+    "ok",
+    "of course",
+    "certainly",
+    "absolutely",
+    "great",
+    "alright",
+    "all right",
+    "right",
+    "no",
+    "hi",
+    "hello",
+    "thanks",
+    "thank you",
+    "good morning",
+    "good afternoon",
+    "good evening",
+    "perfect",
+    "got it",
+    "understood",
+    "i see",
+];
+
+fn is_opener(clause: &str) -> bool {
+    let c = clause.trim().to_lowercase();
+    OPENERS.contains(&c.as_str())
+}
+
 fn ends_sentence(c: char) -> bool {
     matches!(c, '.' | '!' | '?' | ';' | '\n' | '。' | '！' | '？')
 }
@@ -69,8 +104,9 @@ fn worth_speaking(s: &str) -> bool {
 /// bound) wait for a sentence end: longer text is cut at its last `,` `:` or space.
 ///
 /// With [`SentenceSplitter::first_clause`], the first piece ends at the first `,` or `:`
-/// followed by whitespace once it has [`FIRST_CLAUSE_WORDS`] words: the first audio of a streamed
-/// reply starts at its first clause instead of its first full stop.
+/// followed by whitespace once it has [`FIRST_CLAUSE_WORDS`] words, or right after an opener
+/// ("Sure,", "Of course,"): the first audio of a streamed reply starts at its first clause instead
+/// of its first full stop.
 #[derive(Debug, Clone)]
 pub struct SentenceSplitter {
     buf: String,
@@ -128,7 +164,8 @@ impl SentenceSplitter {
             let end = at + c.len_utf8();
             let closes = if clause {
                 matches!(iter.peek(), Some(&(_, n)) if n.is_whitespace())
-                    && self.buf[start..at].split_whitespace().count() >= FIRST_CLAUSE_WORDS
+                    && (self.buf[start..at].split_whitespace().count() >= FIRST_CLAUSE_WORDS
+                        || is_opener(&self.buf[start..at]))
             } else {
                 match iter.peek() {
                     Some(&(_, n)) => n.is_whitespace(),
@@ -256,6 +293,10 @@ mod tests {
             s.push(". Bye", true),
             ["and closes at five, on weekdays.", "Bye"]
         );
+        // An opener stands on its own.
+        let mut o = SentenceSplitter::default().first_clause(true);
+        assert_eq!(o.push("Of course, ", false), ["Of course,"]);
+        assert!(o.push("we open at nine, and", false).is_empty());
         // Off by default.
         let mut d = SentenceSplitter::default();
         assert!(d
