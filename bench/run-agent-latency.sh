@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T="${CARGO_TARGET_DIR:-target}/release"
 SIZES="${1:-1,2,4}"
+# Say which build is measured (a stale target/ beside a CARGO_TARGET_DIR build misleads).
+echo "binaries: $T (voxgate built $(date -r "$T/voxgate" '+%F %T'))"
 echo "== agent calls, scripted LLM (200 ms to the first token)"
 "$T/agent-latency" --calls "$SIZES" --llm scripted --first-token-ms 200 --server "$T/voxgate"
 echo "== agent calls, offline LLM"
