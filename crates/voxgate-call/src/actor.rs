@@ -1564,9 +1564,9 @@ impl CallActor {
                     id.clone(),
                     Producer {
                         tx: Some(tx),
-                        // A streamed reply starts speaking at its first clause.
-                        splitter: SentenceSplitter::new(MAX_PENDING_CHARS)
-                            .first_clause(t.streaming),
+                        // Any text starts speaking at its first clause: its synthesis is short,
+                        // and the rest is synthesised while it plays.
+                        splitter: SentenceSplitter::new(MAX_PENDING_CHARS).first_clause(true),
                         task,
                         auto_hangup: false,
                         requested_at: Instant::now(),
