@@ -350,3 +350,32 @@ async fn the_offline_model_restarts_after_its_process_is_killed() {
     );
     assert!(!text.is_empty() || !calls.is_empty(), "an empty answer");
 }
+
+/// The offline model's bounded queue: with 1 request decoding and 1 waiting, a third is refused at
+/// once with `Busy` (the agent then apologises) and never reaches the server; the waiting one is
+/// served after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once() {
+    let (base, st) = serve(Script::Drip {
+        n: 5,
+        every: Duration::from_millis(100),
+    })
+    .await;
+    let mut c = client(&base, 5_000, 0);
+    c.queue = Some(Arc::new(Queue {
+        slots: Semaphore::new(1),
+        waiting: AtomicU32::new(0),
+        max_waiting: 1,
+    }));
+    let first = c.chat(ask(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = c.chat(ask(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    let third = c.chat(ask(10)).collect().await;
+    assert_eq!(third, Err(LlmError::Busy(1)));
+    assert!(t0.elapsed() < Duration::from_millis(100), "refused at once");
+    assert!(first.collect().await.is_ok());
+    assert!(second.collect().await.is_ok());
+    assert_eq!(st.requests.load(Ordering::SeqCst), 2);
+}
