@@ -28,19 +28,32 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
-/// A free loopback UDP port that is even and has the next one free too (an RTP/RTCP pair).
+/// A free loopback port that is even and has the next one free too (an RTP/RTCP pair), for UDP
+/// *and* TCP (SIPp and PJSUA listen on both for SIP). It is taken below Linux's ephemeral range
+/// (32768–60999): a port the kernel hands out to some other test's `bind(0)` or outgoing
+/// connection can then never collide with it after it was checked (a SIPp over TCP once failed to
+/// bind the number a UDP-only check had found free).
 pub fn free_udp_port() -> u16 {
-    for _ in 0..50 {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = s.local_addr().unwrap().port();
-        if p.is_multiple_of(2)
-            && p < 65000
-            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
-        {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..200 {
+        let n = seed
+            .wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed))
+            .wrapping_mul(2654435761);
+        let p = 20_000 + ((n >> 8) % 6_000) as u16 * 2;
+        let free = |port: u16| {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if free(p) && free(p + 1) {
             return p;
         }
     }
-    panic!("no free port pair");
+    panic!("no free port pair below 32000");
 }
 
 /// A running server; killed on drop.
