@@ -53,6 +53,21 @@ fn speech_wav(out: &Path, ids: &[&str], gap_ms: u32) -> Vec<String> {
         samples.extend(std::iter::repeat_n(0i16, (gap_ms * 16) as usize));
         texts.push(text);
     }
+    write_wav16(out, &samples);
+    texts
+}
+
+/// Serves `handler` as `/v1/chat/completions` on loopback; returns the base URL (`.../v1`).
+async fn llm_server(handler: axum::routing::MethodRouter) -> String {
+    let app = axum::Router::new().route("/v1/chat/completions", handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    llm
+}
+
+/// Writes 16 kHz mono 16-bit samples as a WAV file.
+fn write_wav16(out: &Path, samples: &[i16]) {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: 16000,
@@ -61,10 +76,9 @@ fn speech_wav(out: &Path, ids: &[&str], gap_ms: u32) -> Vec<String> {
     };
     let mut w = hound::WavWriter::create(out, spec).unwrap();
     for s in samples {
-        w.write_sample(s).unwrap();
+        w.write_sample(*s).unwrap();
     }
     w.finalize().unwrap();
-    texts
 }
 
 async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
@@ -463,13 +477,7 @@ async fn scripted(
 async fn scripted_llm_streams_is_cancelled_by_barge_in_and_ends_the_call() {
     let script = Arc::new(Script::default());
     let s = script.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body| scripted(s.clone(), body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let llm = llm_server(axum::routing::post(move |body| scripted(s.clone(), body))).await;
 
     let dir = tempfile::tempdir().unwrap();
     let caller = dir.path().join("caller.wav");
@@ -589,13 +597,7 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
     script.failed_once.store(true, Ordering::SeqCst);
     script.fast.store(true, Ordering::SeqCst);
     let s = script.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body| scripted(s.clone(), body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let llm = llm_server(axum::routing::post(move |body| scripted(s.clone(), body))).await;
 
     // The caller: a question (3.0 s), 4 s into the reply a noise burst, 3 s later a question.
     let dir = tempfile::tempdir().unwrap();
@@ -623,17 +625,7 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
     wav.extend(&q2);
     wav.extend(std::iter::repeat_n(0i16, ms(8000)));
     let caller = dir.path().join("caller.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&caller, spec).unwrap();
-    for x in &wav {
-        w.write_sample(*x).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav16(&caller, &wav);
 
     let heard_wav = dir.path().join("heard.wav");
     let play_after = 2.5;
@@ -786,13 +778,7 @@ async fn stalling(
 async fn a_slow_model_gets_the_holding_phrase_and_a_failed_one_the_apology() {
     let script = Arc::new(Stalling::default());
     let s = script.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body| stalling(s.clone(), body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let llm = llm_server(axum::routing::post(move |body| stalling(s.clone(), body))).await;
 
     let dir = tempfile::tempdir().unwrap();
     let caller = dir.path().join("caller.wav");
@@ -911,10 +897,7 @@ async fn transferring(axum::Json(req): axum::Json<Value>) -> axum::response::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transfer_tool_refers_the_callee_to_the_configured_target() {
     common::sipp::sipp_available();
-    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(transferring));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let llm = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let llm = llm_server(axum::routing::post(transferring)).await;
 
     let dir = tempfile::tempdir().unwrap();
     // The caller's question as headerless 8 kHz mu-law for SIPp's rtp_stream.
