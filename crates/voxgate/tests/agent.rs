@@ -192,6 +192,17 @@ async fn offline_agent_answers_and_end_call_hangs_up() {
     .await;
     assert_eq!(code, 400);
     assert!(v["error"].as_str().unwrap().contains("prompt"), "{v}");
+    let (code, v) = post(
+        &server,
+        "/outbound-call",
+        json!({"user_id": "alice", "number": "+15550100", "prompt": "x", "first_message": {}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("first_message"),
+        "{v}"
+    );
 
     let (code, v) = post(
         &server,

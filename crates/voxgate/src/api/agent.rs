@@ -123,6 +123,12 @@ pub async fn outbound_call(
             "prompt is required: the agent's instructions (system prompt)",
         );
     };
+    if body
+        .get("first_message")
+        .is_some_and(|v| !v.is_null() && !v.is_string())
+    {
+        return error(StatusCode::BAD_REQUEST, "first_message must be a string");
+    }
     let first_message = text(&body, "first_message").unwrap_or_default();
     if prompt.chars().count() > MAX_PROMPT_CHARS
         || first_message.chars().count() > MAX_FIRST_MESSAGE_CHARS
