@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
 use voxgate_bench::{percentile, proc_rss_mb};
+use voxgate_call::turns::{turn_end, TurnEnd};
 use voxgate_media::codec::{AudioEncoder, Codec};
 use voxgate_media::{AudioFrame, SampleRate};
 
@@ -58,6 +59,10 @@ fn epoch_ms() -> f64 {
 struct Stats {
     speaking: Vec<f64>,
     asr_final: Vec<f64>,
+    /// The same latencies for finals whose transcript is a complete sentence (adaptive
+    /// endpointing's 300 ms rule), and for the rest.
+    asr_final_complete: Vec<f64>,
+    asr_final_other: Vec<f64>,
     tts_first_audio: Vec<f64>,
     lateness: Vec<f64>,
     errors: Vec<String>,
@@ -120,7 +125,14 @@ async fn session(
                             let mut s = st.lock().unwrap();
                             s.finals += 1;
                             if measuring {
-                                s.asr_final.push(now - v["endTime"].as_f64().unwrap_or(now));
+                                let ms = now - v["endTime"].as_f64().unwrap_or(now);
+                                s.asr_final.push(ms);
+                                let text = v["text"].as_str().unwrap_or("");
+                                if turn_end(text) == TurnEnd::Complete {
+                                    s.asr_final_complete.push(ms);
+                                } else {
+                                    s.asr_final_other.push(ms);
+                                }
                             }
                         }
                         Some("error") => st
@@ -234,7 +246,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
     ])
     .arg(&data)
     .args(["--models-dir", &a.models_dir])
-    .env("RUST_LOG", "warn")
+    .env(
+        "RUST_LOG",
+        std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+    )
     .env("VOXGATE_CALL__DUMP_DEFAULT", "false");
     let mut child = voxgate_bench::start_server(cmd)?;
     let pid = child.id();
@@ -302,10 +317,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
         s.speaking.len()
     );
     println!(
-        "speech end→final  p50 {:.0} ms  p99 {:.0} ms  (n={}, includes the 600 ms endpoint)",
+        "speech end→final  p50 {:.0} ms  p99 {:.0} ms  (n={}, includes endpointing)",
         percentile(&s.asr_final, 50.0),
         percentile(&s.asr_final, 99.0),
         s.asr_final.len()
+    );
+    println!(
+        "  complete sentence p50 {:.0} ms  p99 {:.0} ms  (n={}, 300 ms endpointing); other p50 {:.0} ms  p99 {:.0} ms  (n={}, 600 ms or 1,200 ms)",
+        percentile(&s.asr_final_complete, 50.0),
+        percentile(&s.asr_final_complete, 99.0),
+        s.asr_final_complete.len(),
+        percentile(&s.asr_final_other, 50.0),
+        percentile(&s.asr_final_other, 99.0),
+        s.asr_final_other.len()
     );
     println!(
         "tts→first audio   p50 {:.0} ms  p99 {:.0} ms  (n={})",

@@ -755,8 +755,12 @@ impl CallActor {
     }
 
     fn start_media(&mut self, sdp: Option<String>, codec: &str) {
+        let mut segmenter = self.settings.segmenter.clone();
+        if let Some(ms) = self.media.min_silence_ms {
+            segmenter.min_silence_ms = ms;
+        }
         let cfg = InboundConfig {
-            segmenter: self.settings.segmenter.clone(),
+            segmenter,
             asr: self.media.asr && self.speech.asr.is_some(),
             partial_interval_ms: if self.media.partials {
                 self.settings.partial_interval_ms
@@ -1201,7 +1205,10 @@ impl CallActor {
         let ms = match turn_end(text) {
             TurnEnd::Complete => COMPLETE_SILENCE_MS,
             TurnEnd::Hesitant => HESITANT_SILENCE_MS,
-            TurnEnd::Open => return,
+            TurnEnd::Open => {
+                tracing::debug!(call = %self.id, index = o.index, "endpointing kept for {text:?}");
+                return;
+            }
         };
         tracing::debug!(
             call = %self.id,

@@ -690,6 +690,7 @@ async fn endpointing_adapts_to_the_transcript() {
         c.cmd(CallCommand::Answer(AnswerOptions {
             media: MediaOptions {
                 adaptive_endpointing: adaptive,
+                min_silence_ms: None,
                 ..Default::default()
             },
             ..Default::default()

@@ -8,8 +8,8 @@
 //!
 //! | the transcript so far | silence that ends the turn |
 //! |---|---|
-//! | a complete sentence: ends in `.` `?` `!` and its last word is not a filler or a word that needs a continuation | [`COMPLETE_SILENCE_MS`] (300 ms), or as soon as the transcript is ready when that is later |
-//! | a hesitation: ends in a filler (`um`, `uh`, `er`, `hmm`...), a conjunction or another word that needs a continuation (`and`, `but`, `because`, `the`, `to`...), or `...` | [`HESITANT_SILENCE_MS`] (1,200 ms) |
+//! | a complete sentence: ends in `?` or `!` (and not in a filler), or in `.` after a word that does not need a continuation | [`COMPLETE_SILENCE_MS`] (300 ms), or as soon as the transcript is ready when that is later |
+//! | a hesitation: ends in a filler (`um`, `uh`, `er`, `hmm`...) or `...`; or in a conjunction, article or preposition (`and`, `but`, `because`, `the`, `to`, `of`...) unless `?`/`!` follows; or, with no closing punctuation, in a word that rarely ends a turn (`is`, `was`, `that`, `for`, `in`...) | [`HESITANT_SILENCE_MS`] (1,200 ms) |
 //! | anything else (e.g. a trailing comma) | the configured `min_silence_ms` (600 ms by default) |
 //!
 //! [`FINAL_TAIL_MS`]: voxgate_media::pipeline::FINAL_TAIL_MS
@@ -36,11 +36,20 @@ pub enum TurnEnd {
     Open,
 }
 
-/// Fillers and words that rarely end an English turn.
-const HESITATIONS: &[&str] = &[
-    "um", "umm", "uh", "uhh", "er", "erm", "hmm", "ah", "and", "but", "or", "so", "because",
-    "cause", "if", "then", "the", "a", "an", "to", "of", "with", "for", "my", "your", "like",
-    "that", "which", "who", "is", "are", "was", "i", "we", "it's", "i'm", "in", "on", "at",
+/// Fillers: a turn that ends in one is unfinished, whatever the punctuation.
+const FILLERS: &[&str] = &["um", "umm", "uh", "uhh", "er", "erm", "hmm", "ah"];
+
+/// Words that need a continuation even when the recogniser closed the sentence after them
+/// ("I need a table and."): conjunctions, articles, prepositions that take an object, possessives.
+const CONTINUATIONS: &[&str] = &[
+    "and", "but", "or", "so", "because", "cause", "if", "then", "the", "a", "an", "to", "of",
+    "with", "my", "your", "like", "which",
+];
+
+/// Words that rarely end an *unpunctuated* turn but often end a finished sentence ("than he
+/// was.", "what are you looking for?"): hesitant only without a full stop, `?` or `!`.
+const OPEN_ENDINGS: &[&str] = &[
+    "for", "that", "who", "is", "are", "was", "i", "we", "it's", "i'm", "in", "on", "at",
 ];
 
 /// The lower-case words of `text`, without punctuation (apostrophes and inner hyphens kept).
@@ -60,11 +69,21 @@ pub fn turn_end(text: &str) -> TurnEnd {
     let Some(last) = words(t).pop() else {
         return TurnEnd::Open;
     };
-    if t.ends_with("...") || t.ends_with('…') || HESITATIONS.contains(&last.as_str()) {
+    let last = last.as_str();
+    if t.ends_with("...") || t.ends_with('…') || FILLERS.contains(&last) {
         return TurnEnd::Hesitant;
     }
-    if t.ends_with(['.', '?', '!']) {
+    // A question or an exclamation is finished whatever its last word.
+    if t.ends_with(['?', '!']) {
+        return TurnEnd::Complete;
+    }
+    if CONTINUATIONS.contains(&last) {
+        return TurnEnd::Hesitant;
+    }
+    if t.ends_with('.') {
         TurnEnd::Complete
+    } else if OPEN_ENDINGS.contains(&last) {
+        TurnEnd::Hesitant
     } else {
         TurnEnd::Open
     }
@@ -134,6 +153,16 @@ mod tests {
         assert_eq!(turn_end("I would like to book, um"), TurnEnd::Hesitant);
         assert_eq!(turn_end("I need a table and."), TurnEnd::Hesitant);
         assert_eq!(turn_end("Let me think..."), TurnEnd::Hesitant);
+        // Punctuation closes a sentence that ends in a verb or a preposition...
+        assert_eq!(
+            turn_end("He might have been made still more respectable than he was."),
+            TurnEnd::Complete
+        );
+        assert_eq!(turn_end("What are you looking for?"), TurnEnd::Complete);
+        assert_eq!(turn_end("So the answer is"), TurnEnd::Hesitant);
+        // ...but not one that ends in a conjunction or a filler.
+        assert_eq!(turn_end("Is it open on Sunday, um?"), TurnEnd::Hesitant);
+        assert_eq!(turn_end("I'd like the soup or the."), TurnEnd::Hesitant);
         assert_eq!(
             turn_end("He was not an ill-disposed young man,"),
             TurnEnd::Open

@@ -39,9 +39,13 @@ pub struct MediaOptions {
     pub partials: bool,
     /// Adaptive endpointing ([`crate::turns`]): the speculative transcript decides how much
     /// silence ends the caller's turn (300 ms after a complete sentence, 1,200 ms after a
-    /// hesitation, the configured silence otherwise). Default false (seed 002's endpointing is
-    /// the client's `vad` settings); LLM agents and webhook bots turn it on.
+    /// hesitation, [`Self::min_silence_ms`] otherwise). Default false here; `/call` sessions
+    /// (unless their `vad.adaptive` is false), LLM agents and webhook bots turn it on.
     pub adaptive_endpointing: bool,
+    /// Silence that ends an utterance for this call, ms (`None`: the server's
+    /// `vad.min_silence_ms`, 600 ms by default). With adaptive endpointing this is the rule for
+    /// transcripts that are neither complete nor hesitant.
+    pub min_silence_ms: Option<u32>,
     /// Barge-in waits for words (what LiveKit calls resuming false interruptions): caller speech
     /// over bot audio *pauses* it at once (`barge_in_ms` into the speech); the utterance's
     /// transcript then decides — words that are not a backchannel ("mhm", "yeah", "okay", see
@@ -67,6 +71,7 @@ impl Default for MediaOptions {
             vad: true,
             partials: true,
             adaptive_endpointing: false,
+            min_silence_ms: None,
             false_interruption_resume: false,
             speculative_transcripts: false,
         }

@@ -141,6 +141,48 @@ async fn librivox_over_pcmu_is_transcribed_and_stored() {
         .any(|l| l["direction"] == "event" && l["data"]["event"] == "asrFinal"));
 }
 
+/// Adaptive endpointing on `/call` (issue 9): a complete sentence ends the caller's turn after
+/// 300 ms of silence (or as soon as its transcript is ready) even when `vad.minSilenceMs` asks
+/// for 5 s; with `vad.adaptive: false` the same audio waits the full 5 s. The `silence` event's
+/// `duration` is the silence that ended the turn, in audio time, so the check does not depend on
+/// the machine's speed (only on the transcript being ready within 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_sentence_ends_the_turn_sooner_unless_adaptive_is_off() {
+    let server = Server::start();
+    // "He might even have been made amiable himself." (3.3 s)
+    let clip = librivox().into_iter().nth(4).unwrap();
+    let (s, rate) = read_wav(&clip.0);
+    let speech = encode_frames(&s, rate, Codec::Pcmu);
+    for adaptive in [true, false] {
+        let mut c = Client::connect(&server.ws_url(&format!("?id=adaptive-{adaptive}"))).await;
+        invite(
+            &mut c,
+            json!({ "codec": "pcmu", "vad": { "adaptive": adaptive, "minSilenceMs": 5000 } }),
+        )
+        .await;
+        // The server paces what it is sent at 20 ms a frame and counts silence when nothing
+        // comes, so sending it all at once is the same as real time.
+        for f in speech.iter().chain(&silence_frames(1_000, Codec::Pcmu)) {
+            c.send_binary(f.clone()).await;
+        }
+        let f = c.wait_event("asrFinal", SECS(30)).await;
+        let text = f["text"].as_str().unwrap();
+        assert!(
+            wer("he might even have been made amiable himself", text) <= 0.15,
+            "{text}"
+        );
+        let silence = c.wait_event("silence", SECS(5)).await;
+        let ms = silence["duration"].as_u64().unwrap();
+        eprintln!("adaptive {adaptive}: the turn ended after {ms} ms of silence: {text:?}");
+        if adaptive {
+            assert!((300..5_000).contains(&ms), "{silence}");
+        } else {
+            assert_eq!(ms, 5_000, "{silence}");
+        }
+        c.close().await;
+    }
+}
+
 /// TTS reaches the client as paced audio bracketed by trackStart/trackEnd; autoHangup ends the
 /// call; voxgate's own ASR transcribes the received audio back to the sentence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,9 +437,11 @@ async fn malformed_input_gets_errors_and_the_call_continues() {
     .await;
     c.send_text(r#"{"command":"invite","option":{"codec":"opus9"}}"#)
         .await;
+    c.send_text(r#"{"command":"invite","option":{"vad":{"minSilenceMs":20}}}"#)
+        .await;
     c.send_text(r#"{"command":"tts","text":"too early"}"#).await;
     let deadline = Instant::now() + SECS(10);
-    while c.events_named("error").len() < 7 && Instant::now() < deadline {
+    while c.events_named("error").len() < 8 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let errors = c.events_named("error");
@@ -407,9 +451,13 @@ async fn malformed_input_gets_errors_and_the_call_continues() {
         .collect();
     assert_eq!(
         senders,
-        ["media", "command", "command", "command", "command", "command", "tts"],
+        ["media", "command", "command", "command", "command", "command", "command", "tts"],
         "{errors:#?}"
     );
+    assert!(errors[6]["error"]
+        .as_str()
+        .unwrap()
+        .contains("`vad.minSilenceMs` must be 100 to 5000"));
     assert!(errors[2]["error"]
         .as_str()
         .unwrap()
@@ -428,24 +476,24 @@ async fn malformed_input_gets_errors_and_the_call_continues() {
     c.send(json!({ "command": "play", "url": "/definitely/not/here.mp3" }))
         .await;
     let deadline = Instant::now() + SECS(10);
-    while c.events_named("error").len() < 10 && Instant::now() < deadline {
+    while c.events_named("error").len() < 11 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let errors = c.events_named("error");
-    assert_eq!(errors.len(), 10, "{errors:#?}");
-    assert_eq!(errors[7]["sender"], "media");
+    assert_eq!(errors.len(), 11, "{errors:#?}");
+    assert_eq!(errors[8]["sender"], "media");
     assert!(
-        errors[8]["error"].as_str().unwrap().contains("404"),
+        errors[9]["error"].as_str().unwrap().contains("404"),
         "{}",
-        errors[8]
+        errors[9]
     );
     assert!(
-        errors[9]["error"]
+        errors[10]["error"]
             .as_str()
             .unwrap()
             .contains("not/here.mp3"),
         "{}",
-        errors[9]
+        errors[10]
     );
     // A real file plays.
     let wav = format!(

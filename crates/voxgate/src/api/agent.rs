@@ -169,6 +169,7 @@ pub async fn outbound_call(
                     // from other calls' finals.
                     partials: false,
                     adaptive_endpointing: true,
+                    min_silence_ms: None,
                     // A cough, a click or "mhm" over the agent pauses it; only words stop it.
                     false_interruption_resume: true,
                     // The LLM request starts on the transcript computed while endpointing waits.

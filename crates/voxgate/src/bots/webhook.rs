@@ -272,6 +272,7 @@ impl BotController {
                 // A webhook turn starts from a final transcript: no partials.
                 partials: false,
                 adaptive_endpointing: true,
+                min_silence_ms: None,
                 ..MediaOptions::default()
             },
             ..AnswerOptions::default()

@@ -161,6 +161,12 @@ fn invite_options(
         }
     };
     let tts = o.tts.unwrap_or_default();
+    let vad = o.vad.unwrap_or_default();
+    if let Some(ms) = vad.min_silence_ms.filter(|ms| !(100..=5_000).contains(ms)) {
+        return Err(BadCommand(format!(
+            "`vad.minSilenceMs` must be 100 to 5000 (ms), not {ms}"
+        )));
+    }
     Ok(AnswerOptions {
         caller: o.caller,
         callee: o.callee,
@@ -174,7 +180,8 @@ fn invite_options(
             barge_in: o.barge_in.unwrap_or(true),
             vad: true,
             partials: true,
-            adaptive_endpointing: false,
+            adaptive_endpointing: vad.adaptive.unwrap_or(true),
+            min_silence_ms: vad.min_silence_ms,
             false_interruption_resume: false,
             speculative_transcripts: false,
         },

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 /// `option` of `invite` / `accept`. Fields beyond the seed are voxgate extensions, documented in
-/// the README: `sampleRate` (PCM only, Hz), `bargeIn`, `bargeInMs`.
+/// the README: `sampleRate` (PCM only, Hz), `bargeIn`, `bargeInMs`, `vad`.
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct InviteOption {
@@ -18,6 +18,19 @@ pub struct InviteOption {
     pub tts: Option<EngineOption>,
     pub barge_in: Option<bool>,
     pub barge_in_ms: Option<u32>,
+    pub vad: Option<VadOption>,
+}
+
+/// `vad` (a voxgate extension): how the caller's turn is endpointed. Unknown fields are ignored,
+/// so that clients written for other servers' `vad` objects still connect.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VadOption {
+    /// Adaptive endpointing (default true): 300 ms of silence after a complete sentence,
+    /// 1,200 ms after a hesitation, `minSilenceMs` otherwise (`voxgate_call::turns`).
+    pub adaptive: Option<bool>,
+    /// Silence that ends an utterance, ms (100–5,000; default the server's `vad.min_silence_ms`).
+    pub min_silence_ms: Option<u32>,
 }
 
 /// `asr` / `tts` objects: `provider` picks the engine; `enabled: false` turns ASR off.
