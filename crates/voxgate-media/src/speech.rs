@@ -231,9 +231,165 @@ pub fn take_sentences(buf: &mut String, final_chunk: bool) -> Vec<String> {
     out
 }
 
+/// The pieces a one-off `tts` text is synthesised in, in order: what a fresh track's splitter
+/// makes of it (first clause first, then sentences; see [`SentenceSplitter`]). A controller that
+/// knows what it will say (an agent's first message) can synthesise them ahead through a
+/// [`CachedSynthesizer`].
+pub fn tts_pieces(text: &str) -> Vec<String> {
+    SentenceSplitter::new(MAX_PENDING_CHARS)
+        .first_clause(true)
+        .push(text, true)
+}
+
+/// Longest piece a [`CachedSynthesizer`] keeps, in characters: prompts and first messages are
+/// short; an LLM's long sentences are rarely said twice.
+pub const CACHE_MAX_CHARS: usize = 200;
+
+type CacheCell = std::sync::Arc<std::sync::OnceLock<Result<AudioFrame, SpeechError>>>;
+
+/// A [`Synthesizer`] that remembers the audio of its last `capacity` short pieces (at most
+/// [`CACHE_MAX_CHARS`] characters), keyed by text and voice: a repeated prompt, holding phrase or
+/// first message costs no synthesis, and a piece synthesised ahead ([`tts_pieces`]) is ready when
+/// the call asks for it. Two threads asking for the same piece at once share one synthesis (the
+/// second waits for the first). Failures are not kept. Memory: a 3 s piece from Piper (22 050 Hz,
+/// 16-bit) is ~130 kB.
+pub struct CachedSynthesizer {
+    inner: std::sync::Arc<dyn Synthesizer>,
+    capacity: usize,
+    /// Least recently used first.
+    cells: std::sync::Mutex<std::collections::VecDeque<((String, String), CacheCell)>>,
+}
+
+impl CachedSynthesizer {
+    /// Wraps `inner`, keeping up to `capacity` pieces (0 keeps none).
+    pub fn new(inner: std::sync::Arc<dyn Synthesizer>, capacity: usize) -> Self {
+        CachedSynthesizer {
+            inner,
+            capacity,
+            cells: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// The cell for `key`, made most recently used (created when missing).
+    fn cell(&self, key: (String, String)) -> CacheCell {
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = match cells.iter().position(|(k, _)| *k == key) {
+            Some(i) => cells.remove(i).expect("position").1,
+            None => CacheCell::default(),
+        };
+        cells.push_back((key, cell.clone()));
+        while cells.len() > self.capacity {
+            cells.pop_front();
+        }
+        cell
+    }
+
+    fn forget(&self, key: &(String, String)) {
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        cells.retain(|(k, _)| k != key);
+    }
+}
+
+impl Synthesizer for CachedSynthesizer {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<AudioFrame, SpeechError> {
+        if self.capacity == 0 || text.chars().count() > CACHE_MAX_CHARS {
+            return self.inner.synthesize(text, voice);
+        }
+        let key = (voice.unwrap_or_default().to_string(), text.to_string());
+        let cell = self.cell(key.clone());
+        let r = cell
+            .get_or_init(|| self.inner.synthesize(text, voice))
+            .clone();
+        if r.is_err() {
+            self.forget(&key);
+        }
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts syntheses; fails on "fail"; slow enough for two threads to overlap.
+    struct Counting(std::sync::atomic::AtomicUsize);
+    impl Synthesizer for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn synthesize(&self, text: &str, _: Option<&str>) -> Result<AudioFrame, SpeechError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if text == "fail" {
+                return Err(SpeechError::Engine("no".into()));
+            }
+            Ok(AudioFrame::mono(
+                crate::SampleRate::HZ_16000,
+                vec![text.len() as i16; 160],
+            ))
+        }
+    }
+
+    #[test]
+    fn the_cache_synthesises_a_piece_once() {
+        let inner = std::sync::Arc::new(Counting(Default::default()));
+        let c = std::sync::Arc::new(CachedSynthesizer::new(inner.clone(), 2));
+        let n = || inner.0.load(std::sync::atomic::Ordering::SeqCst);
+        // Two threads at once share one synthesis.
+        let t: Vec<_> = (0..2)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || c.synthesize("Hello there.", None).unwrap())
+            })
+            .collect();
+        for t in t {
+            assert_eq!(t.join().unwrap().samples[0], 12);
+        }
+        assert_eq!(n(), 1);
+        // Another voice is another piece.
+        c.synthesize("Hello there.", Some("b")).unwrap();
+        assert_eq!(n(), 2);
+        c.synthesize("Hello there.", None).unwrap();
+        assert_eq!(n(), 2);
+        // Capacity 2: a third piece evicts the least recently used (voice "b").
+        c.synthesize("Bye.", None).unwrap();
+        c.synthesize("Hello there.", Some("b")).unwrap();
+        assert_eq!(n(), 4);
+        // Failures are not kept; long pieces are not cached.
+        assert!(c.synthesize("fail", None).is_err());
+        assert!(c.synthesize("fail", None).is_err());
+        assert_eq!(n(), 6);
+        let long = "word ".repeat(60);
+        c.synthesize(&long, None).unwrap();
+        c.synthesize(&long, None).unwrap();
+        assert_eq!(n(), 8);
+    }
+
+    #[test]
+    fn tts_pieces_start_with_the_first_clause() {
+        assert_eq!(
+            tts_pieces(
+                "Hello, this is the clinic calling about your appointment. Is now a good time?"
+            ),
+            [
+                "Hello,",
+                "this is the clinic calling about your appointment.",
+                "Is now a good time?"
+            ]
+        );
+        assert_eq!(
+            tts_pieces("Good morning Sarah, this is the clinic. Do you have a minute?"),
+            [
+                "Good morning Sarah,",
+                "this is the clinic.",
+                "Do you have a minute?"
+            ]
+        );
+    }
 
     #[test]
     fn sentences_stream_out_as_they_complete() {

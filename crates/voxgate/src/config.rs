@@ -447,6 +447,10 @@ pub struct TtsConfig {
     /// Intra-op threads of each Piper instance (default 2: a reply's first sentence is
     /// synthesised ~1.7x sooner on a 2-core machine; idle threads sleep, they do not spin).
     pub threads: usize,
+    /// Synthesised pieces (clauses, sentences of at most 200 characters) kept per engine, so that
+    /// a repeated prompt or an agent's first message (synthesised while the call rings) costs
+    /// no synthesis when spoken; 0 keeps none. Default 64 (a few MB).
+    pub cache_pieces: usize,
 }
 
 /// Where calls and transcripts are stored.
@@ -575,6 +579,7 @@ impl Default for TtsConfig {
             piper_model: None,
             instances: 1,
             threads: 2,
+            cache_pieces: 64,
         }
     }
 }

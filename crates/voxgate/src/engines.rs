@@ -119,6 +119,15 @@ impl Engines {
                 Err(e) => tracing::warn!("piper TTS unavailable: {e}"),
             }
         }
+        let tts = tts
+            .into_iter()
+            .map(|(name, t)| {
+                let cached: Arc<dyn Synthesizer> = Arc::new(
+                    voxgate_media::speech::CachedSynthesizer::new(t, cfg.tts.cache_pieces),
+                );
+                (name, cached)
+            })
+            .collect();
         if errs.is_empty() {
             let asr_slots = Arc::new(tokio::sync::Semaphore::new(cfg.asr.instances.max(1)));
             Ok(Speech {

@@ -89,8 +89,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let speech = Arc::new(speech);
     let core = CallCore::new(CallContext {
-        speech: Arc::new(speech),
+        speech: speech.clone(),
         store: store.clone(),
         dialer: sip
             .clone()
@@ -125,7 +126,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         http.clone(),
         llm.clone(),
     );
-    let agents = crate::agent::AgentService::new(llm, store.clone(), cfg.agent.clone());
+    let agents = crate::agent::AgentService::new(llm, store.clone(), cfg.agent.clone(), speech);
     let limits = crate::limits::Limits::new(cfg.limits.clone(), store.clone());
     let pbx = crate::api::pbx::Pbx::new(core.clone(), auth.clone(), limits.clone(), &cfg);
     if let Some(s) = &sip {

@@ -63,15 +63,24 @@ pub struct AgentService {
     pub llm: Llm,
     pub store: Arc<SqliteStore>,
     pub cfg: AgentConfig,
+    /// The server's speech engines: an agent synthesises its first message while the call
+    /// rings (the engines cache it, see [`voxgate_media::speech::CachedSynthesizer`]).
+    pub speech: Arc<voxgate_call::Speech>,
     calls: Mutex<HashMap<String, Arc<AgentCall>>>,
 }
 
 impl AgentService {
-    pub fn new(llm: Llm, store: Arc<SqliteStore>, cfg: AgentConfig) -> Arc<Self> {
+    pub fn new(
+        llm: Llm,
+        store: Arc<SqliteStore>,
+        cfg: AgentConfig,
+        speech: Arc<voxgate_call::Speech>,
+    ) -> Arc<Self> {
         Arc::new(AgentService {
             llm,
             store,
             cfg,
+            speech,
             calls: Mutex::new(HashMap::new()),
         })
     }
@@ -269,7 +278,40 @@ impl Agent {
         });
     }
 
+    /// Synthesises the first message's first two pieces ahead, into the engine's cache, so that
+    /// the callee hears it as soon as the call is answered (the rest is synthesised while they
+    /// play). A failure here is only logged: the call's own `tts` reports it.
+    fn synthesise_first_message_ahead(&self) {
+        let Message::Assistant { content, .. } = &self.history[1] else {
+            return;
+        };
+        let synth = match self
+            .svc
+            .speech
+            .synthesizer(self.svc.cfg.tts_provider.as_deref())
+        {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(call = %self.call.id, "{e}"),
+        };
+        let (text, voice, id) = (
+            content.clone(),
+            self.svc.cfg.tts_speaker.clone(),
+            self.call.id.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            for piece in voxgate_media::speech::tts_pieces(&text).iter().take(2) {
+                if let Err(e) = synth.synthesize(piece, voice.as_deref()) {
+                    return tracing::debug!(call = %id, "first message not synthesised ahead: {e}");
+                }
+            }
+            let ms = t.elapsed().as_millis() as u64;
+            tracing::debug!(call = %id, ms, "first message synthesised ahead");
+        });
+    }
+
     async fn run(mut self, mut sub: Subscription) {
+        self.synthesise_first_message_ahead();
         // Dialling: until answered.
         loop {
             let Some(ev) = sub.recv().await else { return };
