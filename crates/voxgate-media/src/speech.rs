@@ -51,6 +51,10 @@ pub const MAX_PENDING_CHARS: usize = 300;
 /// alone sounds clipped.
 pub const FIRST_CLAUSE_WORDS: usize = 3;
 
+/// Words after which a later clause is cut off too (with [`SentenceSplitter::first_clause`]): a
+/// long sentence from a slow LLM would otherwise leave the caller in silence until its full stop.
+pub const LONG_CLAUSE_WORDS: usize = 10;
+
 /// Openers a reply may speak on their own before the first clause is complete ("Sure, ...",
 /// "Of course, ..."): they stand as a phrase, and their audio covers the synthesis of what
 /// follows. "Well," is not one (alone it sounds clipped).
@@ -106,7 +110,8 @@ fn worth_speaking(s: &str) -> bool {
 /// With [`SentenceSplitter::first_clause`], the first piece ends at the first `,` or `:`
 /// followed by whitespace once it has [`FIRST_CLAUSE_WORDS`] words, or right after an opener
 /// ("Sure,", "Of course,"): the first audio of a streamed reply starts at its first clause instead
-/// of its first full stop.
+/// of its first full stop. Later pieces end at a `,` or `:` once they have [`LONG_CLAUSE_WORDS`]
+/// words, so that a long sentence streamed slowly is spoken clause by clause.
 #[derive(Debug, Clone)]
 pub struct SentenceSplitter {
     buf: String,
@@ -155,17 +160,22 @@ impl SentenceSplitter {
         let mut undecided: Option<usize> = None;
         let mut iter = self.buf[self.scan_from..].char_indices().peekable();
         while let Some((off, c)) = iter.next() {
-            let clause =
-                self.first_clause && !self.emitted && out.is_empty() && matches!(c, ',' | ':');
+            let first = !self.emitted && out.is_empty();
+            let clause = self.first_clause && matches!(c, ',' | ':');
             if !ends_sentence(c) && !clause {
                 continue;
             }
             let at = self.scan_from + off;
             let end = at + c.len_utf8();
             let closes = if clause {
+                let piece = &self.buf[start..at];
+                let words = piece.split_whitespace().count();
                 matches!(iter.peek(), Some(&(_, n)) if n.is_whitespace())
-                    && (self.buf[start..at].split_whitespace().count() >= FIRST_CLAUSE_WORDS
-                        || is_opener(&self.buf[start..at]))
+                    && if first {
+                        words >= FIRST_CLAUSE_WORDS || is_opener(piece)
+                    } else {
+                        words >= LONG_CLAUSE_WORDS
+                    }
             } else {
                 match iter.peek() {
                     Some(&(_, n)) => n.is_whitespace(),
@@ -367,6 +377,29 @@ mod tests {
         c.synthesize(&long, None).unwrap();
         c.synthesize(&long, None).unwrap();
         assert_eq!(n(), 8);
+    }
+
+    #[test]
+    fn a_long_streamed_sentence_is_spoken_clause_by_clause() {
+        let mut s = SentenceSplitter::default().first_clause(true);
+        let mut out = Vec::new();
+        for w in "Sure, the clinic opens at nine on weekdays and at ten on Saturdays, but on Sundays, it is closed. Bye."
+            .split_inclusive(' ')
+        {
+            out.extend(s.push(w, false));
+        }
+        out.extend(s.push("", true));
+        assert_eq!(
+            out,
+            [
+                "Sure,",
+                // Ten words: cut at its comma...
+                "the clinic opens at nine on weekdays and at ten on Saturdays,",
+                // ...but a short clause waits for the sentence's end.
+                "but on Sundays, it is closed.",
+                "Bye."
+            ]
+        );
     }
 
     #[test]
