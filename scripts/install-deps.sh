@@ -5,6 +5,8 @@
 #                                 LLM runtime: xllamacpp (llama.cpp's server as a PyPI wheel) in a venv under
 #                                 ~/.cache/voxgate/llm-venv (`[llm] python`), which voxgate starts as a child
 #   scripts/install-deps.sh test  what the tests use: the above plus sip-tester (SIPp) and baresip-core (a softphone),
+#                                 asterisk-core-sounds-en-wav (prompts recorded by a human voice, CC-BY-SA 3.0:
+#                                 its "oh" is the recorded backchannel of the agent tests),
 #                                 and, from PyPI into .venv-peers/, PJSUA2 (PJSIP's Python binding),
 #                                 streamdouble (plays Twilio's side of a Media Streams call), the official
 #                                 python-socketio client, lameenc (an MP3 encoder for test audio) and
@@ -17,7 +19,7 @@ pkgs=(espeak-ng flite pocketsphinx-testdata)
 # Debian's python3 needs python3-venv for `python3 -m venv`.
 python3 -c 'import ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ "$what" = "test" ]; then
-  pkgs+=(sip-tester baresip-core openssl)
+  pkgs+=(sip-tester baresip-core openssl asterisk-core-sounds-en-wav)
   # The official Socket.IO client runs on Node.js (Debian's is fine).
   command -v npm >/dev/null || pkgs+=(nodejs npm)
 fi

@@ -166,6 +166,10 @@ pub struct AgentConfig {
     /// TTS engine and voice of agents (the server's defaults when unset).
     pub tts_provider: Option<String>,
     pub tts_speaker: Option<String>,
+    /// Voiced caller speech over the agent that pauses it, ms (default 120, shorter than
+    /// `call.barge_in_ms`: a pause costs little, the agent resumes when no words follow, and a
+    /// real interruption is heard sooner).
+    pub barge_in_ms: u32,
 }
 
 impl Default for AgentConfig {
@@ -181,6 +185,7 @@ impl Default for AgentConfig {
             history_turns: 20,
             tts_provider: None,
             tts_speaker: None,
+            barge_in_ms: 120,
         }
     }
 }

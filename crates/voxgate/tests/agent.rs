@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use voxgate::store::sqlite::SqliteStore;
-use voxgate::store::{AgentStore, AgentTurnRecord};
+use voxgate::store::{AgentStore, AgentTurnRecord, Store};
 use voxgate_media::codec::{AudioDecoder, Codec};
 use voxgate_media::SampleRate;
 
@@ -598,19 +598,25 @@ fn active_frames(s: &[i16], rate: SampleRate) -> Vec<bool> {
         .collect()
 }
 
+/// A backchannel recorded by a human voice: Allison Smith's "oh" from Asterisk's English prompts
+/// (Debian `asterisk-core-sounds-en-wav`, CC-BY-SA 3.0), 8 kHz, 0.58 s. Moonshine hears "Oh.".
+const RECORDED_OH: &str = "/usr/share/asterisk/sounds/en_US_f_Allison/digits/oh.wav";
+
 /// Turn-taking over a live reply (issue 9): a short noise burst (250 ms of white noise, no words)
-/// over the agent pauses it and the agent resumes; a real question stops it, measured on what
-/// the phone heard from the question's onset to the agent's silence; the interrupted reply keeps
-/// what was heard, before and after the burst.
+/// and then a recorded backchannel ("oh") over the agent pause it and the agent resumes each
+/// time, without a turn for either; a real question stops it, measured on what the phone heard
+/// from the question's onset to the agent's silence; the interrupted reply keeps what was heard,
+/// before and after the burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
+async fn a_noise_burst_and_a_backchannel_pause_the_agent_and_a_question_stops_it() {
     let script = Arc::new(Script::default());
     script.failed_once.store(true, Ordering::SeqCst);
     script.fast.store(true, Ordering::SeqCst);
     let s = script.clone();
     let llm = llm_server(axum::routing::post(move |body| scripted(s.clone(), body))).await;
 
-    // The caller: a question (3.0 s), 4 s into the reply a noise burst, 3 s later a question.
+    // The caller: a question (3.0 s), 4 s into the reply a noise burst, 2.5 s later "oh", 3 s
+    // later a question.
     let dir = tempfile::tempdir().unwrap();
     let (q1, _) = read_wav(&clip("0880").0);
     let (q2, _) = read_wav(&clip("0930").0);
@@ -625,6 +631,11 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
         seed ^= seed << 5;
         ((seed % 6000) as i32 - 3000) as i16
     }));
+    wav.extend(std::iter::repeat_n(0i16, ms(2500)));
+    let oh_at = wav.len();
+    let (oh, oh_rate) = read_wav(std::path::Path::new(RECORDED_OH));
+    wav.extend(voxgate_media::resample::resample_clip(&oh, oh_rate, SampleRate::HZ_16000).unwrap());
+    let oh_end = wav.len();
     wav.extend(std::iter::repeat_n(0i16, ms(3000)));
     // The question's onset: its first loud 20 ms frame.
     let lead = active_frames(&q2, SampleRate::HZ_16000)
@@ -687,8 +698,10 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
     };
     let burst = frame_of(burst_at);
     let before = share(burst - 50, burst);
-    let resumed = share(burst + 75, frame_of(question_at) - 10);
-    eprintln!("agent audio: {before:.2} of the second before the burst, {resumed:.2} between 1.5 s after it and the question");
+    let resumed = share(burst + 75, frame_of(oh_at) - 10);
+    let before_oh = share(frame_of(oh_at) - 50, frame_of(oh_at));
+    let after_oh = share(frame_of(oh_end) + 75, frame_of(question_at) - 10);
+    eprintln!("agent audio: {before:.2} of the second before the burst, {resumed:.2} between 1.5 s after it and the \"oh\", {before_oh:.2} of the second before the \"oh\", {after_oh:.2} between 1.5 s after it and the question");
     assert!(
         before > 0.4,
         "the agent was speaking when the burst came ({before:.2})"
@@ -697,6 +710,14 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
         resumed > 0.4,
         "the agent did not resume after the noise ({resumed:.2})"
     );
+    assert!(
+        before_oh > 0.4,
+        "the agent was speaking when the \"oh\" came ({before_oh:.2})"
+    );
+    assert!(
+        after_oh > 0.4,
+        "the agent did not resume after the \"oh\" ({after_oh:.2})"
+    );
     // The agent's silence after the question's onset: the first of 20 quiet frames (400 ms).
     let onset = frame_of(question_at);
     let stop = (onset..act.len().saturating_sub(20))
@@ -704,10 +725,11 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
         .expect("the agent never stopped");
     let stop_ms = (stop as i64 - onset as i64) * 20;
     eprintln!("question onset -> agent silent at the phone: {stop_ms} ms");
-    // 200 ms of voiced speech (barge-in) plus both directions' RTP framing and the phone's
-    // jitter buffer.
+    // 120 ms of voiced speech (the agent's barge-in) plus both directions' RTP framing and the
+    // phone's jitter buffer: 280-360 ms at the phone across runs here; the issue's 300 ms is
+    // voxgate's share (the pause at 120 ms of voice), the rest is the phone's.
     assert!(
-        stop_ms <= 450,
+        stop_ms <= 400,
         "the agent went on {stop_ms} ms into the question"
     );
 
@@ -743,6 +765,36 @@ async fn a_noise_burst_pauses_the_agent_and_a_question_stops_it() {
         !t.iter()
             .any(|x| x.role == "caller" && x.text.trim().is_empty()),
         "{t:#?}"
+    );
+    // The "oh" was heard (its transcript is stored with the call's) but was no turn: not stored
+    // as the caller's, and the model was not asked about it.
+    let store = SqliteStore::open(&server.db_url()).await.unwrap();
+    let heard_text: Vec<String> = store
+        .transcript(&sid)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.text)
+        .collect();
+    eprintln!("the call's transcript: {heard_text:?}");
+    let is_oh = |text: &str| {
+        text.trim()
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .eq_ignore_ascii_case("oh")
+    };
+    assert!(heard_text.iter().any(|x| is_oh(x)), "{heard_text:?}");
+    assert!(
+        !t.iter().any(|x| x.role == "caller" && is_oh(&x.text)),
+        "{t:#?}"
+    );
+    let reqs = script.requests.lock().unwrap().clone();
+    assert!(
+        !reqs.iter().any(|r| r["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .is_some_and(is_oh)),
+        "{reqs:#?}"
     );
 }
 

@@ -165,6 +165,7 @@ pub async fn outbound_call(
                 media: MediaOptions {
                     tts_provider: st.config.agent.tts_provider.clone(),
                     tts_speaker: st.config.agent.tts_speaker.clone(),
+                    barge_in_ms: Some(st.config.agent.barge_in_ms),
                     // The agent answers finals: partial transcripts would only take the model
                     // from other calls' finals.
                     partials: false,
