@@ -1008,8 +1008,12 @@ impl CallActor {
                 end_ms,
                 samples,
             } => {
-                // A newer speculation replaces a waiting one (the caller spoke again).
-                self.asr_queue.retain(|j| j.kind != AsrKind::Speculative);
+                // A newer speculation replaces a waiting one (the caller spoke again), and a
+                // waiting partial of this utterance is moot: the speculation covers more.
+                self.asr_queue.retain(|j| {
+                    j.kind != AsrKind::Speculative
+                        && !(j.kind == AsrKind::Partial && j.index == index)
+                });
                 let confirmed = Arc::new(AtomicBool::new(false));
                 self.speculation = Some(Speculation {
                     index,
@@ -1145,6 +1149,15 @@ impl CallActor {
     }
 
     fn asr_done(&mut self, o: AsrOutcome) {
+        tracing::debug!(
+            call = %self.id,
+            index = o.index,
+            kind = ?o.kind,
+            audio_ms = o.len / 16,
+            compute_ms = o.compute_ms,
+            since_queued_ms = o.queued_at.elapsed().as_millis() as u64,
+            "asr job done"
+        );
         match o.kind {
             AsrKind::Partial => self.partial_busy = false,
             _ => self.asr_busy = false,

@@ -110,6 +110,10 @@ struct Utterance {
     speculated_at: Option<u64>,
 }
 
+/// A partial snapshot is not taken once the caller has been silent this long (ms): the
+/// speculation [`FINAL_TAIL_MS`] into the pause transcribes the same audio, better.
+pub const PARTIAL_PAUSE_MS: u64 = 100;
+
 /// Audio a final utterance keeps after its last voiced frame, ms.
 pub const FINAL_TAIL_MS: u64 = 200;
 
@@ -291,6 +295,9 @@ impl InboundPipeline {
                 });
             } else if self.cfg.partial_interval_ms > 0
                 && self.seg.in_speech()
+                // Not in a pause: a speculation (the better transcript) is coming, and a partial
+                // computed now would compete with it for the CPU.
+                && self.now_ms.saturating_sub(self.seg.last_voiced_end_ms()) < PARTIAL_PAUSE_MS
                 && u.samples.len() - u.last_partial_len
                     >= 16 * self.cfg.partial_interval_ms as usize
             {
@@ -434,6 +441,45 @@ mod tests {
         assert!(spec[0].0 < fin);
         assert_eq!(spec[0].1, 1);
         assert_eq!((spec[0].2, spec[0].3, spec[0].4), finals[0]);
+    }
+
+    /// Partials are taken while the caller speaks, never in a pause (where the speculation
+    /// transcribes the same audio): 560 ms of buzz, a 400 ms pause, 1.2 s of buzz, silence.
+    #[test]
+    fn no_partial_is_taken_in_a_pause() {
+        let loud_frame = |k: usize| (50..78).contains(&k) || (98..158).contains(&k);
+        let mut p = InboundPipeline::new(Box::new(Energy), InboundConfig::default());
+        let mut last_loud_end = 0u64;
+        let (mut partials, mut speculations) = (0, 0);
+        for k in 0..220usize {
+            let loud = loud_frame(k);
+            let samples = (0..320)
+                .map(|i| match (loud, i % 2) {
+                    (false, _) => 0,
+                    (true, 0) => 3000,
+                    (true, _) => -3000,
+                })
+                .collect();
+            let mut ev = Vec::new();
+            p.process_frame(AudioFrame::mono(SampleRate::HZ_16000, samples), &mut ev);
+            if loud {
+                last_loud_end = p.now_ms();
+            }
+            for e in &ev {
+                match e {
+                    MediaEvent::UtterancePartial { .. } => {
+                        partials += 1;
+                        let pause = p.now_ms() - last_loud_end;
+                        assert!(pause < PARTIAL_PAUSE_MS, "a partial {pause} ms into a pause");
+                    }
+                    MediaEvent::UtteranceSpeculative { .. } => speculations += 1,
+                    _ => {}
+                }
+            }
+        }
+        // The utterance passed 1 s during the pause; its partial came once the caller resumed.
+        assert!(partials >= 1, "no partial at all");
+        assert_eq!(speculations, 2, "one speculation per pause");
     }
 
     #[test]
