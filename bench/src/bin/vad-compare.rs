@@ -41,7 +41,8 @@ impl<D: VoiceDetector> VoiceDetector for Timed<D> {
 fn main() -> anyhow::Result<()> {
     let models = Path::new("models");
     let env = voxgate_speech::runtime::environment(&models.join("libonnxruntime.so"))?;
-    let asr = voxgate_speech::moonshine::Moonshine::load(env, &models.join("moonshine-base"), 1)?;
+    let asr =
+        voxgate_speech::moonshine::Moonshine::load(env, &models.join("moonshine-base"), 1, 1)?;
     let silero = SileroModel::load(env, &models.join("silero_vad.onnx"), 1)?;
     let clips = librivox()?;
     let reference: Vec<&str> = clips.iter().map(|(_, t)| t.as_str()).collect();

