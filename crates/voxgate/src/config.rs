@@ -432,9 +432,10 @@ pub struct AsrConfig {
     pub instances: usize,
     /// Interval between partial (`asrDelta`) results while the caller speaks, ms; 0 disables.
     pub partial_interval_ms: u32,
-    /// Intra-op threads of each Moonshine instance (default 2: a 7 s utterance is transcribed
-    /// in 0.40 s instead of 0.50 s on a 2-core machine, and end of speech → final at 4 talking
-    /// sessions p99 920 ms instead of 1,500; idle threads sleep, they do not spin). 1-16.
+    /// Intra-op threads of each Moonshine instance, 1-16 (default 1). 2 transcribe a 7 s
+    /// utterance in 0.40 s instead of 0.50 s on an idle 2-core machine (its final ~120 ms sooner
+    /// at one call), but with 4 talking calls they cost ~20 % more CPU and gain nothing, and 4
+    /// agent calls answer ~80 ms later; idle threads sleep, they do not spin.
     pub threads: usize,
 }
 
@@ -575,7 +576,7 @@ impl Default for AsrConfig {
             engine: "moonshine".into(),
             instances: 2,
             partial_interval_ms: 1000,
-            threads: 2,
+            threads: 1,
         }
     }
 }
