@@ -470,7 +470,10 @@ mod tests {
                     MediaEvent::UtterancePartial { .. } => {
                         partials += 1;
                         let pause = p.now_ms() - last_loud_end;
-                        assert!(pause < PARTIAL_PAUSE_MS, "a partial {pause} ms into a pause");
+                        assert!(
+                            pause < PARTIAL_PAUSE_MS,
+                            "a partial {pause} ms into a pause"
+                        );
                     }
                     MediaEvent::UtteranceSpeculative { .. } => speculations += 1,
                     _ => {}
