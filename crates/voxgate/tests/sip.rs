@@ -919,3 +919,213 @@ async fn a_call_over_the_owners_quota_gets_486_with_retry_after() {
         .unwrap();
     assert_eq!(calls["calls"], json!([]));
 }
+
+/// The whole final response (≥ 200) answering `msg`, within `wait`.
+fn udp_final(to: &str, msg: &[u8], wait: Duration) -> Option<String> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.send_to(msg, to).unwrap();
+    let deadline = std::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 65_536];
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = s.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if !text.starts_with("SIP/2.0 1") {
+                return Some(text);
+            }
+        }
+    }
+    None
+}
+
+/// A header's value in a response (case-insensitive name, first one).
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Issue 10, RFC 3261 §8.2: every request out of a dialog gets an answer the RFC allows — 405
+/// with `Allow` for a method voxgate does not serve, 501 for one it does not know, 420 with
+/// `Unsupported`, 415 with `Accept`, 406, 416, 505, 400 with a reason that says what is wrong,
+/// OPTIONS with `Allow`, `Accept` and `Supported`; valid but unusual requests (folded headers,
+/// an RFC 2543 From without a tag) are served; the server goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_out_of_a_dialog_gets_a_valid_answer() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let sip = server.sip_addr.clone();
+    let request = |method: &str, cseq_method: &str, extra: &str, body: &str| {
+        format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5997;rport;branch=z9hG4bK-{method}-{n}\r\n\
+             From: <sip:a@127.0.0.1>;tag=7\r\nTo: <sip:1000@{sip}>\r\nCall-ID: rfc-{method}-{n}@127.0.0.1\r\n\
+             CSeq: 1 {cseq_method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len(),
+            n = extra.len() + body.len(),
+        )
+    };
+    let ask = |m: String| {
+        let sip = sip.clone();
+        async move {
+            let m2 = m.clone();
+            tokio::task::spawn_blocking(move || {
+                udp_final(&sip, m2.as_bytes(), Duration::from_secs(3))
+            })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no final answer to\n{m}"))
+        }
+    };
+    let status = |r: &str| r.lines().next().unwrap_or_default().to_string();
+
+    // OPTIONS: what voxgate can do.
+    let r = ask(request("OPTIONS", "OPTIONS", "", "")).await;
+    assert_eq!(status(&r), "SIP/2.0 200 OK", "{r}");
+    for h in ["Allow", "Accept", "Supported"] {
+        assert!(header(&r, h).is_some(), "OPTIONS answer without {h}:\n{r}");
+    }
+    assert!(header(&r, "Allow").unwrap().contains("INVITE"), "{r}");
+    assert_eq!(header(&r, "Accept"), Some("application/sdp"), "{r}");
+
+    // Methods voxgate knows but does not serve out of a dialog: 405 with Allow.
+    for m in [
+        "SUBSCRIBE",
+        "PUBLISH",
+        "MESSAGE",
+        "REGISTER",
+        "INFO",
+        "REFER",
+        "NOTIFY",
+        "UPDATE",
+        "PRACK",
+    ] {
+        let r = ask(request(m, m, "", "")).await;
+        assert!(status(&r).starts_with("SIP/2.0 405 "), "{m}: {r}");
+        assert!(
+            header(&r, "Allow").is_some_and(|a| a.contains("OPTIONS")),
+            "{m}: {r}"
+        );
+    }
+    // A method nobody defined (any token characters, RFC 4475 §3.1.1.2): 501 with Allow.
+    let r = ask(request("NEWMETHOD", "NEWMETHOD", "", "")).await;
+    assert!(status(&r).starts_with("SIP/2.0 501 "), "{r}");
+    assert!(header(&r, "Allow").is_some(), "{r}");
+    let r = ask(request(
+        "!interesting-Method0123456789_*+`.%indeed'~",
+        "!interesting-Method0123456789_*+`.%indeed'~",
+        "",
+        "",
+    ))
+    .await;
+    assert!(status(&r).starts_with("SIP/2.0 501 "), "{r}");
+
+    // An extension voxgate lacks (RFC 4475 §3.3.5): 420 naming it.
+    let r = ask(request(
+        "OPTIONS",
+        "OPTIONS",
+        "Require: nothingpermitted, timer\r\n",
+        "",
+    ))
+    .await;
+    assert!(status(&r).starts_with("SIP/2.0 420 "), "{r}");
+    assert!(
+        header(&r, "Unsupported").is_some_and(|u| u.contains("nothingpermitted")),
+        "{r}"
+    );
+
+    // A body voxgate cannot use (RFC 4475 §3.3.6): 415 with Accept; an Accept that rules out
+    // SDP (§3.3.15): 406.
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let r = ask(request(
+        "INVITE",
+        "INVITE",
+        "Content-Type: application/unknownformat\r\n",
+        "<audio> <pcmu port=\"443\"/> </audio>",
+    ))
+    .await;
+    assert!(status(&r).starts_with("SIP/2.0 415 "), "{r}");
+    assert_eq!(header(&r, "Accept"), Some("application/sdp"), "{r}");
+    let r = ask(request(
+        "INVITE",
+        "INVITE",
+        "Accept: text/nobodyknowsthis\r\nContent-Type: application/sdp\r\n",
+        sdp,
+    ))
+    .await;
+    assert!(status(&r).starts_with("SIP/2.0 406 "), "{r}");
+
+    // Refused before parsing: 416, 505, and 400s that say why.
+    let opts = request("OPTIONS", "OPTIONS", "", "");
+    let cases = [
+        (
+            opts.replace(
+                &format!("OPTIONS sip:1000@{sip}"),
+                "OPTIONS nobodyKnowsThisScheme:totallyopaquecontent",
+            ),
+            "SIP/2.0 416 ",
+        ),
+        (
+            opts.replacen("SIP/2.0\r\n", "SIP/7.0\r\n", 1),
+            "SIP/2.0 505 ",
+        ),
+        (
+            opts.replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE"),
+            "SIP/2.0 400 CSeq method does not match",
+        ),
+        (
+            opts.replace("Content-Length: 0", "Content-Length: 0\r\nl: 5"),
+            "SIP/2.0 400 Multiple Content-Length",
+        ),
+        (
+            opts.replace("Content-Length: 0", "Content-Length: -999"),
+            "SIP/2.0 400 Negative Content-Length",
+        ),
+        (
+            opts.replace("Max-Forwards: 70", "Max-Forwards: 70\r\nMax-Forwards: 5"),
+            "SIP/2.0 400 Multiple Max-Forwards",
+        ),
+        (
+            opts.replace("To: <sip:1000@", "To: \"unclosed <sip:1000@"),
+            "SIP/2.0 400 Malformed To",
+        ),
+        (
+            opts.replace(
+                &format!("OPTIONS sip:1000@{sip}"),
+                &format!("OPTIONS <sip:1000@{sip}>"),
+            ),
+            "SIP/2.0 400 Malformed Request-URI",
+        ),
+    ];
+    for (m, want) in cases {
+        let r = ask(m.clone()).await;
+        assert!(
+            status(&r).starts_with(want),
+            "want {want:?}, got:\n{r}\nfor:\n{m}"
+        );
+    }
+
+    // Valid but unusual: folded headers with white space around separators (RFC 4475 §3.1.1.1),
+    // and an RFC 2543 request whose From has no tag (§3.4.1).
+    let folded = opts
+        .replace(
+            "From: <sip:a@127.0.0.1>;tag=7",
+            "from   :\r\n <sip:a@127.0.0.1>\r\n  ;\r\n  tag = 7",
+        )
+        .replace("CSeq: 1 OPTIONS", "cseq: 0001\r\n  OPTIONS");
+    let r = ask(folded).await;
+    assert_eq!(status(&r), "SIP/2.0 200 OK", "{r}");
+    let r = ask(opts.replace(";tag=7", "")).await;
+    assert_eq!(status(&r), "SIP/2.0 200 OK", "{r}");
+
+    // Still serving, and nothing was left behind.
+    let r = ask(request("OPTIONS", "OPTIONS", "", "")).await;
+    assert_eq!(status(&r), "SIP/2.0 200 OK");
+    let health: serde_json::Value = reqwest::get(server.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["calls"], 0, "{health}");
+}

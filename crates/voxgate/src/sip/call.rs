@@ -579,7 +579,9 @@ impl SipCall {
                         }
                     }
                     DialogState::Options(_, _, handle) => {
-                        let _ = handle.reply(StatusCode::OK).await;
+                        let _ = handle
+                            .respond(StatusCode::OK, Some(super::capabilities()), None)
+                            .await;
                     }
                     DialogState::Notify(_, req, handle) => {
                         // Progress of our REFER (RFC 3515 §2.4.5): a message/sipfrag status line.
@@ -602,7 +604,15 @@ impl SipCall {
                     DialogState::Refer(_, _, handle)
                     | DialogState::Message(_, _, handle)
                     | DialogState::Publish(_, _, handle) => {
-                        let _ = handle.reply(StatusCode::NotImplemented).await;
+                        // Known methods voxgate does not serve in a dialog (RFC 3261 §8.2.1);
+                        // `precheck` answers them first, this is the backstop.
+                        let _ = handle
+                            .respond(
+                                StatusCode::MethodNotAllowed,
+                                Some(vec![super::allow()]),
+                                None,
+                            )
+                            .await;
                     }
                     DialogState::Terminated(id, reason) => {
                         c.svc.dialogs.remove_dialog(&id);

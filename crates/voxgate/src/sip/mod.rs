@@ -10,6 +10,7 @@
 //! - [`media`] is the RTP/RTCP task.
 
 pub mod call;
+pub mod guard;
 pub mod media;
 
 use crate::auth::{Principal, LOCAL_USER};
@@ -242,6 +243,131 @@ pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
         .collect()
 }
 
+/// The methods voxgate answers (RFC 3261 §20.5 `Allow`): INFO (DTMF), UPDATE and NOTIFY (our
+/// REFER's progress) only within a dialog.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
+/// The option tags voxgate supports (RFC 3261 §20.37): none yet; a `Require` naming any option
+/// gets 420.
+pub const SUPPORTED: &[&str] = &[];
+
+fn allow() -> rsipstack::sip::Header {
+    rsipstack::sip::Header::Other("Allow".into(), ALLOW.into())
+}
+
+/// What an OPTIONS answer says about voxgate (RFC 3261 §11.2).
+fn capabilities() -> Vec<rsipstack::sip::Header> {
+    use rsipstack::sip::Header;
+    vec![
+        allow(),
+        Header::Other("Accept".into(), "application/sdp".into()),
+        Header::Other("Accept-Encoding".into(), "identity".into()),
+        Header::Other("Accept-Language".into(), "en".into()),
+        Header::Other("Supported".into(), SUPPORTED.join(", ")),
+    ]
+}
+
+/// The comma-separated values of every `name` header of `req`, trimmed, in order.
+fn header_values(req: &rsipstack::sip::Request, name: &str) -> Vec<String> {
+    req.headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case(name))
+        .flat_map(|h| {
+            h.value()
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The media type of a `Content-Type` or `Accept` value, lower case, without parameters.
+fn media_type(v: &str) -> String {
+    v.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// RFC 3261 §8.2.1-§8.2.3 checks on a request `rsipstack` parsed: an answer when the request
+/// cannot be served, `None` to go on. 405 (with `Allow`) for a method voxgate does not serve
+/// there; 420 (with `Unsupported`) for a `Require` option it lacks; for an INVITE, 415 (with
+/// `Accept` or `Accept-Encoding`) for a body other than identity-encoded `application/sdp`, and 406
+/// when its `Accept` rules out SDP answers. ACK and CANCEL are never refused here.
+fn precheck(
+    req: &rsipstack::sip::Request,
+    in_dialog: bool,
+) -> Option<(StatusCode, Vec<rsipstack::sip::Header>)> {
+    use rsipstack::sip::Header;
+    if matches!(req.method, Method::Ack | Method::Cancel) {
+        return None;
+    }
+    let served = if in_dialog {
+        matches!(
+            req.method,
+            Method::Invite
+                | Method::Bye
+                | Method::Options
+                | Method::Info
+                | Method::Update
+                | Method::Notify
+                | Method::PRack
+        )
+    } else {
+        matches!(req.method, Method::Invite | Method::Options | Method::Bye)
+    };
+    if !served {
+        return Some((StatusCode::MethodNotAllowed, vec![allow()]));
+    }
+    let unsupported: Vec<String> = header_values(req, "Require")
+        .into_iter()
+        .filter(|o| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(o)))
+        .collect();
+    if !unsupported.is_empty() {
+        return Some((
+            StatusCode::BadExtension,
+            vec![Header::Other("Unsupported".into(), unsupported.join(", "))],
+        ));
+    }
+    if matches!(req.method, Method::Invite | Method::Update) && !req.body.is_empty() {
+        let types = header_values(req, "Content-Type");
+        if types.first().map(|t| media_type(t)).as_deref() != Some("application/sdp") {
+            return Some((
+                StatusCode::UnsupportedMediaType,
+                vec![Header::Other("Accept".into(), "application/sdp".into())],
+            ));
+        }
+        let encodings = header_values(req, "Content-Encoding");
+        if encodings
+            .iter()
+            .any(|e| !e.eq_ignore_ascii_case("identity"))
+        {
+            return Some((
+                StatusCode::UnsupportedMediaType,
+                vec![Header::Other("Accept-Encoding".into(), "identity".into())],
+            ));
+        }
+    }
+    if req.method == Method::Invite {
+        let accept = header_values(req, "Accept");
+        let sdp_ok = accept.is_empty()
+            || accept.iter().any(|a| {
+                matches!(
+                    media_type(a).as_str(),
+                    "application/sdp" | "application/*" | "*/*"
+                )
+            });
+        if !sdp_ok {
+            return Some((
+                StatusCode::NotAcceptable,
+                vec![Header::Other("Accept".into(), "application/sdp".into())],
+            ));
+        }
+    }
+    None
+}
+
 impl SipService {
     /// Binds the SIP socket(s), starts the endpoint, trunk registrations and the inbound router.
     ///
@@ -251,9 +377,13 @@ impl SipService {
         let listen: SocketAddr = cfg.listen.parse()?;
         let cancel = CancellationToken::new();
         let transport = TransportLayer::new(cancel.clone());
-        let udp = UdpConnection::create_connection(listen, None, Some(cancel.child_token()))
+        // Every datagram passes `guard` first: malformed requests get their 4xx/5xx there.
+        let socket = guard::GuardedUdp::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding SIP UDP {listen}: {e}"))?;
+        let udp = UdpConnection::from_socket(Arc::new(socket), None, Some(cancel.child_token()))
+            .await
+            .map_err(|e| anyhow::anyhow!("SIP UDP {listen}: {e}"))?;
         let local_addr: SocketAddr = udp
             .get_addr()
             .addr
@@ -628,6 +758,22 @@ impl SipService {
     }
 
     async fn on_transaction(self: Arc<Self>, mut tx: Transaction) {
+        // RFC 3261 §8.2.1-§8.2.3: method, extensions, body type, in and out of dialog.
+        let in_dialog = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().ok().flatten())
+            .is_some();
+        if let Some((code, headers)) = precheck(&tx.original, in_dialog) {
+            tracing::info!(
+                method = %tx.original.method,
+                code = u16::from(code.clone()),
+                "SIP request refused"
+            );
+            let _ = tx.reply_with(code, headers, None).await;
+            return;
+        }
         let has_to_tag = tx
             .original
             .to_header()
@@ -667,14 +813,17 @@ impl SipService {
         match tx.original.method {
             Method::Invite => self.on_invite(tx).await,
             Method::Options => {
-                let _ = tx.reply(StatusCode::OK).await;
+                let _ = tx.reply_with(StatusCode::OK, capabilities(), None).await;
             }
             Method::Ack => {}
             Method::Bye | Method::Cancel => {
                 let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
             }
             _ => {
-                let _ = tx.reply(StatusCode::MethodNotAllowed).await;
+                // `precheck` refused the others.
+                let _ = tx
+                    .reply_with(StatusCode::MethodNotAllowed, vec![allow()], None)
+                    .await;
             }
         }
     }
