@@ -1129,3 +1129,102 @@ async fn every_request_out_of_a_dialog_gets_a_valid_answer() {
         .unwrap();
     assert_eq!(health["calls"], 0, "{health}");
 }
+
+/// Issue 10, RFC 3261 §8.2.1 / §12.2.2: within a dialog, methods voxgate does not serve get 405
+/// with `Allow`, an unknown `Require` gets 420, OPTIONS lists the capabilities, and the call goes on
+/// (BYE ends it). The far end is a raw UDP socket speaking SIP by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_within_a_dialog_get_valid_answers() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    let sip = server.sip_addr.clone();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+    );
+    let send = |method: &str, cseq: u32, to_tag: &str, extra: &str, body: &str| {
+        let to_tag = if to_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={to_tag}")
+        };
+        let branch = format!("z9hG4bK-dlg-{method}-{cseq}");
+        let m = format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch={branch}\r\n\
+             From: <sip:5551234@127.0.0.1>;tag=dlg1\r\nTo: <sip:1000@{sip}>{to_tag}\r\nCall-ID: dlg-405@127.0.0.1\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:5551234@{me}>\r\nMax-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    // The final response to `method` (skipping provisional ones and retransmissions of others).
+    let final_for = |method: &str| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 65_536];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let r = String::from_utf8_lossy(&buf[..n]).to_string();
+                let cseq_method = header(&r, "CSeq")
+                    .and_then(|c| c.split_whitespace().nth(1))
+                    .unwrap_or_default()
+                    .to_string();
+                if !r.starts_with("SIP/2.0 1") && cseq_method == method {
+                    return r;
+                }
+            }
+        }
+        panic!("no final answer to {method}");
+    };
+    send("INVITE", 1, "", "Content-Type: application/sdp\r\n", &sdp);
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let ok = tokio::task::block_in_place(|| final_for("INVITE"));
+    assert!(ok.starts_with("SIP/2.0 200 "), "{ok}");
+    let tag = header(&ok, "To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .map(|t| t.split(';').next().unwrap().trim().to_string())
+        .expect("a To tag");
+    send("ACK", 1, &tag, "", "");
+    client.wait_event("answer", Duration::from_secs(5)).await;
+
+    for (i, m) in ["SUBSCRIBE", "MESSAGE", "PUBLISH", "REGISTER", "REFER"]
+        .iter()
+        .enumerate()
+    {
+        send(m, 2 + i as u32, &tag, "", "");
+        let r = tokio::task::block_in_place(|| final_for(m));
+        assert!(r.starts_with("SIP/2.0 405 "), "{m}: {r}");
+        assert!(
+            header(&r, "Allow").is_some_and(|a| a.contains("BYE")),
+            "{m}: {r}"
+        );
+    }
+    send("OPTIONS", 10, &tag, "Require: 100rel-of-the-future\r\n", "");
+    let r = tokio::task::block_in_place(|| final_for("OPTIONS"));
+    assert!(r.starts_with("SIP/2.0 420 "), "{r}");
+    assert_eq!(
+        header(&r, "Unsupported"),
+        Some("100rel-of-the-future"),
+        "{r}"
+    );
+    send("OPTIONS", 11, &tag, "", "");
+    let r = tokio::task::block_in_place(|| final_for("OPTIONS"));
+    assert!(r.starts_with("SIP/2.0 200 "), "{r}");
+    assert!(
+        header(&r, "Allow").is_some() && header(&r, "Accept").is_some(),
+        "{r}"
+    );
+
+    // The call survived all of it: BYE ends it.
+    send("BYE", 12, &tag, "", "");
+    let r = tokio::task::block_in_place(|| final_for("BYE"));
+    assert!(r.starts_with("SIP/2.0 200 "), "{r}");
+    let hangup = client.wait_event("hangup", Duration::from_secs(5)).await;
+    assert_eq!(hangup["reason"], "bye", "{hangup}");
+}
