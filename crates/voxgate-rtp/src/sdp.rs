@@ -163,8 +163,21 @@ fn parse_session(sdp: &str) -> Result<sdp_types::Session, SdpError> {
     sdp_types::Session::parse(sdp.as_bytes()).map_err(|e| SdpError::Parse(e.to_string()))
 }
 
+/// The address of a `c=` line: `IN IP4` or `IN IP6` and a literal address (RFC 4566 §5.7);
+/// `None` for any other network or address type, or a host name.
 fn conn_ip(c: &sdp_types::Connection) -> Option<IpAddr> {
-    c.connection_address.split('/').next()?.trim().parse().ok()
+    let ip: IpAddr = c
+        .connection_address
+        .split('/')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let family_ok = matches!(
+        (&c.addrtype, ip),
+        (sdp_types::AddrType::Ip4, IpAddr::V4(_)) | (sdp_types::AddrType::Ip6, IpAddr::V6(_))
+    );
+    (c.nettype == sdp_types::NetType::In && family_ok).then_some(ip)
 }
 
 fn direction_of(attrs: &[sdp_types::Attribute]) -> Option<Direction> {
@@ -248,6 +261,15 @@ pub fn parse_audio(sdp: &str) -> Result<RemoteAudio, SdpError> {
         .enumerate()
         .find(|(_, m)| is_plain_rtp_audio(m))
         .ok_or(SdpError::NoAudio)?;
+    audio_at(&s, index, m)
+}
+
+/// The audio stream `m` (at `index` among the session's media) of session `s`.
+fn audio_at(
+    s: &sdp_types::Session,
+    index: usize,
+    m: &sdp_types::Media,
+) -> Result<RemoteAudio, SdpError> {
     let conn = m
         .connections
         .first()
@@ -408,8 +430,28 @@ fn first_common_codec(remote: &RemoteAudio, local: &LocalMedia) -> Result<Payloa
 /// [`SdpError::NoCommonCodec`] (SIP 488) / a parse error (SIP 400).
 pub fn answer(offer: &str, local: &LocalMedia) -> Result<(String, Negotiated), SdpError> {
     let s = parse_session(offer)?;
-    let remote = parse_audio(offer)?;
-    let codec = first_common_codec(&remote, local)?;
+    // The first audio stream we can use (RFC 3264 §6: the others are rejected with port 0); when
+    // none, the first one's reason.
+    let mut first_err = None;
+    let mut chosen = None;
+    for (i, m) in s.medias.iter().enumerate() {
+        if !is_plain_rtp_audio(m) || m.port == 0 {
+            continue;
+        }
+        match audio_at(&s, i, m).and_then(|r| first_common_codec(&r, local).map(|c| (r, c))) {
+            Ok(rc) => {
+                chosen = Some(rc);
+                break;
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let (remote, codec) = match chosen {
+        Some(rc) => rc,
+        None => return Err(first_err.unwrap_or(SdpError::NoAudio)),
+    };
     let telephone_event = if local.telephone_events.is_empty() {
         None
     } else {
@@ -543,6 +585,59 @@ m=video 9078 RTP/AVP 102\r\na=rtpmap:102 VP8/90000\r\n";
         // Our answer is itself a valid description.
         let back = parse_audio(&sdp).unwrap();
         assert_eq!(back.formats.len(), 2);
+    }
+
+    /// RFC 3264 §6 / issue 10: with several audio streams, the first one we can use is answered
+    /// and every other stream gets port 0, in order.
+    #[test]
+    fn the_first_usable_of_several_audio_streams_is_answered() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 5000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n\
+m=audio 0 RTP/AVP 0\r\n\
+m=video 5002 RTP/AVP 31\r\n\
+m=audio 5004 RTP/AVP 8\r\n\
+m=audio 5006 RTP/AVP 0\r\n";
+        let (sdp, n) = answer(offer, &local()).unwrap();
+        assert_eq!((n.codec.name.as_str(), n.remote_rtp.port()), ("PCMA", 5004));
+        let m: Vec<&str> = sdp.lines().filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(
+            m,
+            [
+                "m=audio 0 RTP/AVP 18",
+                "m=audio 0 RTP/AVP 0",
+                "m=video 0 RTP/AVP 31",
+                "m=audio 40000 RTP/AVP 8",
+                "m=audio 0 RTP/AVP 0"
+            ],
+            "{sdp}"
+        );
+        // None usable: the first stream's reason.
+        let g729 = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 18\r\n";
+        assert!(matches!(
+            answer(g729, &local()),
+            Err(SdpError::NoCommonCodec(_))
+        ));
+    }
+
+    /// RFC 4566 §5.7: a `c=` line with a network or address type other than IN IP4/IP6 (or an
+    /// address that does not match its type) leaves the stream without an address.
+    #[test]
+    fn unknown_network_or_address_types_are_not_used() {
+        for c in [
+            "c=ATM NSAP 47.0091.8100.0000.0060.3e64.fd01.0060.3e64.fd01.00",
+            "c=IN IP6 192.0.2.1",
+            "c=IN IP4 host.example.com",
+            "c=XX IP4 192.0.2.1",
+        ] {
+            let offer = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\n{c}\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n");
+            assert!(
+                matches!(
+                    answer(&offer, &local()),
+                    Err(SdpError::NoAddress) | Err(SdpError::Parse(_))
+                ),
+                "{c}"
+            );
+        }
     }
 
     #[test]

@@ -920,6 +920,20 @@ async fn a_call_over_the_owners_quota_gets_486_with_retry_after() {
     assert_eq!(calls["calls"], json!([]));
 }
 
+/// Waits (≤ 5 s) until the server holds `n` call sessions: a `/call/sip` client takes calls
+/// once the server has its session, a moment after its WebSocket connects.
+async fn call_sessions(server: &Server, n: u64) {
+    let url = server.http("/health");
+    for _ in 0..100 {
+        let h: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if h["calls"].as_u64() == Some(n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server never had {n} call sessions");
+}
+
 /// The whole final response (≥ 200) answering `msg`, within `wait`.
 fn udp_final(to: &str, msg: &[u8], wait: Duration) -> Option<String> {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -986,7 +1000,11 @@ async fn every_request_out_of_a_dialog_gets_a_valid_answer() {
         assert!(header(&r, h).is_some(), "OPTIONS answer without {h}:\n{r}");
     }
     assert!(header(&r, "Allow").unwrap().contains("INVITE"), "{r}");
-    assert_eq!(header(&r, "Accept"), Some("application/sdp"), "{r}");
+    assert_eq!(
+        header(&r, "Accept"),
+        Some("application/sdp, multipart/mixed"),
+        "{r}"
+    );
 
     // Methods voxgate knows but does not serve out of a dialog: 405 with Allow.
     for m in [
@@ -1045,7 +1063,11 @@ async fn every_request_out_of_a_dialog_gets_a_valid_answer() {
     ))
     .await;
     assert!(status(&r).starts_with("SIP/2.0 415 "), "{r}");
-    assert_eq!(header(&r, "Accept"), Some("application/sdp"), "{r}");
+    assert_eq!(
+        header(&r, "Accept"),
+        Some("application/sdp, multipart/mixed"),
+        "{r}"
+    );
     let r = ask(request(
         "INVITE",
         "INVITE",
@@ -1137,6 +1159,7 @@ async fn every_request_out_of_a_dialog_gets_a_valid_answer() {
 async fn requests_within_a_dialog_get_valid_answers() {
     let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
     let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
     let sip = server.sip_addr.clone();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -1227,4 +1250,93 @@ async fn requests_within_a_dialog_get_valid_answers() {
     assert!(r.starts_with("SIP/2.0 200 "), "{r}");
     let hangup = client.wait_event("hangup", Duration::from_secs(5)).await;
     assert_eq!(hangup["reason"], "bye", "{hangup}");
+}
+
+/// Issue 10, RFC 3264 §6, RFC 5621, RFC 4566 §5.7: a multipart/mixed INVITE is answered from its
+/// SDP part; an offer with several streams gets the first usable audio stream and port 0 for
+/// the others; a `c=` with an unknown network type is refused with 488 and a Warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_and_multi_stream_offers_are_answered() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let sip = server.sip_addr.clone();
+    let rtp = free_udp_port();
+    let invite = |call_id: &str, ctype: &str, body: &str| {
+        format!(
+            "INVITE sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5996;rport;branch=z9hG4bK-{call_id}\r\n\
+             From: <sip:5551234@127.0.0.1>;tag=mp\r\nTo: <sip:1000@{sip}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:5551234@127.0.0.1:5996>\r\nMax-Forwards: 70\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let ask = |m: String| {
+        let sip = sip.clone();
+        tokio::task::spawn_blocking(move || udp_final(&sip, m.as_bytes(), Duration::from_secs(10)))
+    };
+
+    // multipart/mixed: the SDP part is the offer.
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+    );
+    let body = format!(
+        "--b1\r\nContent-Type: application/resource-lists+xml\r\n\r\n<list/>\r\n--b1\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n--b1--\r\n"
+    );
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let pending = ask(invite("multipart-1", "multipart/mixed; boundary=b1", &body));
+    let incoming = client.wait_event("incoming", Duration::from_secs(10)).await;
+    assert_eq!(incoming["sdp"].as_str(), Some(sdp.as_str()), "{incoming}");
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let ok = pending
+        .await
+        .unwrap()
+        .expect("an answer to the multipart INVITE");
+    assert!(ok.starts_with("SIP/2.0 200 "), "{ok}");
+    assert!(ok.contains("m=audio ") && ok.contains(" RTP/AVP 0"), "{ok}");
+    client.send(json!({"command": "hangup"})).await;
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+
+    // Video, an audio stream with no codec we have, then a usable one.
+    let multi = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=video 5002 RTP/AVP 31\r\nm=audio 5004 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\nm=audio {rtp} RTP/AVP 8\r\n"
+    );
+    drop(client);
+    call_sessions(&server, 0).await;
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let pending = ask(invite("multistream-1", "application/sdp", &multi));
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let ok = pending
+        .await
+        .unwrap()
+        .expect("an answer to the multi-stream INVITE");
+    let m: Vec<&str> = ok.lines().filter(|l| l.starts_with("m=")).collect();
+    assert_eq!(m.len(), 3, "{ok}");
+    assert_eq!(m[0], "m=video 0 RTP/AVP 31", "{ok}");
+    assert_eq!(m[1], "m=audio 0 RTP/AVP 18", "{ok}");
+    assert!(
+        m[2].starts_with("m=audio ")
+            && m[2].ends_with(" RTP/AVP 8")
+            && !m[2].starts_with("m=audio 0 "),
+        "{ok}"
+    );
+    client.send(json!({"command": "hangup"})).await;
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+
+    // An unknown network type: 488 with a Warning, before anyone is bothered.
+    let atm = sdp.replace(
+        "c=IN IP4 127.0.0.1",
+        "c=ATM NSAP 47.0091.8100.0000.0060.3e64.fd01.0060.3e64.fd01.00",
+    );
+    let r = ask(invite("atm-1", "application/sdp", &atm))
+        .await
+        .unwrap()
+        .expect("an answer");
+    assert!(r.starts_with("SIP/2.0 488 "), "{r}");
+    assert!(header(&r, "Warning").is_some(), "{r}");
 }

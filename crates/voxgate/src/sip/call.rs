@@ -555,7 +555,13 @@ impl SipCall {
                     }
                     DialogState::Updated(_, req, handle) => {
                         // re-INVITE or UPDATE from the far end (hold/resume, new address).
-                        let offer = String::from_utf8_lossy(&req.body).to_string();
+                        let ctype = super::header_values(&req, "Content-Type")
+                            .into_iter()
+                            .next();
+                        let offer = super::sdp_of(ctype.as_deref(), &req.body)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default();
                         let (status, body) = reoffer(&c.shared, &offer, &c.call_id);
                         let headers = body.as_ref().map(|_| vec![sdp_header()]);
                         let _ = handle

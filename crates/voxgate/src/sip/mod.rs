@@ -167,14 +167,69 @@ impl InviteSummary {
         } else {
             ruri
         };
-        let body = String::from_utf8_lossy(&req.body).to_string();
-        let offer = (!body.trim().is_empty()).then_some(body);
+        let ctype = header_values(req, "Content-Type").into_iter().next();
+        let offer = sdp_of(ctype.as_deref(), &req.body).ok().flatten();
         InviteSummary {
             caller,
             callee,
             offer,
         }
     }
+}
+
+/// The SDP in a request body (RFC 3261 §7.4): the body of an `application/sdp` request (or of
+/// one without `Content-Type`, as lenient peers send), or the first `application/sdp` part of a
+/// `multipart/*` body (RFC 5621 §3, RFC 2046 §5.1); `Ok(None)` for an empty body.
+///
+/// # Errors
+/// The media type found, when the body has no SDP.
+pub fn sdp_of(content_type: Option<&str>, body: &[u8]) -> Result<Option<String>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let Some(ct) = content_type else {
+        return Ok(Some(String::from_utf8_lossy(body).into_owned()));
+    };
+    let mt = media_type(ct);
+    if mt == "application/sdp" {
+        return Ok(Some(String::from_utf8_lossy(body).into_owned()));
+    }
+    if !mt.starts_with("multipart/") {
+        return Err(mt);
+    }
+    let boundary = ct
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| format!("{mt} without a boundary"))?;
+    let text = String::from_utf8_lossy(body);
+    let delimiter = format!("--{boundary}");
+    // Parts lie between delimiter lines; the CRLF before a delimiter belongs to it.
+    for part in text.split(delimiter.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break; // the close delimiter
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let part = part.strip_suffix("\r\n").unwrap_or(part);
+        let (head, content) = match part.split_once("\r\n\r\n") {
+            Some(hc) => hc,
+            None if part.starts_with("\r\n") => ("", &part[2..]),
+            None => continue,
+        };
+        // A part without Content-Type is text/plain (RFC 2046 §5.1.1).
+        let is_sdp = head.split("\r\n").any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| {
+                n.trim().eq_ignore_ascii_case("Content-Type") && media_type(v) == "application/sdp"
+            })
+        });
+        if is_sdp {
+            return Ok(Some(content.to_string()));
+        }
+    }
+    Err(format!("{mt} without an application/sdp part"))
 }
 
 /// Whether we can answer an offer: `Err((400, why))` for an unparsable SDP, `Err((488, why))` when
@@ -259,7 +314,7 @@ fn capabilities() -> Vec<rsipstack::sip::Header> {
     use rsipstack::sip::Header;
     vec![
         allow(),
-        Header::Other("Accept".into(), "application/sdp".into()),
+        Header::Other("Accept".into(), "application/sdp, multipart/mixed".into()),
         Header::Other("Accept-Encoding".into(), "identity".into()),
         Header::Other("Accept-Language".into(), "en".into()),
         Header::Other("Supported".into(), SUPPORTED.join(", ")),
@@ -331,11 +386,15 @@ fn precheck(
         ));
     }
     if matches!(req.method, Method::Invite | Method::Update) && !req.body.is_empty() {
-        let types = header_values(req, "Content-Type");
-        if types.first().map(|t| media_type(t)).as_deref() != Some("application/sdp") {
+        let ctype = header_values(req, "Content-Type").into_iter().next();
+        if let Err(found) = sdp_of(ctype.as_deref(), &req.body) {
+            tracing::info!("refusing a {} body: {found}", req.method);
             return Some((
                 StatusCode::UnsupportedMediaType,
-                vec![Header::Other("Accept".into(), "application/sdp".into())],
+                vec![Header::Other(
+                    "Accept".into(),
+                    "application/sdp, multipart/mixed".into(),
+                )],
             ));
         }
         let encodings = header_values(req, "Content-Encoding");
@@ -1032,6 +1091,34 @@ mod tests {
              To: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
+    }
+
+    /// RFC 5621 / RFC 2046 §5.1: the SDP part of a multipart body; other bodies are refused.
+    #[test]
+    fn sdp_of_finds_the_sdp_part_of_a_multipart_body() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let body = format!(
+            "preamble\r\n--unique-boundary-1\r\nContent-Type: text/plain\r\n\r\nhello\r\n\
+             --unique-boundary-1\r\nContent-Type: application/sdp ; charset=utf-8\r\nContent-Disposition: session\r\n\r\n{sdp}\r\n\
+             --unique-boundary-1\r\nContent-Type: application/resource-lists+xml\r\n\r\n<x/>\r\n--unique-boundary-1--\r\n"
+        );
+        let ct = "multipart/mixed;boundary=\"unique-boundary-1\"";
+        assert_eq!(sdp_of(Some(ct), body.as_bytes()), Ok(Some(sdp.to_string())));
+        let no_sdp = body.replace("application/sdp", "text/html");
+        assert!(sdp_of(Some(ct), no_sdp.as_bytes())
+            .unwrap_err()
+            .contains("without an application/sdp part"));
+        assert!(
+            sdp_of(Some("multipart/mixed"), body.as_bytes()).is_err(),
+            "no boundary"
+        );
+        assert_eq!(
+            sdp_of(Some("application/SDP"), sdp.as_bytes()),
+            Ok(Some(sdp.into()))
+        );
+        assert_eq!(sdp_of(None, sdp.as_bytes()), Ok(Some(sdp.into())));
+        assert_eq!(sdp_of(Some("text/plain"), b"hi"), Err("text/plain".into()));
+        assert_eq!(sdp_of(Some("text/plain"), b"\r\n"), Ok(None));
     }
 
     #[test]
