@@ -598,6 +598,7 @@ impl CallActor {
                 caller: info.caller,
                 callee: info.callee,
                 sdp: info.offer.unwrap_or_default(),
+                headers: info.headers,
             });
         } else {
             self.phase = Phase::Ready;

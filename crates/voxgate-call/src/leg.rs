@@ -44,6 +44,8 @@ pub struct LegInfo {
     pub offer: Option<String>,
     /// The far end waits for an answer: the core announces `incoming` to its controllers.
     pub ringing: bool,
+    /// The far end's extension headers (SIP `X-` headers of an inbound INVITE), in order.
+    pub headers: Vec<(String, String)>,
     pub caps: LegCaps,
 }
 

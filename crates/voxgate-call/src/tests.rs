@@ -337,6 +337,7 @@ fn pending(setup: LegSetup, log: &SharedLog) -> (Box<FakePending>, Arc<Mutex<Opt
             offer: setup.ringing.then(|| "v=0".to_string()),
             ringing: setup.ringing,
             caps: setup.caps.clone(),
+            headers: vec![("X-Account-Id".into(), "42".into())],
         },
         setup,
         log: log.clone(),
@@ -1253,7 +1254,7 @@ async fn incoming_answer_busy_and_id_reuse() {
     .await;
     let inc = c.expect("incoming", MS(100)).await;
     assert!(
-        matches!(inc.kind, EventKind::Incoming { ref caller, ref sdp, .. } if caller == "alice" && sdp == "v=0")
+        matches!(inc.kind, EventKind::Incoming { ref caller, ref sdp, ref headers, .. } if caller == "alice" && sdp == "v=0" && headers == &[("X-Account-Id".to_string(), "42".to_string())])
     );
     c.cmd(CallCommand::Tts(TtsRequest {
         text: "too early".into(),

@@ -105,6 +105,9 @@ pub struct DialOptions {
     /// Codec to offer first.
     pub codec: Option<Codec>,
     pub media: MediaOptions,
+    /// Extension headers for the far end, name → value, in order (SIP: `X-` headers on the
+    /// INVITE; the adapter validates them).
+    pub headers: Vec<(String, String)>,
 }
 
 /// A `tts` command: speak `text`, sentence by sentence as it is synthesised.
@@ -200,6 +203,8 @@ pub enum EventKind {
         callee: String,
         /// The SDP offer (empty for a late offer or a non-SIP leg).
         sdp: String,
+        /// The far end's extension headers (SIP `X-` headers of the INVITE), name → value.
+        headers: Vec<(String, String)>,
     },
     /// The callee is ringing (SIP 180/183); `early_media` when 183 carried SDP.
     Ringing {

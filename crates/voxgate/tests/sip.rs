@@ -1263,6 +1263,7 @@ async fn multipart_and_multi_stream_offers_are_answered() {
     let invite = |call_id: &str, ctype: &str, body: &str| {
         format!(
             "INVITE sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5996;rport;branch=z9hG4bK-{call_id}\r\n\
+             X-Account-Id: 42\r\nx-carrier-ref:  abc;def \r\n\
              From: <sip:5551234@127.0.0.1>;tag=mp\r\nTo: <sip:1000@{sip}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
              Contact: <sip:5551234@127.0.0.1:5996>\r\nMax-Forwards: 70\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -1285,6 +1286,12 @@ async fn multipart_and_multi_stream_offers_are_answered() {
     let pending = ask(invite("multipart-1", "multipart/mixed; boundary=b1", &body));
     let incoming = client.wait_event("incoming", Duration::from_secs(10)).await;
     assert_eq!(incoming["sdp"].as_str(), Some(sdp.as_str()), "{incoming}");
+    // The far end's X- headers (issue 10 point 7), as sent, in `incoming`.
+    assert_eq!(incoming["headers"]["X-Account-Id"], "42", "{incoming}");
+    assert_eq!(
+        incoming["headers"]["x-carrier-ref"], "abc;def",
+        "{incoming}"
+    );
     client
         .send(json!({"command": "accept", "option": {}}))
         .await;
@@ -1339,4 +1346,66 @@ async fn multipart_and_multi_stream_offers_are_answered() {
         .expect("an answer");
     assert!(r.starts_with("SIP/2.0 488 "), "{r}");
     assert!(header(&r, "Warning").is_some(), "{r}");
+}
+
+/// Issue 10 point 7: an `invite` on `/call/sip` may carry `X-` headers (`option.headers`); they
+/// reach the far end's INVITE. A header that is not `X-` is a clear `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_headers_reach_the_far_end() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    far.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let far_addr = far.local_addr().unwrap();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "headers": {"Via": "x"}}}))
+        .await;
+    let e = client.wait_event("error", Duration::from_secs(5)).await;
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an X- header name"),
+        "{e}"
+    );
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "codec": "pcmu",
+            "headers": {"X-Account-Id": "42", "X-Campaign": "spring sale"}}}))
+        .await;
+    let invite = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..50 {
+            if let Ok((n, from)) = far.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("INVITE ") {
+                    // Refuse it: 486 with our tag.
+                    let mut resp = String::from("SIP/2.0 486 Busy Here\r\n");
+                    for l in m.lines().skip(1) {
+                        let name = l.split(':').next().unwrap_or_default().to_ascii_lowercase();
+                        if ["via", "from", "call-id", "cseq"].contains(&name.as_str()) {
+                            resp.push_str(l);
+                            resp.push_str("\r\n");
+                        } else if name == "to" {
+                            resp.push_str(&format!("{l};tag=far\r\n"));
+                        }
+                    }
+                    resp.push_str("Content-Length: 0\r\n\r\n");
+                    far.send_to(resp.as_bytes(), from).unwrap();
+                    return m;
+                }
+            }
+        }
+        panic!("no INVITE reached the far end");
+    })
+    .await
+    .unwrap();
+    assert_eq!(header(&invite, "X-Account-Id"), Some("42"), "{invite}");
+    assert_eq!(
+        header(&invite, "X-Campaign"),
+        Some("spring sale"),
+        "{invite}"
+    );
+    let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(hangup["reason"], "busy", "{hangup}");
 }

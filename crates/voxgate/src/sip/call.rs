@@ -147,6 +147,7 @@ impl IncomingSip {
             offer: call.offer.clone(),
             ringing: true,
             caps: caps(),
+            headers: call.headers.clone(),
         };
         IncomingSip { svc, call, info }
     }
@@ -292,6 +293,12 @@ pub async fn dial(
         offer: Some(offer.clone().into_bytes()),
         contact: svc.contact(&caller),
         credential,
+        headers: (!o.headers.is_empty()).then(|| {
+            o.headers
+                .iter()
+                .map(|(k, v)| rsipstack::sip::Header::Other(k.clone(), v.clone()))
+                .collect()
+        }),
         ..Default::default()
     };
     let (state_tx, states) = svc.dialogs.new_dialog_state_channel();
@@ -382,6 +389,7 @@ pub async fn dial(
         offer: None,
         ringing: false,
         caps: caps(),
+        headers: Vec::new(),
     };
     Ok(SipLeg::new(info, c))
 }

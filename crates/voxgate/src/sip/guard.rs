@@ -134,6 +134,8 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
     let request_line = lines.next().unwrap_or_default().to_string();
     let mut headers: Vec<Header> = Vec::new();
     let mut folded = false;
+    // White space between a header name and its colon (allowed, §7.3.1; not by rsipstack).
+    let mut spaced_name = false;
     let mut bad_line = None;
     for line in lines {
         if line.starts_with([' ', '\t']) {
@@ -152,7 +154,9 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
             bad_line = Some("a header line without a colon");
             continue;
         };
-        let name = name.trim_end_matches([' ', '\t']);
+        let trimmed = name.trim_end_matches([' ', '\t']);
+        spaced_name |= trimmed.len() != name.len();
+        let name = trimmed;
         if name.is_empty() || !name.bytes().all(is_token_char) {
             bad_line = Some("a header name that is not a token");
             continue;
@@ -331,15 +335,12 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
     let squeeze_needed = headers
         .iter()
         .any(|h| SQUEEZED.contains(&h.key.as_str()) && squeeze(&h.value) != h.value);
-    let odd_name = headers
-        .iter()
-        .any(|h| h.name.len() > 1 && h.name.to_ascii_lowercase() != h.key);
     if !folded
         && !needs_tag
         && !needs_branch
         && !needs_contact
         && !squeeze_needed
-        && !odd_name
+        && !spaced_name
         && body_len == body.len()
         && start == 0
     {
@@ -371,13 +372,8 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
             value.push_str(";tag=");
             value.push_str(&rfc2543_tag(get("call-id").unwrap_or_default(), from));
         }
-        // Compact names stay compact; other names are written in their long form.
-        let name = if h.name.len() == 1 {
-            h.name.clone()
-        } else {
-            canonical(&h.key)
-        };
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        // Names as sent (case and compact forms kept: applications see `X-` headers as sent).
+        out.extend_from_slice(format!("{}: {value}\r\n", h.name).as_bytes());
     }
     if needs_contact {
         out.extend_from_slice(format!("Contact: <{}>\r\n", addr_uri(from)).as_bytes());
@@ -969,9 +965,17 @@ mod tests {
             ),
         ];
         for (m, code, why) in cases {
-            let (c, reason, _, _) = answered(inspect(m.as_bytes(), src));
+            let (c, reason, resp, _) = answered(inspect(m.as_bytes(), src));
             assert_eq!(c, code, "{reason} for\n{m}");
             assert!(reason.contains(why), "{reason:?} should say {why:?}");
+            // Our answer is itself SIP a peer can parse.
+            assert!(
+                matches!(
+                    rsipstack::sip::SipMessage::try_from(resp.as_bytes()),
+                    Ok(rsipstack::sip::SipMessage::Response(_))
+                ),
+                "{resp}"
+            );
         }
         // No Via: nobody to answer.
         let m = base.replace("Via: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-1\r\n", "");
@@ -1007,12 +1011,12 @@ mod tests {
         let out = passed(inspect(&m, src));
         assert!(out.starts_with("INVITE sip:vivek@example.com;unknownparam SIP/2.0\r\n"));
         assert!(
-            out.contains("\r\nTo: sip:vivek@example.com;tag=1918181833n\r\n"),
+            out.contains("\r\nTO: sip:vivek@example.com;tag=1918181833n\r\n"),
             "{out}"
         );
         assert!(
             out.contains(
-                "\r\nFrom: \"J Rosenberg \\\\\\\"\" <sip:jdrosen@example.com>;tag=98asjd8\r\n"
+                "\r\nfrom: \"J Rosenberg \\\\\\\"\" <sip:jdrosen@example.com>;tag=98asjd8\r\n"
             ),
             "{out}"
         );
@@ -1020,9 +1024,9 @@ mod tests {
             out.contains("\r\nVia: SIP/2.0/UDP 192.0.2.2;rport;branch=390skdjuw\r\n"),
             "{out}"
         );
-        assert!(out.contains("\r\nCSeq: 0009 INVITE\r\n"), "{out}");
+        assert!(out.contains("\r\ncseq: 0009 INVITE\r\n"), "{out}");
         assert!(
-            out.contains("\r\nNewfangledheader: newfangled value continued newfangled value\r\n"),
+            out.contains("\r\nNewFangledHeader: newfangled value continued newfangled value\r\n"),
             "{out}"
         );
         assert!(out.ends_with("\r\n\r\nv=0\r\n"), "{out}");

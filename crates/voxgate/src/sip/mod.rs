@@ -59,6 +59,8 @@ pub struct IncomingCall {
     pub owner: String,
     /// Where the INVITE came from.
     pub source: Option<IpAddr>,
+    /// The INVITE's `X-` headers (call context from carriers and PBXs), name → value, in order.
+    pub headers: Vec<(String, String)>,
     pub(crate) dialog: InviteDialog,
     pub(crate) states: DialogStateReceiver,
 }
@@ -333,6 +335,16 @@ fn header_values(req: &rsipstack::sip::Request, name: &str) -> Vec<String> {
                 .filter(|v| !v.is_empty())
                 .collect::<Vec<_>>()
         })
+        .collect()
+}
+
+/// A request's `X-` headers, name → value, in order (RFC 3261 §7.3: extension headers; many
+/// carriers and PBXs pass call context this way).
+pub fn x_headers_of(req: &rsipstack::sip::Request) -> Vec<(String, String)> {
+    req.headers
+        .iter()
+        .filter(|h| h.name().len() > 2 && h.name()[..2].eq_ignore_ascii_case("x-"))
+        .map(|h| (h.name().to_string(), h.value().trim().to_string()))
         .collect()
 }
 
@@ -952,6 +964,7 @@ impl SipService {
             .as_ref()
             .and_then(|r| r.user.clone())
             .unwrap_or_else(|| LOCAL_USER.to_string());
+        let x_headers = x_headers_of(&tx.original);
         let call = IncomingCall {
             id: id.clone(),
             caller: caller.clone(),
@@ -959,6 +972,7 @@ impl SipService {
             offer: offer.clone(),
             owner: owner.clone(),
             source: source_ip(&tx.original),
+            headers: x_headers.clone(),
             dialog: dialog.clone(),
             states,
         };
@@ -995,9 +1009,13 @@ impl SipService {
                     }
                     pending.insert(id.clone(), call);
                 }
+                let headers: serde_json::Map<String, serde_json::Value> = x_headers
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
                 let body = serde_json::json!({
                     "event": "incoming", "callId": id, "caller": caller, "callee": callee, "sdp": offer,
-                    "timestamp": now_ms(), "url": format!("/call/sip?id={id}"),
+                    "headers": headers, "timestamp": now_ms(), "url": format!("/call/sip?id={id}"),
                 });
                 let ok = match self
                     .http

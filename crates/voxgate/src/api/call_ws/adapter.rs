@@ -50,7 +50,9 @@ pub fn parse_command(text: &str, endpoint: Endpoint) -> Result<CallCommand, BadC
         .map_err(|e| BadCommand(format!("invalid `{name}` command: {e}")))?;
     Ok(match cmd {
         Command::Invite { option } => {
-            let o = invite_options(option.unwrap_or_default(), endpoint)?;
+            let mut option = option.unwrap_or_default();
+            let headers = x_headers(option.headers.take())?;
+            let o = invite_options(option, endpoint)?;
             match endpoint {
                 Endpoint::Call => CallCommand::Answer(o),
                 Endpoint::Sip => CallCommand::Dial(DialOptions {
@@ -58,6 +60,7 @@ pub fn parse_command(text: &str, endpoint: Endpoint) -> Result<CallCommand, BadC
                     caller: o.caller,
                     codec: o.codec,
                     media: o.media,
+                    headers,
                 }),
             }
         }
@@ -188,6 +191,40 @@ fn invite_options(
     })
 }
 
+/// Most extension headers an `invite` may carry, and the longest value (bytes).
+const MAX_HEADERS: usize = 20;
+const MAX_HEADER_VALUE: usize = 1024;
+
+/// `option.headers` of an `invite` on `/call/sip` (an extension, as in active-call): `X-` headers
+/// for the INVITE, in the order given. Names must be `X-` plus RFC 3261 token characters; values
+/// printable, at most 1,024 bytes; at most 20.
+fn x_headers(
+    h: Option<std::collections::BTreeMap<String, String>>,
+) -> Result<Vec<(String, String)>, BadCommand> {
+    let h = h.unwrap_or_default();
+    if h.len() > MAX_HEADERS {
+        return Err(BadCommand(format!(
+            "`headers`: at most {MAX_HEADERS} headers, not {}",
+            h.len()
+        )));
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c);
+    for (k, v) in &h {
+        let x = k.len() > 2 && k[..2].eq_ignore_ascii_case("x-") && k.chars().all(token);
+        if !x {
+            return Err(BadCommand(format!(
+                "`headers`: `{k}` is not an X- header name (X- and letters, digits, -.!%*_+`'~)"
+            )));
+        }
+        if v.len() > MAX_HEADER_VALUE || v.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(BadCommand(format!(
+                "`headers.{k}`: the value must be printable and at most {MAX_HEADER_VALUE} bytes"
+            )));
+        }
+    }
+    Ok(h.into_iter().collect())
+}
+
 /// The `option` shown by `/call/lists` for a call after `invite` or `accept`.
 pub fn list_option(c: &CallCommand) -> Option<Value> {
     let (caller, callee, offer, codec) = match c {
@@ -208,8 +245,13 @@ pub fn event_json(e: &CallEvent) -> Value {
             caller,
             callee,
             sdp,
+            headers,
         } => {
-            json!({ "event": "incoming", "trackId": track_id, "timestamp": ts, "caller": caller, "callee": callee, "sdp": sdp })
+            let headers: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            json!({ "event": "incoming", "trackId": track_id, "timestamp": ts, "caller": caller, "callee": callee, "sdp": sdp, "headers": headers })
         }
         EventKind::Ringing {
             track_id,

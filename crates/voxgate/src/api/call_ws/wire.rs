@@ -19,6 +19,8 @@ pub struct InviteOption {
     pub barge_in: Option<bool>,
     pub barge_in_ms: Option<u32>,
     pub vad: Option<VadOption>,
+    /// `X-` headers for the INVITE (on `/call/sip`), name → value.
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `vad` (a voxgate extension): how the caller's turn is endpointed. Unknown fields are ignored,

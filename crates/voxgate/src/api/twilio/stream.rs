@@ -348,6 +348,7 @@ async fn run(socket: WebSocket, bot: crate::store::BotRecord, bots: Arc<BotServi
             callee: bot.number.clone(),
             offer: None,
             ringing: false,
+            headers: Vec::new(),
             caps: LegCaps {
                 rfc4733: false,
                 transfer: true,
