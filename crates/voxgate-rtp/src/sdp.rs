@@ -252,14 +252,20 @@ fn formats_of(m: &sdp_types::Media) -> Vec<PayloadFormat> {
     out
 }
 
-/// Finds and reads the first plain-RTP audio stream of a description.
+/// Finds and reads the first plain-RTP audio stream of a description that is in use (port ≠ 0),
+/// or the first one when all are rejected.
 pub fn parse_audio(sdp: &str) -> Result<RemoteAudio, SdpError> {
     let s = parse_session(sdp)?;
-    let (index, m) = s
-        .medias
-        .iter()
-        .enumerate()
-        .find(|(_, m)| is_plain_rtp_audio(m))
+    // The first audio stream in use; a rejected one (port 0) only when there is no other.
+    let audio = || {
+        s.medias
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| is_plain_rtp_audio(m))
+    };
+    let (index, m) = audio()
+        .find(|(_, m)| m.port != 0)
+        .or_else(|| audio().next())
         .ok_or(SdpError::NoAudio)?;
     audio_at(&s, index, m)
 }
@@ -600,6 +606,8 @@ m=audio 5006 RTP/AVP 0\r\n";
         let (sdp, n) = answer(offer, &local()).unwrap();
         assert_eq!((n.codec.name.as_str(), n.remote_rtp.port()), ("PCMA", 5004));
         let m: Vec<&str> = sdp.lines().filter(|l| l.starts_with("m=")).collect();
+        // Our answer reads back as the stream in use, not a rejected one before it.
+        assert_eq!(parse_audio(&sdp).unwrap().rtp.port(), 40000);
         assert_eq!(
             m,
             [
