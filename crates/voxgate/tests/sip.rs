@@ -1409,3 +1409,100 @@ async fn x_headers_reach_the_far_end() {
     let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
     assert_eq!(hangup["reason"], "busy", "{hangup}");
 }
+
+/// Issue 10 point 4, RFC 3261 §15.1.2: a BYE on an early dialog (the caller gave up while it
+/// rang, with BYE instead of CANCEL) gets 200, the pending INVITE gets 487, and the waiting
+/// client hears `hangup`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bye_on_an_early_dialog_ends_the_ringing_invite_with_487() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let sip = server.sip_addr.clone();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let send = |method: &str, cseq: u32, to_tag: &str, body: &str| {
+        let to_tag = if to_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={to_tag}")
+        };
+        let ctype = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        let m = format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-early-{method}\r\n\
+             From: <sip:5551234@127.0.0.1>;tag=early1\r\nTo: <sip:1000@{sip}>{to_tag}\r\nCall-ID: early-bye@127.0.0.1\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:5551234@{me}>\r\nMax-Forwards: 70\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    // Every response until `want` finals have come (or 10 s).
+    let responses = |want: usize| -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 65_536];
+        let mut out = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                out.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                if out.iter().filter(|r| !r.starts_with("SIP/2.0 1")).count() >= want {
+                    break;
+                }
+            }
+        }
+        out
+    };
+    send("INVITE", 1, "", sdp);
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    let early = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 65_536];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let r = String::from_utf8_lossy(&buf[..n]).to_string();
+                if r.starts_with("SIP/2.0 180") {
+                    return r;
+                }
+            }
+        }
+        panic!("no 180");
+    });
+    let tag = header(&early, "To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .map(|t| t.split(';').next().unwrap().trim().to_string())
+        .expect("a To tag on the 180");
+    send("BYE", 2, &tag, "");
+    let got = tokio::task::block_in_place(|| responses(2));
+    let finals: Vec<String> = got
+        .iter()
+        .filter(|r| !r.starts_with("SIP/2.0 1"))
+        .map(|r| {
+            let cseq = header(r, "CSeq").unwrap_or_default().to_string();
+            format!("{} / {cseq}", r.lines().next().unwrap_or_default())
+        })
+        .collect();
+    assert!(
+        finals
+            .iter()
+            .any(|f| f.starts_with("SIP/2.0 200") && f.ends_with("BYE")),
+        "{finals:?}"
+    );
+    assert!(
+        finals
+            .iter()
+            .any(|f| f.starts_with("SIP/2.0 487") && f.ends_with("INVITE")),
+        "{finals:?}"
+    );
+    let hangup = client.wait_event("hangup", Duration::from_secs(5)).await;
+    assert_eq!(
+        (hangup["reason"].as_str(), hangup["initiator"].as_str()),
+        (Some("cancelled"), Some("caller")),
+        "{hangup}"
+    );
+}

@@ -630,8 +630,13 @@ impl SipCall {
                     }
                     DialogState::Terminated(id, reason) => {
                         c.svc.dialogs.remove_dialog(&id);
-                        c.ended.store(true, Ordering::SeqCst);
+                        let was_ended = c.ended.swap(true, Ordering::SeqCst);
                         let reason = match reason {
+                            // Declined without our doing: the caller's BYE on the early dialog
+                            // (`SipService::on_transaction`), i.e. it gave up while ringing.
+                            TerminatedReason::UasDecline if !was_ended && !c.outbound => {
+                                "cancelled".to_string()
+                            }
                             TerminatedReason::UacBye | TerminatedReason::UasBye => {
                                 "bye".to_string()
                             }

@@ -855,6 +855,18 @@ impl SipService {
             // In-dialog request: the dialog handles BYE, re-INVITE, UPDATE, INFO, OPTIONS, REFER.
             match self.dialogs.match_dialog(&tx) {
                 Some(rsipstack::dialog::dialog::Dialog::Invite(mut d)) => {
+                    let early = !d.state().is_confirmed() && !d.state().is_terminated();
+                    if tx.original.method == Method::Bye
+                        && early
+                        && d.role() == rsipstack::transaction::key::TransactionRole::Server
+                    {
+                        // RFC 3261 §15.1.2: a BYE on an early dialog ends the call; the pending
+                        // INVITE gets 487 and the BYE 200.
+                        tracing::info!("BYE on an early dialog: 487 to the INVITE");
+                        let _ = d.reject(Some(StatusCode::RequestTerminated), None);
+                        let _ = tx.reply(StatusCode::OK).await;
+                        return;
+                    }
                     if let Err(e) = d.handle(&mut tx).await {
                         tracing::debug!("in-dialog {}: {e}", tx.original.method);
                     }
