@@ -1506,3 +1506,99 @@ async fn a_bye_on_an_early_dialog_ends_the_ringing_invite_with_487() {
         "{hangup}"
     );
 }
+
+/// The final response a far end written by hand gives to `req` (status line and reason), copying
+/// Via, From, Call-ID and CSeq, adding a To tag, and `extra` (headers and body).
+fn far_response(req: &str, status: &str, extra: &str) -> String {
+    let mut resp = format!("SIP/2.0 {status}\r\n");
+    for l in req.lines().skip(1) {
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "from", "call-id", "cseq"].contains(&name.as_str()) {
+            resp.push_str(l);
+            resp.push_str("\r\n");
+        } else if name == "to" {
+            if l.contains("tag=") {
+                resp.push_str(&format!("{l}\r\n"));
+            } else {
+                resp.push_str(&format!("{l};tag=far\r\n"));
+            }
+        }
+    }
+    resp.push_str(extra);
+    resp
+}
+
+/// Issue 10 point 4, RFC 3261 §13.2.2.4: a 2xx without a Contact (no remote target) is still
+/// ACKed, then the call is ended with BYE — not left retransmitting — and the application hears
+/// an error and `hangup`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_without_contact_is_acked_then_ended_with_bye() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    far.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let far_addr = far.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "codec": "pcmu"}}))
+        .await;
+    let seen = tokio::task::spawn_blocking(move || {
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+        );
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            let Ok((n, from)) = far.recv_from(&mut buf) else { continue };
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            let method = m.split(' ').next().unwrap_or_default().to_string();
+            seen.push(method.clone());
+            match method.as_str() {
+                "INVITE" => {
+                    let ok = far_response(
+                        &m,
+                        "200 OK",
+                        &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()),
+                    );
+                    far.send_to(ok.as_bytes(), from).unwrap();
+                }
+                "BYE" => {
+                    let ok = far_response(&m, "200 OK", "Content-Length: 0\r\n\r\n");
+                    far.send_to(ok.as_bytes(), from).unwrap();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert!(
+        seen.contains(&"ACK".to_string()),
+        "no ACK for the Contact-less 200: {seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("BYE"), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|m| *m == "INVITE").count(),
+        1,
+        "the INVITE was retransmitted after the 200: {seen:?}"
+    );
+    assert_eq!(hangup["reason"], "failed", "{hangup}");
+    let error = client.events_named("error");
+    assert!(
+        error.iter().any(|e| e["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("without a Contact")),
+        "{error:?}"
+    );
+}

@@ -332,6 +332,28 @@ pub async fn dial(
     c.push_task(tokio::spawn(async move {
         let events = match result.await {
             Ok(Ok((_, Some(resp))))
+                if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful
+                    && resp
+                        .headers
+                        .iter()
+                        .any(|h| h.name().eq_ignore_ascii_case(super::guard::NO_CONTACT_MARK)) =>
+            {
+                // RFC 3261 §12.1.2 / §13.2.2.4: a 2xx without Contact leaves no remote target:
+                // it was ACKed (the guard lent it the To URI); the call ends with BYE.
+                tracing::warn!(call = %cc.call_id, "the far end answered without a Contact: BYE");
+                vec![
+                    LegEvent::Error {
+                        sender: "sip".into(),
+                        message: "the far end answered without a Contact header (RFC 3261 §12.1.2); the call was ended with BYE".into(),
+                        code: Some(502),
+                    },
+                    LegEvent::Ended {
+                        reason: "failed".into(),
+                        initiator: "system".into(),
+                    },
+                ]
+            }
+            Ok(Ok((_, Some(resp))))
                 if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
             {
                 let sdp = String::from_utf8_lossy(&resp.body).to_string();

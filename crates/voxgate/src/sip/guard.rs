@@ -122,8 +122,14 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
         .position(|b| !matches!(b, b'\r' | b'\n'))
         .unwrap_or(datagram.len());
     let msg = &datagram[start..];
-    if msg.starts_with(b"SIP/") || msg.is_empty() {
+    if msg.is_empty() {
         return Verdict::Pass(Cow::Borrowed(datagram));
+    }
+    if msg.starts_with(b"SIP/") {
+        return match contactless_2xx(msg) {
+            Some(fixed) => Verdict::Pass(Cow::Owned(fixed)),
+            None => Verdict::Pass(Cow::Borrowed(datagram)),
+        };
     }
     let Some(head_end) = find(msg, b"\r\n\r\n") else {
         return Verdict::Drop("no end of the header section");
@@ -381,6 +387,45 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body[..body_len]);
     Verdict::Pass(Cow::Owned(out))
+}
+
+/// Header the guard adds to a 2xx INVITE response that came without a Contact; the outbound
+/// call ends it with BYE (RFC 3261 §13.2.2.4: no remote target, no usable dialog).
+pub const NO_CONTACT_MARK: &str = "X-Voxgate-Guard";
+
+/// A 2xx to an INVITE without Contact, rewritten with `Contact: <To URI>` (so that rsipstack can
+/// ACK it, §13.2.2.4) and [`NO_CONTACT_MARK`]; `None` for any other response.
+fn contactless_2xx(msg: &[u8]) -> Option<Vec<u8>> {
+    let code: u16 = std::str::from_utf8(msg.get(8..11)?).ok()?.parse().ok()?;
+    if !(200..300).contains(&code) {
+        return None;
+    }
+    let head_end = find(msg, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&msg[..head_end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?;
+    let fields: Vec<(String, &str)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (long_name(n.trim()).into_owned(), v.trim()))
+        .collect();
+    let cseq_invite = fields
+        .iter()
+        .any(|(k, v)| k == "cseq" && v.split_whitespace().nth(1) == Some("INVITE"));
+    if !cseq_invite || fields.iter().any(|(k, _)| k == "contact") {
+        return None;
+    }
+    let to = fields.iter().find(|(k, _)| k == "to")?.1;
+    let mut out = Vec::with_capacity(msg.len() + 96);
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(
+        format!(
+            "\r\nContact: <{}>\r\n{NO_CONTACT_MARK}: no-contact",
+            addr_uri(to)
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&msg[status.len()..]);
+    Some(out)
 }
 
 /// The URI of a name-addr (`"x" <uri>;tag=1`) or addr-spec (`uri;tag=1`) value.
@@ -805,6 +850,24 @@ mod tests {
             inspect(resp, SRC.parse().unwrap()),
             Verdict::Pass(_)
         ));
+    }
+
+    /// A 2xx to an INVITE without Contact gets the To URI as Contact and the mark; other
+    /// responses pass untouched.
+    #[test]
+    fn a_contactless_2xx_is_marked_for_bye() {
+        let src: SocketAddr = SRC.parse().unwrap();
+        let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\n\
+                  To: \"Bob\" <sip:bob@192.0.2.9:5070>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let out = passed(inspect(ok.as_bytes(), src));
+        assert!(out.starts_with("SIP/2.0 200 OK\r\nContact: <sip:bob@192.0.2.9:5070>\r\nX-Voxgate-Guard: no-contact\r\nVia:"), "{out}");
+        for other in [
+            ok.replace("CSeq: 1 INVITE", "CSeq: 2 BYE"),
+            ok.replace("SIP/2.0 200 OK", "SIP/2.0 486 Busy Here"),
+            ok.replace("Call-ID: x", "Call-ID: x\r\nm: <sip:bob@h>"),
+        ] {
+            assert_eq!(passed(inspect(other.as_bytes(), src)), other);
+        }
     }
 
     #[test]
