@@ -897,24 +897,27 @@ impl Leg for SipLeg {
 /// The status of a REFER's NOTIFY (`Event: refer`, body `message/sipfrag` whose first line is a
 /// status line, RFC 3515 §2.4.5): `(code, reason phrase)`.
 fn refer_progress(req: &rsipstack::sip::Request) -> Option<(u16, String)> {
-    let is_refer = req.headers.iter().any(|h| {
-        let line = h.to_string();
-        let (name, value) = line.split_once(':').unwrap_or_default();
-        let name = name.trim();
-        (name.eq_ignore_ascii_case("event") || name == "o")
-            && value.trim().to_ascii_lowercase().starts_with("refer")
-    });
+    let event = super::header_values(req, "Event").into_iter().next();
+    // RFC 3515 §2.4.4: Event `refer`; a lenient peer may leave out the Event header (then the
+    // sipfrag status line says what it is) or the Content-Type.
+    let is_refer = match &event {
+        Some(e) => e.to_ascii_lowercase().starts_with("refer"),
+        None => true,
+    };
     if !is_refer {
         return None;
     }
     let body = String::from_utf8_lossy(&req.body);
-    let line = body
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("SIP/2.0 "))?;
+    let line = body.lines().map(str::trim).find(|l| {
+        l.get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("SIP/2.0 "))
+    })?;
     let mut parts = line.splitn(3, ' ').skip(1);
-    let code = parts.next()?.parse::<u16>().ok()?;
-    Some((code, parts.next().unwrap_or_default().to_string()))
+    let code = parts.next()?.trim().parse::<u16>().ok()?;
+    if !(100..700).contains(&code) {
+        return None;
+    }
+    Some((code, parts.next().unwrap_or_default().trim().to_string()))
 }
 
 /// Answers a re-INVITE/UPDATE offer with our current port and the mirrored direction; 488 when
@@ -984,5 +987,21 @@ mod tests {
             "another event package"
         );
         assert_eq!(refer_progress(&notify("refer", "garbage")), None);
+        // Lenient peers (issue 10 point 4): no reason phrase, lower case, no Event header.
+        assert_eq!(
+            refer_progress(&notify("refer", "SIP/2.0 200")),
+            Some((200, String::new()))
+        );
+        assert_eq!(
+            refer_progress(&notify("refer", "sip/2.0 603 declined\r\n")),
+            Some((603, "declined".into()))
+        );
+        let no_event = notify("refer", "SIP/2.0 200 OK");
+        let mut no_event = no_event;
+        no_event
+            .headers
+            .retain(|h| !h.name().eq_ignore_ascii_case("Event"));
+        assert_eq!(refer_progress(&no_event), Some((200, "OK".into())));
+        assert_eq!(refer_progress(&notify("refer", "SIP/2.0 999 What")), None);
     }
 }
