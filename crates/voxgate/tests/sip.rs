@@ -1602,3 +1602,61 @@ async fn a_2xx_without_contact_is_acked_then_ended_with_bye() {
         "{error:?}"
     );
 }
+
+/// Issue 10 point 4: when the far end has vanished (it answered, then never answers our BYE),
+/// the application's `hangup` still comes at once; the BYE transaction times out in the
+/// background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_is_immediate_when_the_far_end_has_vanished() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    far.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let far_addr = far.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "codec": "pcmu"}}))
+        .await;
+    let far_task = tokio::task::spawn_blocking(move || {
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+        );
+        let mut buf = vec![0u8; 65_536];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut byes = 0;
+        while std::time::Instant::now() < deadline {
+            let Ok((n, from)) = far.recv_from(&mut buf) else {
+                continue;
+            };
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            if m.starts_with("INVITE ") {
+                let ok = far_response(
+                    &m,
+                    "200 OK",
+                    &format!(
+                        "Contact: <sip:bob@{far_addr}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                        sdp.len()
+                    ),
+                );
+                far.send_to(ok.as_bytes(), from).unwrap();
+            } else if m.starts_with("BYE ") {
+                byes += 1; // never answered: the far end is gone
+                if byes >= 2 {
+                    break;
+                }
+            }
+        }
+        byes
+    });
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    let t = std::time::Instant::now();
+    client.send(json!({"command": "hangup"})).await;
+    let hangup = client.wait_event("hangup", Duration::from_secs(30)).await;
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "hangup took {took:?}: {hangup}"
+    );
+    assert!(far_task.await.unwrap() >= 1, "no BYE was sent");
+}
