@@ -1660,3 +1660,77 @@ async fn hangup_is_immediate_when_the_far_end_has_vanished() {
     );
     assert!(far_task.await.unwrap() >= 1, "no BYE was sent");
 }
+
+/// Issue 10 point 4: a re-INVITE the far end sends right after its 200 OK (before or just after
+/// our ACK) finds its dialog — never 481 — over 8 calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinvite_right_after_the_answer_finds_its_dialog() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut answers = Vec::new();
+    for call in 0..8 {
+        let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        far.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let far_addr = far.local_addr().unwrap();
+        let rtp = free_udp_port();
+        let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+        client
+            .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "codec": "pcmu"}}))
+            .await;
+        let answer = tokio::task::spawn_blocking(move || {
+            let sdp = format!(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+            );
+            let mut buf = vec![0u8; 65_536];
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                let Ok((n, from)) = far.recv_from(&mut buf) else { continue };
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("INVITE ") && !m.contains(";tag=far") {
+                    let ok = far_response(
+                        &m,
+                        "200 OK",
+                        &format!(
+                            "Contact: <sip:bob@{far_addr}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                            sdp.len()
+                        ),
+                    );
+                    far.send_to(ok.as_bytes(), from).unwrap();
+                    // The re-INVITE goes out at once, not waiting for the ACK (hold).
+                    let from_l = m.lines().find(|l| l.starts_with("From:")).unwrap();
+                    let call_id = m.lines().find(|l| l.starts_with("Call-ID:")).unwrap();
+                    let contact = m
+                        .lines()
+                        .find(|l| l.starts_with("Contact:"))
+                        .and_then(|l| l.split('<').nth(1))
+                        .and_then(|l| l.split('>').next())
+                        .unwrap();
+                    let hold = sdp.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+                    let reinvite = format!(
+                        "INVITE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {far_addr};rport;branch=z9hG4bK-re-{call}\r\n\
+                         From: <sip:bob@{far_addr}>;tag=far\r\nTo: {}\r\n{call_id}\r\nCSeq: 1 INVITE\r\n\
+                         Contact: <sip:bob@{far_addr}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold}",
+                        from_l.trim_start_matches("From:").trim(),
+                        hold.len()
+                    );
+                    far.send_to(reinvite.as_bytes(), from).unwrap();
+                } else if m.starts_with("SIP/2.0 ")
+                    && m.contains("z9hG4bK-re-")
+                    && !m.starts_with("SIP/2.0 1")
+                {
+                    return m.lines().next().unwrap_or_default().to_string();
+                }
+            }
+            "no answer to the re-INVITE".to_string()
+        })
+        .await
+        .unwrap();
+        answers.push(answer);
+        client.send(json!({"command": "hangup"})).await;
+        client.wait_event("hangup", Duration::from_secs(10)).await;
+    }
+    assert!(
+        answers.iter().all(|a| a.starts_with("SIP/2.0 200")),
+        "re-INVITE answers: {answers:?}"
+    );
+}

@@ -300,6 +300,11 @@ pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
         .collect()
 }
 
+/// How long an in-dialog request that matches no dialog waits for one to appear before 481: a
+/// dialog we dialled is keyed with the far end's tag only once its 2xx has been processed, and a
+/// far end may send its re-INVITE or UPDATE immediately after that 2xx.
+const DIALOG_SETTLE: Duration = Duration::from_millis(500);
+
 /// The methods voxgate answers (RFC 3261 §20.5 `Allow`): INFO (DTMF), UPDATE and NOTIFY (our
 /// REFER's progress) only within a dialog.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
@@ -853,7 +858,18 @@ impl SipService {
             .is_some();
         if has_to_tag {
             // In-dialog request: the dialog handles BYE, re-INVITE, UPDATE, INFO, OPTIONS, REFER.
-            match self.dialogs.match_dialog(&tx) {
+            let mut found = self.dialogs.match_dialog(&tx);
+            if found.is_none() && tx.original.method != Method::Ack {
+                // The far end may send a request right after its 2xx, before our dialog is
+                // re-keyed with its tag (issue 10: re-INVITE/UPDATE answered 481): look again
+                // for up to DIALOG_SETTLE before answering 481.
+                let deadline = tokio::time::Instant::now() + DIALOG_SETTLE;
+                while found.is_none() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    found = self.dialogs.match_dialog(&tx);
+                }
+            }
+            match found {
                 Some(rsipstack::dialog::dialog::Dialog::Invite(mut d)) => {
                     let early = !d.state().is_confirmed() && !d.state().is_terminated();
                     if tx.original.method == Method::Bye
