@@ -619,6 +619,14 @@ m=audio 5006 RTP/AVP 0\r\n";
             ],
             "{sdp}"
         );
+        // The fuzzer's find (sdp_offer, issue 10): a video stream and a garbled audio stream
+        // before the usable one; our answer must read back with the chosen codec.
+        let fuzzed = "v=0\r\no=- 1 1 IN AP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=video 5002 RTP/AVP 31\r\nm=audio 5000 RTP/AVP 1TP/AVP 31\r\nm=audio 5000 RTP/AVP 1T P/AVP 1IN8 0 1 1";
+        if let Ok((sdp, n)) = answer(fuzzed, &local()) {
+            let back = parse_audio(&sdp).unwrap();
+            assert!(back.formats.iter().any(|f| f.pt == n.codec.pt), "{sdp}");
+        }
         // None usable: the first stream's reason.
         let g729 = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 18\r\n";
         assert!(matches!(
