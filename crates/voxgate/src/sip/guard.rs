@@ -43,29 +43,27 @@ pub enum Verdict<'a> {
 }
 
 /// Header names in their long form, lower case (RFC 3261 §7.3.3 compact forms expanded).
-fn long_name(name: &str) -> Cow<'_, str> {
+fn long_name(name: &str) -> String {
     let lower = name.to_ascii_lowercase();
-    Cow::Owned(
-        match lower.as_str() {
-            "i" => "call-id",
-            "m" => "contact",
-            "e" => "content-encoding",
-            "l" => "content-length",
-            "c" => "content-type",
-            "f" => "from",
-            "s" => "subject",
-            "k" => "supported",
-            "t" => "to",
-            "v" => "via",
-            "o" => "event",
-            "r" => "refer-to",
-            "b" => "referred-by",
-            "u" => "allow-events",
-            "x" => "session-expires",
-            other => return Cow::Owned(other.to_string()),
-        }
-        .to_string(),
-    )
+    let long = match lower.as_str() {
+        "i" => "call-id",
+        "m" => "contact",
+        "e" => "content-encoding",
+        "l" => "content-length",
+        "c" => "content-type",
+        "f" => "from",
+        "s" => "subject",
+        "k" => "supported",
+        "t" => "to",
+        "v" => "via",
+        "o" => "event",
+        "r" => "refer-to",
+        "b" => "referred-by",
+        "u" => "allow-events",
+        "x" => "session-expires",
+        _ => return lower,
+    };
+    long.to_string()
 }
 
 /// Headers that may appear once (RFC 3261 §20, §7.3.1: only comma-list headers may repeat).
@@ -169,7 +167,7 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
         }
         headers.push(Header {
             name: name.to_string(),
-            key: long_name(name).into_owned(),
+            key: long_name(name),
             value: value.trim().to_string(),
         });
     }
@@ -232,7 +230,7 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
     // The headers every request needs (§8.1.1); RFC 2543 requests may lack Max-Forwards.
     for k in ["call-id", "cseq", "from", "to"] {
         if get(k).is_none() {
-            return answer(400, format!("Missing {} header", display_name(k)), &[]);
+            return answer(400, format!("Missing {} header", canonical(k)), &[]);
         }
     }
     for k in SINGLE {
@@ -248,7 +246,7 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
             })
             .sum();
         if n > 1 {
-            return answer(400, format!("Multiple {} values", display_name(k)), &[]);
+            return answer(400, format!("Multiple {} values", canonical(k)), &[]);
         }
     }
     let cseq = get("cseq").unwrap_or_default();
@@ -406,7 +404,7 @@ fn contactless_2xx(msg: &[u8]) -> Option<Vec<u8>> {
     let status = lines.next()?;
     let fields: Vec<(String, &str)> = lines
         .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (long_name(n.trim()).into_owned(), v.trim()))
+        .map(|(n, v)| (long_name(n.trim()), v.trim()))
         .collect();
     let cseq_invite = fields
         .iter()
@@ -453,10 +451,6 @@ fn canonical(key: &str) -> String {
             .collect::<Vec<_>>()
             .join("-"),
     }
-}
-
-fn display_name(key: &str) -> String {
-    canonical(key)
 }
 
 /// RFC 3261 §20.10/§25.1 name-addr / addr-spec checks on a From, To or Contact value.
@@ -776,7 +770,7 @@ fn too_large(msg: &[u8], source: SocketAddr, limit: usize) -> Verdict<'static> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| Header {
             name: n.trim().to_string(),
-            key: long_name(n.trim()).into_owned(),
+            key: long_name(n.trim()),
             value: v.trim().to_string(),
         })
         .collect();

@@ -850,13 +850,7 @@ impl SipService {
             let _ = tx.reply_with(code, headers, None).await;
             return;
         }
-        let has_to_tag = tx
-            .original
-            .to_header()
-            .ok()
-            .and_then(|t| t.tag().ok().flatten())
-            .is_some();
-        if has_to_tag {
+        if in_dialog {
             // In-dialog request: the dialog handles BYE, re-INVITE, UPDATE, INFO, OPTIONS, REFER.
             let mut found = self.dialogs.match_dialog(&tx);
             if found.is_none() && tx.original.method != Method::Ack {
