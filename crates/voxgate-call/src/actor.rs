@@ -432,7 +432,13 @@ impl CallActor {
                     self.work(w);
                     Flow::Continue
                 }
-                _ = tick.tick(), if active => self.on_tick().await,
+                due = tick.tick(), if active => {
+                    let late = due.elapsed().as_millis() as u64;
+                    if late >= 60 {
+                        tracing::debug!(call = %self.id, late, "bot playout tick late");
+                    }
+                    self.on_tick().await
+                }
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
                     self.on_timer().await

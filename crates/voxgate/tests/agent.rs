@@ -354,15 +354,6 @@ async fn offline_agent_answers_and_end_call_hangs_up() {
     );
     assert!(t[2].completion_tokens.unwrap_or(0) > 0, "{:?}", t[2]);
 
-    // The phone heard the first message (and then the reply).
-    let (pcm, rate) = read_recording(&rec);
-    let heard = transcribe_samples(&server, &pcm, rate, None).await;
-    let n = words(FIRST).len();
-    let head: Vec<String> = words(&heard).into_iter().take(n).collect();
-    let w = wer(FIRST, &head.join(" "));
-    assert!(w <= 0.15, "first message WER {w:.2}: heard `{heard}`");
-    assert!(words(&heard).len() > n, "no reply was heard: `{heard}`");
-
     // The live view's audio is both parties: the caller's words and the agent's.
     let mut dec = AudioDecoder::new(Codec::Pcmu);
     let mut mixed = Vec::new();
@@ -373,6 +364,32 @@ async fn offline_agent_answers_and_end_call_hangs_up() {
         assert_eq!(b.len(), 160, "20 ms of 8 kHz µ-law");
         mixed.extend(dec.decode(&b).samples);
     }
+
+    // The phone heard the first message (and then the reply). Delivery is judged against the
+    // audio voxgate sent (the mix's first 5 s, before the caller speaks), window by window, so
+    // that the phone's adaptive jitter buffer dropping or inserting a 10–20 ms frame (seen under
+    // load) is not taken for lost audio; the words are judged by ASR on what the phone recorded,
+    // which on a loaded machine misses a word now and then (piper's output differs per run).
+    let (pcm, rate) = read_recording(&rec);
+    let heard8: Vec<i16> = match rate {
+        SampleRate::HZ_16000 => pcm.iter().step_by(2).copied().collect(),
+        SampleRate::HZ_8000 => pcm.clone(),
+        other => panic!("the phone recorded at {other:?}"),
+    };
+    let sent = &mixed[..mixed.len().min(5 * 8000)];
+    let (voiced, found) = delivered(sent, &heard8, 8000);
+    assert!(
+        voiced >= 10 && found * 10 >= voiced * 8,
+        "the phone's recording matches {found} of {voiced} voiced 200 ms windows voxgate sent"
+    );
+    let heard = transcribe_samples(&server, &pcm, rate, None).await;
+    let w = head_wer(FIRST, &heard);
+    assert!(w <= 0.25, "first message WER {w:.2}: heard `{heard}`");
+    assert!(
+        words(&heard).len() > words(FIRST).len(),
+        "no reply was heard: `{heard}`"
+    );
+
     let both = transcribe_samples(&server, &mixed, SampleRate::HZ_8000, None).await;
     let found = |reference: &str| {
         let w = words(&both);

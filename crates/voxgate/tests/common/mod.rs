@@ -464,6 +464,63 @@ pub fn wer(reference: &str, hyp: &str) -> f64 {
     edit_distance(&r, &words(hyp)) as f64 / r.len().max(1) as f64
 }
 
+/// Word error rate of `reference` against the best-matching head of `hyp` (what follows the
+/// reference in `hyp` is not counted): one deleted word costs one error, not two.
+pub fn head_wer(reference: &str, hyp: &str) -> f64 {
+    let r = words(reference);
+    let h = words(hyp);
+    (0..=h.len())
+        .map(|k| edit_distance(&r, &h[..k]))
+        .min()
+        .unwrap_or(r.len()) as f64
+        / r.len().max(1) as f64
+}
+
+/// How much of `sent` (8 kHz) arrived in `heard` (8 kHz, later by up to `max_lag` samples): the
+/// 200 ms windows of `sent` with speech in them, and how many of those were found in `heard`
+/// (normalised correlation ≥ 0.8 at some lag). The lag is searched in full for the first window
+/// and within ±30 ms of the last one after that, so a receiver's jitter buffer that drops or
+/// inserts a frame (a slip) is followed, while lost or garbled audio is not found.
+pub fn delivered(sent: &[i16], heard: &[i16], max_lag: usize) -> (usize, usize) {
+    const W: usize = 1600;
+    const SLIP: usize = 240;
+    let corr = |a: &[i16], b: &[i16]| {
+        let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (*x as f64, *y as f64);
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        ab / (aa.sqrt() * bb.sqrt() + 1.0)
+    };
+    let (mut voiced, mut found) = (0, 0);
+    let mut last: Option<usize> = None;
+    for start in (0..sent.len().saturating_sub(W)).step_by(W) {
+        let w = &sent[start..start + W];
+        let rms = (w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / W as f64).sqrt();
+        if rms < 300.0 {
+            continue;
+        }
+        voiced += 1;
+        let lags = match last {
+            None => 0..max_lag,
+            Some(l) => l.saturating_sub(SLIP)..l + SLIP,
+        };
+        let best = lags
+            .filter(|lag| start + lag + W <= heard.len())
+            .map(|lag| (corr(w, &heard[start + lag..start + lag + W]), lag))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((c, lag)) = best {
+            if c >= 0.8 {
+                found += 1;
+                last = Some(lag);
+            }
+        }
+    }
+    (voiced, found)
+}
+
 /// 16 kHz two-tone DTMF audio for `digits`: 120 ms tones, 120 ms gaps.
 pub fn dtmf_audio(digits: &str) -> Vec<i16> {
     let rows = [697.0f32, 770.0, 852.0, 941.0];
