@@ -1734,3 +1734,200 @@ async fn a_reinvite_right_after_the_answer_finds_its_dialog() {
         "re-INVITE answers: {answers:?}"
     );
 }
+
+/// What RFC 4475's notes allow as voxgate's (a UAS's) answer to one torture message.
+#[derive(Debug, Clone, Copy)]
+enum Torture {
+    /// Well-formed: any final answer but 400 (the method decides which: 200, 405, 481, 4xx for
+    /// an INVITE nobody takes, ...).
+    Valid,
+    /// Exactly these status codes.
+    Codes(&'static [u16]),
+    /// Any final answer (the RFC allows rejecting or accepting).
+    Either,
+    /// A response with no transaction here: dropped without an answer.
+    Silent,
+}
+
+/// Each message of RFC 4475 §3 (tests/rfc4475/, see its README) and the answer its notes allow.
+const RFC4475: &[(&str, Torture)] = &[
+    ("3.1.1.1_wsinv", Torture::Valid),
+    ("3.1.1.2_intmeth", Torture::Codes(&[501, 405])),
+    ("3.1.1.3_esc01", Torture::Valid),
+    ("3.1.1.4_escnull", Torture::Valid),
+    ("3.1.1.5_esc02", Torture::Codes(&[501, 405])),
+    ("3.1.1.6_lwsdisp", Torture::Codes(&[200])),
+    ("3.1.1.7_longreq", Torture::Valid),
+    ("3.1.1.8_dblreq", Torture::Valid),
+    ("3.1.1.9_semiuri", Torture::Codes(&[200])),
+    ("3.1.1.10_transports", Torture::Codes(&[200])),
+    ("3.1.1.11_mpart01", Torture::Valid),
+    ("3.1.1.12_unreason", Torture::Silent),
+    ("3.1.1.13_noreason", Torture::Silent),
+    ("3.1.2.1_badinv01", Torture::Codes(&[400])),
+    ("3.1.2.2_clerr", Torture::Codes(&[400])),
+    ("3.1.2.3_ncl", Torture::Codes(&[400])),
+    ("3.1.2.4_scalar02", Torture::Codes(&[400])),
+    ("3.1.2.5_scalarlg", Torture::Silent),
+    ("3.1.2.6_quotbal", Torture::Codes(&[400])),
+    ("3.1.2.7_ltgtruri", Torture::Codes(&[400])),
+    ("3.1.2.8_lwsruri", Torture::Codes(&[400])),
+    ("3.1.2.9_lwsstart", Torture::Codes(&[400])),
+    ("3.1.2.10_trws", Torture::Codes(&[400])),
+    ("3.1.2.11_escruri", Torture::Codes(&[400])),
+    ("3.1.2.12_baddate", Torture::Either),
+    ("3.1.2.13_regbadct", Torture::Codes(&[400])),
+    ("3.1.2.14_badaspec", Torture::Either),
+    ("3.1.2.15_baddn", Torture::Codes(&[400])),
+    ("3.1.2.16_badvers", Torture::Codes(&[505])),
+    ("3.1.2.17_mismatch01", Torture::Codes(&[400])),
+    ("3.1.2.18_mismatch02", Torture::Codes(&[400, 501])),
+    ("3.1.2.19_bigcode", Torture::Silent),
+    ("3.2.1_badbranch", Torture::Codes(&[200])),
+    ("3.3.1_insuf", Torture::Codes(&[400])),
+    ("3.3.2_unkscm", Torture::Codes(&[416])),
+    ("3.3.3_novelsc", Torture::Codes(&[416])),
+    ("3.3.4_unksm2", Torture::Either),
+    ("3.3.5_bext01", Torture::Codes(&[420])),
+    ("3.3.6_invut", Torture::Codes(&[415])),
+    ("3.3.7_regaut01", Torture::Valid),
+    ("3.3.8_multi01", Torture::Codes(&[400])),
+    ("3.3.9_mcl01", Torture::Codes(&[400])),
+    ("3.3.10_bcast", Torture::Silent),
+    ("3.3.11_zeromf", Torture::Codes(&[200])),
+    ("3.3.12_cparam01", Torture::Valid),
+    ("3.3.13_cparam02", Torture::Valid),
+    ("3.3.14_regescrt", Torture::Valid),
+    ("3.3.15_sdp01", Torture::Codes(&[406])),
+    ("3.4.1_inv2543", Torture::Valid),
+];
+
+/// A torture message as sent: the file's lines joined with CRLF, `{0xHH}` as that octet.
+fn torture_message(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/rfc4475")
+        .join(format!("{name}.sip"));
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::with_capacity(text.len() + 64);
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\n' {
+            out.extend_from_slice(b"\r\n");
+            i += 1;
+        } else if text[i..].starts_with(b"{0x") && text.len() >= i + 6 && text[i + 5] == b'}' {
+            let hex = std::str::from_utf8(&text[i + 3..i + 5]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 6;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The Call-ID of a torture message (`Call-ID:` or `i:`), to tell its answers from others'.
+fn torture_call_id(msg: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(msg);
+    text.split("\r\n").find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        let n = n.trim();
+        (n.eq_ignore_ascii_case("call-id") || n == "i").then(|| v.trim().to_string())
+    })
+}
+
+/// Issue 10 point 2: every RFC 4475 §3 message over UDP gets the answer the RFC's notes allow,
+/// the server never stops answering, and no call is left behind. Responses without `rport` go
+/// to the Via's sent-by port (RFC 3261 §18.2.2), 5060 for these messages, so the test sends
+/// from 5060 on an address of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4475_torture_messages_get_the_answers_the_rfc_allows() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let sip = server.sip_addr.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let s = std::net::UdpSocket::bind("127.0.47.75:5060").expect("bind 127.0.47.75:5060");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let mut results = Vec::new();
+        for (name, expect) in RFC4475 {
+            let msg = torture_message(name);
+            let call_id = torture_call_id(&msg);
+            s.send_to(&msg, &sip).unwrap();
+            let wait = match expect {
+                Torture::Silent => Duration::from_millis(700),
+                _ => Duration::from_secs(8),
+            };
+            let deadline = std::time::Instant::now() + wait;
+            let mut answer = None;
+            while answer.is_none() && std::time::Instant::now() < deadline {
+                let Ok(n) = s.recv(&mut buf) else { continue };
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let ours = call_id.is_none()
+                    || header(&text, "Call-ID")
+                        .or_else(|| header(&text, "i"))
+                        .map(str::to_string)
+                        == call_id;
+                if ours && text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1") {
+                    answer = Some(text);
+                }
+            }
+            results.push((*name, *expect, answer));
+        }
+        results
+    })
+    .await
+    .unwrap();
+
+    let mut wrong = Vec::new();
+    for (name, expect, answer) in &results {
+        let code = answer.as_ref().map(|a| {
+            a.split(' ')
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0)
+        });
+        let ok = match (expect, code) {
+            (Torture::Silent, None) => true,
+            (Torture::Valid, Some(c)) => c != 400 && c >= 200,
+            (Torture::Either, Some(c)) => c >= 200,
+            (Torture::Codes(cs), Some(c)) => cs.contains(&c),
+            _ => false,
+        };
+        let line = answer
+            .as_deref()
+            .map(|a| a.lines().next().unwrap_or_default().to_string())
+            .unwrap_or_else(|| "no answer".into());
+        eprintln!("{name:24} {line}");
+        if !ok {
+            wrong.push(format!("{name}: expected {expect:?}, got {line}"));
+        }
+        // 415 names what we take, 420 what we do not support (RFC 3261 §21.4.13, §21.4.15).
+        if let (Some(415), Some(a)) = (code, answer) {
+            assert!(header(a, "Accept").is_some(), "{name}: 415 without Accept");
+        }
+        if let (Some(420), Some(a)) = (code, answer) {
+            assert!(
+                header(a, "Unsupported").is_some(),
+                "{name}: 420 without Unsupported"
+            );
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The server still answers, and no call is left behind.
+    let h: serde_json::Value = reqwest::get(server.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    call_sessions(&server, 0).await;
+    let lists: serde_json::Value = reqwest::get(server.http("/call/lists"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lists["calls"], serde_json::json!([]), "{lists}");
+}

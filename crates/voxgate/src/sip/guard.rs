@@ -219,7 +219,10 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
     if !["sip", "sips", "tel"].contains(&scheme.to_ascii_lowercase().as_str()) {
         return answer(416, "Unsupported URI Scheme".into(), &[]);
     }
-    if rest.contains('?') {
+    // `?` starts URI headers only after the host: the userinfo may hold one (RFC 3261 §25.1
+    // `user-unreserved`; RFC 4475 §3.1.1.2).
+    let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if host_part.contains('?') {
         return answer(
             400,
             "Malformed Request-URI: it carries headers (?...)".into(),
@@ -293,6 +296,19 @@ pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
         }
         if let Err(why) = check_name_addr(&h.value) {
             return answer(400, format!("Malformed {}: {why}", h.name), &[]);
+        }
+    }
+    // Separators with nothing between them (RFC 4475 §3.1.2.1: `;;,;,,` in Via, `;;;;` after a
+    // Contact): a generic-param needs a name (§25.1), a list element a value (§7.3.1).
+    for h in headers.iter().filter(|h| {
+        ["via", "from", "to", "contact", "route", "record-route"].contains(&h.key.as_str())
+    }) {
+        if empty_separators(&h.value) {
+            return answer(
+                400,
+                format!("Malformed {}: an empty parameter or list element", h.name),
+                &[],
+            );
         }
     }
 
@@ -488,6 +504,43 @@ fn check_name_addr(v: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// Whether `v` has `;;`, `;,`, `,,`, `,;` or ends in `;` or `,` (white space aside), outside
+/// quoted strings and `<>`.
+fn empty_separators(v: &str) -> bool {
+    let mut skeleton = String::with_capacity(v.len());
+    let (mut in_q, mut escaped, mut in_angle) = (false, false, false);
+    for c in v.chars() {
+        if in_q {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_q = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_q = true;
+                skeleton.push('q');
+            }
+            '<' => in_angle = true,
+            '>' => {
+                in_angle = false;
+                skeleton.push('u');
+            }
+            _ if in_angle || c.is_whitespace() => {}
+            _ => skeleton.push(c),
+        }
+    }
+    ["; ;", ";;", ";,", ",,", ",;"]
+        .iter()
+        .any(|p| skeleton.contains(p))
+        || skeleton.starts_with([',', ';'])
+        || skeleton.ends_with([',', ';'])
 }
 
 fn unescaped_quotes(v: &str) -> usize {
@@ -830,6 +883,21 @@ mod tests {
             Verdict::Pass(b) => String::from_utf8_lossy(&b).into_owned(),
             other => panic!("not passed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn empty_parameters_and_list_elements_are_found() {
+        assert!(empty_separators("SIP/2.0/UDP 192.0.2.15;;,;,,"));
+        assert!(empty_separators("\"Joe\" <sip:joe@example.org>;;;;"));
+        assert!(empty_separators("<sip:a@b>;tag=1;"));
+        assert!(empty_separators("SIP/2.0/UDP a ; ; branch=z9hG4bK1"));
+        assert!(!empty_separators(
+            "SIP  / 2.0  / TCP     spindle.example.com   ;  branch  =   z9hG4bK9ikj8  , SIP  /    2.0   / UDP  192.168.255.111   ; branch= z9hG4bK30239"
+        ));
+        assert!(!empty_separators("\";;,,\" <sip:a;;b@c>;tag=1"));
+        assert!(!empty_separators(
+            "sip:user;par=u%40example.net@example.com;tag=1"
+        ));
     }
 
     #[test]
