@@ -415,9 +415,12 @@ fn contactless_2xx(msg: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let head_end = find(msg, b"\r\n\r\n")?;
+    // The status line is copied as bytes: a lossy string of it can be longer than the original
+    // (each invalid octet becomes a 3-byte U+FFFD), so its length must not index `msg`.
+    let status_end = find(msg, b"\r\n")?;
     let head = String::from_utf8_lossy(&msg[..head_end]);
     let mut lines = head.split("\r\n");
-    let status = lines.next()?;
+    lines.next()?;
     let fields: Vec<(String, &str)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (long_name(n.trim()), v.trim()))
@@ -430,7 +433,7 @@ fn contactless_2xx(msg: &[u8]) -> Option<Vec<u8>> {
     }
     let to = fields.iter().find(|(k, _)| k == "to")?.1;
     let mut out = Vec::with_capacity(msg.len() + 96);
-    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(&msg[..status_end]);
     out.extend_from_slice(
         format!(
             "\r\nContact: <{}>\r\n{NO_CONTACT_MARK}: no-contact",
@@ -438,7 +441,7 @@ fn contactless_2xx(msg: &[u8]) -> Option<Vec<u8>> {
         )
         .as_bytes(),
     );
-    out.extend_from_slice(&msg[status.len()..]);
+    out.extend_from_slice(&msg[status_end..]);
     Some(out)
 }
 
@@ -771,7 +774,13 @@ impl rsipstack::platform::net::UdpSocket for GuardedUdp {
         loop {
             let (len, from) = self.socket.recv_from(&mut dgram).await?;
             let data = &dgram[..len];
-            match inspect(data, from) {
+            // A fault in the guard must not end the socket's receive loop (and with it all SIP
+            // over UDP): the datagram is dropped and the fault logged.
+            let verdict = std::panic::catch_unwind(|| inspect(data, from)).unwrap_or_else(|_| {
+                tracing::error!(%from, len, "SIP guard fault on a datagram; dropped");
+                Verdict::Drop("guard fault")
+            });
+            match verdict {
                 Verdict::Pass(bytes) if bytes.len() <= buf.len() => {
                     buf[..bytes.len()].copy_from_slice(&bytes);
                     return Ok((bytes.len(), from));
@@ -929,6 +938,18 @@ mod tests {
             ok.replace("Call-ID: x", "Call-ID: x\r\nm: <sip:bob@h>"),
         ] {
             assert_eq!(passed(inspect(other.as_bytes(), src)), other);
+        }
+        // A reason phrase that is not UTF-8 (found by fuzzing: a lossy copy of the status line
+        // is longer than the bytes and indexed past the datagram's end).
+        let mut odd = b"SIP/2.0 200 \xd0\xc9\xc9\xc9\xc9\xc9\xc9\xc9".to_vec();
+        odd.extend_from_slice(&ok.as_bytes()["SIP/2.0 200 OK".len()..]);
+        match inspect(&odd, src) {
+            Verdict::Pass(out) => {
+                assert!(out.starts_with(&odd[..20]));
+                assert!(find(&out, b"\r\nContact: <sip:bob@192.0.2.9:5070>\r\n").is_some());
+                assert!(out.ends_with(&odd[20..]));
+            }
+            _ => panic!("a 2xx is passed on"),
         }
     }
 
