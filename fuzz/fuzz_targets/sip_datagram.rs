@@ -1,10 +1,19 @@
 //! One UDP datagram as the SIP socket receives it: `voxgate::sip::guard::inspect` first (its
 //! stateless answers must themselves be SIP that parses), then, for what it passes on, the SIP
 //! adapter's parsing entry (`voxgate::sip::inspect_datagram`): rsipstack's parser, what routing
-//! reads of an INVITE and the status its SDP would get.
+//! reads of an INVITE and the status its SDP would get. The same bytes as a TCP stream: the
+//! framer (`voxgate::sip::stream::frame`) and the stream's fallback answer (`guard::refuse`).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use voxgate::sip::guard::{inspect, Verdict};
+use voxgate::sip::guard::{inspect, refuse, Verdict};
+use voxgate::sip::stream::{frame, Frame};
+
+fn parses_as_response(response: &[u8]) -> bool {
+    matches!(
+        rsipstack::sip::SipMessage::try_from(response),
+        Ok(rsipstack::sip::SipMessage::Response(_))
+    )
+}
 
 fuzz_target!(|data: &[u8]| {
     let source = "192.0.2.1:5060".parse().unwrap();
@@ -27,5 +36,19 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         Verdict::Drop(_) => {}
+    }
+    if let Some(r) = refuse(data, source, 400, "Bad Request") {
+        assert!(parses_as_response(&r), "{}", String::from_utf8_lossy(&r));
+    }
+    // Bounded: every frame consumes at least one octet.
+    let mut rest = data;
+    for _ in 0..64 {
+        match frame(rest) {
+            Frame::Message(n) | Frame::Ping(n) => {
+                assert!(n > 0 && n <= rest.len(), "frame of {n} in {}", rest.len());
+                rest = &rest[n..];
+            }
+            Frame::Partial | Frame::Broken(..) => break,
+        }
     }
 });

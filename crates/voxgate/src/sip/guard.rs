@@ -644,6 +644,42 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A stateless response (RFC 3261 §8.2.6) to the request whose headers are `headers`.
+/// A stateless answer with `code` and `reason` to the request in `msg` (its Via, From, To,
+/// Call-ID and CSeq copied, RFC 3261 §8.2.6), for a request the guard passed but the stack
+/// could not parse or a stream could not frame; `None` for a response or a request without Via.
+pub fn refuse(msg: &[u8], source: SocketAddr, code: u16, reason: &str) -> Option<Vec<u8>> {
+    let start = msg
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(msg.len());
+    let msg = &msg[start..];
+    if msg.starts_with(b"SIP/") {
+        return None;
+    }
+    let head_end = find(msg, b"\r\n\r\n").unwrap_or(msg.len());
+    let head = String::from_utf8_lossy(&msg[..head_end]);
+    let headers: Vec<Header> = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            let n = n.trim();
+            Some(Header {
+                name: n.to_string(),
+                key: long_name(n),
+                value: v.trim().to_string(),
+            })
+        })
+        .collect();
+    if !headers.iter().any(|h| h.key == "via") {
+        return None;
+    }
+    match build_answer(&headers, source, code, reason.to_string(), &[]) {
+        Verdict::Answer { response, .. } => Some(response),
+        _ => None,
+    }
+}
+
 fn build_answer<'a>(
     headers: &[Header],
     source: SocketAddr,

@@ -12,6 +12,7 @@
 pub mod call;
 pub mod guard;
 pub mod media;
+pub mod stream;
 
 use crate::auth::{Principal, LOCAL_USER};
 use crate::config::{SipConfig, SipTrunk};
@@ -467,9 +468,11 @@ impl SipService {
             .try_into()
             .map_err(|e| anyhow::anyhow!("SIP address: {e:?}"))?;
         transport.add_transport(udp.into());
+        // TCP is accepted by `stream` (the guard runs there too), on the UDP address.
+        let mut tcp = None;
         if cfg.tcp {
-            match rsipstack::transport::TcpListenerConnection::new(local_addr, None).await {
-                Ok(tcp) => transport.add_transport(tcp.into()),
+            match tokio::net::TcpListener::bind(local_addr).await {
+                Ok(l) => tcp = Some(l),
                 Err(e) => tracing::warn!("SIP over TCP disabled: cannot bind {local_addr}: {e}"),
             }
         }
@@ -500,6 +503,9 @@ impl SipService {
             .incoming_transactions()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let inner = endpoint.inner.clone();
+        if let Some(l) = tcp {
+            stream::serve(l, inner.clone(), cancel.child_token());
+        }
         let dialogs = Arc::new(DialogLayer::new(inner.clone()));
         let rtp_ip: IpAddr = match &cfg.rtp_address {
             Some(a) => a.parse()?,
