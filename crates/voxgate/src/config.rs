@@ -337,6 +337,12 @@ pub struct SipConfig {
     pub allow: Vec<String>,
     /// Inbound calls waiting for a webhook-announced client at once; more get 503.
     pub max_pending: usize,
+    /// Session interval our INVITEs ask for, seconds (RFC 4028 `Session-Expires`; the far end
+    /// may shorten it to its `Min-SE`); 0 asks for none. A call whose refreshes stop is ended.
+    pub session_expires_secs: u32,
+    /// Shortest session interval an inbound INVITE may ask for, seconds (RFC 4028 `Min-SE`;
+    /// shorter gets 422). At least 90.
+    pub min_se_secs: u32,
 }
 
 /// A trunk: where `invite` sends calls whose callee is a number, with optional registration.
@@ -524,6 +530,8 @@ impl Default for SipConfig {
             }],
             allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_pending: 256,
+            session_expires_secs: 1800,
+            min_se_secs: 90,
         }
     }
 }
@@ -843,6 +851,12 @@ impl Config {
         }
         if sip.jitter_min_ms == 0 || sip.jitter_max_ms < sip.jitter_min_ms {
             errs.push("sip.jitter_min_ms/jitter_max_ms: need 0 < min <= max".into());
+        }
+        if sip.min_se_secs < 90 {
+            errs.push("sip.min_se_secs: RFC 4028 §4 forbids less than 90 s".into());
+        }
+        if sip.session_expires_secs != 0 && sip.session_expires_secs < sip.min_se_secs {
+            errs.push("sip.session_expires_secs: 0 (off) or at least sip.min_se_secs".into());
         }
         for (i, t) in sip.trunks.iter().enumerate() {
             if t.name.is_empty() || t.host.is_empty() {

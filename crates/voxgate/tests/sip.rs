@@ -2039,3 +2039,242 @@ async fn torture_check(tcp: bool) {
         .unwrap();
     assert_eq!(lists["calls"], serde_json::json!([]), "{lists}");
 }
+
+/// A raw-UDP far end's answer to `req`: `code reason` with its Via, From, Call-ID, CSeq, To
+/// (tagged `tag`) and `extra` headers (CRLF-terminated lines) and `body`.
+fn far_answer(req: &str, code: &str, tag: &str, extra: &str, body: &str) -> String {
+    let mut resp = format!("SIP/2.0 {code}\r\n");
+    for l in req.split("\r\n").skip(1) {
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "v", "from", "f", "call-id", "i", "cseq"].contains(&name.as_str()) {
+            resp.push_str(l);
+            resp.push_str("\r\n");
+        } else if name == "to" || name == "t" {
+            if l.contains("tag=") {
+                resp.push_str(&format!("{l}\r\n"));
+            } else {
+                resp.push_str(&format!("{l};tag={tag}\r\n"));
+            }
+        }
+    }
+    resp.push_str(extra);
+    resp.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    resp
+}
+
+/// Issue 10 point 5, RFC 4028 as UAS: an INVITE asking for less than Min-SE gets 422 with
+/// `Min-SE: 90`; a granted session timer is stated in the 200 (`Session-Expires`,
+/// `Require: timer`), a refresh (UPDATE) is answered and restarts the clock, and when refreshes
+/// stop voxgate sends BYE after the interval minus a third (60 s of 90) and the client hears
+/// `error` and `hangup`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timers_as_uas_refuse_grant_and_expire() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let sip = server.sip_addr.clone();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+    );
+    let send = |method: &str, call_id: &str, cseq: u32, to_tag: &str, extra: &str, body: &str| {
+        let to_tag = if to_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={to_tag}")
+        };
+        let m = format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-st-{call_id}-{cseq}\r\n\
+             From: <sip:5551234@127.0.0.1>;tag=st1\r\nTo: <sip:1000@{sip}>{to_tag}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:5551234@{me}>\r\nMax-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    let next = |want: &dyn Fn(&str) -> bool, secs: u64| -> Option<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut buf = vec![0u8; 65_536];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if want(&m) {
+                    return Some(m);
+                }
+            }
+        }
+        None
+    };
+    let final_for = |method: &'static str| {
+        move |m: &str| {
+            !m.starts_with("SIP/2.0 1")
+                && m.starts_with("SIP/2.0 ")
+                && header(m, "CSeq").is_some_and(|c| c.ends_with(method))
+        }
+    };
+
+    // Too short an interval: 422 with our Min-SE, and no call.
+    send(
+        "INVITE",
+        "st-short",
+        1,
+        "",
+        "Session-Expires: 60\r\nContent-Type: application/sdp\r\n",
+        &sdp,
+    );
+    let r = tokio::task::block_in_place(|| next(&final_for("INVITE"), 10)).expect("an answer");
+    assert!(r.starts_with("SIP/2.0 422 "), "{r}");
+    assert_eq!(header(&r, "Min-SE"), Some("90"), "{r}");
+    send("ACK", "st-short", 1, "", "", "");
+
+    // Granted: the far end (UAC) refreshes.
+    send(
+        "INVITE",
+        "st-ok",
+        1,
+        "",
+        "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\nContent-Type: application/sdp\r\n",
+        &sdp,
+    );
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let ok = tokio::task::block_in_place(|| next(&final_for("INVITE"), 10)).expect("a 200");
+    assert!(ok.starts_with("SIP/2.0 200 "), "{ok}");
+    assert_eq!(
+        header(&ok, "Session-Expires"),
+        Some("90;refresher=uac"),
+        "{ok}"
+    );
+    assert_eq!(header(&ok, "Require"), Some("timer"), "{ok}");
+    let tag = header(&ok, "To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .map(|t| t.split(';').next().unwrap().trim().to_string())
+        .expect("a To tag");
+    send("ACK", "st-ok", 1, &tag, "", "");
+    let answered = std::time::Instant::now();
+    client.wait_event("answer", Duration::from_secs(5)).await;
+
+    // A refresh 15 s in: answered with the session restated; the clock restarts.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    send(
+        "UPDATE",
+        "st-ok",
+        2,
+        &tag,
+        "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n",
+        "",
+    );
+    let r = tokio::task::block_in_place(|| next(&final_for("UPDATE"), 10)).expect("an answer");
+    assert!(r.starts_with("SIP/2.0 200 "), "{r}");
+    assert_eq!(
+        header(&r, "Session-Expires"),
+        Some("90;refresher=uac"),
+        "{r}"
+    );
+
+    // No more refreshes: BYE 60 s after the last one (not 60 s after the answer).
+    let bye = tokio::task::block_in_place(|| next(&|m: &str| m.starts_with("BYE "), 90))
+        .expect("voxgate never sent BYE");
+    let at = answered.elapsed();
+    assert!(
+        at >= Duration::from_secs(70) && at <= Duration::from_secs(90),
+        "BYE {at:?} after the answer"
+    );
+    sock.send_to(far_answer(&bye, "200 OK", &tag, "", "").as_bytes(), &sip)
+        .unwrap();
+    let e = client
+        .wait_for("the session-expired error", Duration::from_secs(5), |e| {
+            e["event"] == "error" && e["sender"] == "sip"
+        })
+        .await;
+    assert!(
+        e["error"].as_str().unwrap().contains("session expired"),
+        "{e}"
+    );
+    let h = client.wait_event("hangup", Duration::from_secs(5)).await;
+    assert_eq!(h["initiator"], "system", "{h}");
+}
+
+/// Issue 10 point 5, RFC 4028 as UAC: voxgate's INVITE says `Supported: timer` and asks for
+/// `Session-Expires: 1800`; when the far end grants 90 s with `refresher=uac`, voxgate refreshes
+/// with an UPDATE after half the interval, carrying the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timers_as_uac_ask_and_refresh() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    far.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let far_addr = far.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "codec": "pcmu"}}))
+        .await;
+    let (invite, update, update_at) = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65_536];
+        let mut invite = None;
+        let mut answered = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(70);
+        while std::time::Instant::now() < deadline {
+            let Ok((n, from)) = far.recv_from(&mut buf) else {
+                continue;
+            };
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            if m.starts_with("INVITE ") && invite.is_none() {
+                let sdp = format!(
+                    "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+                );
+                let extra = format!(
+                    "Contact: <sip:bob@{far_addr}>\r\nSession-Expires: 90;refresher=uac\r\nRequire: timer\r\n\
+                     Allow: INVITE, ACK, BYE, CANCEL, UPDATE\r\nContent-Type: application/sdp\r\n"
+                );
+                far.send_to(far_answer(&m, "200 OK", "far", &extra, &sdp).as_bytes(), from)
+                    .unwrap();
+                invite = Some(m);
+                answered = Some(std::time::Instant::now());
+            } else if m.starts_with("UPDATE ") {
+                far.send_to(
+                    far_answer(&m, "200 OK", "far", "Session-Expires: 90;refresher=uac\r\n", "")
+                        .as_bytes(),
+                    from,
+                )
+                .unwrap();
+                let at = answered.map(|a| a.elapsed());
+                return (invite, Some(m), at);
+            }
+        }
+        (invite, None, None)
+    })
+    .await
+    .unwrap();
+    let invite = invite.expect("no INVITE reached the far end");
+    assert!(
+        header(&invite, "Supported").is_some_and(|s| s.contains("timer")),
+        "{invite}"
+    );
+    assert_eq!(header(&invite, "Session-Expires"), Some("1800"), "{invite}");
+    let update = update.expect("voxgate never refreshed the session");
+    assert_eq!(
+        header(&update, "Session-Expires"),
+        Some("90;refresher=uac"),
+        "{update}"
+    );
+    let at = update_at.unwrap();
+    assert!(
+        at >= Duration::from_secs(40) && at <= Duration::from_secs(55),
+        "refresh {at:?} after the answer"
+    );
+    client.wait_event("answer", Duration::from_secs(1)).await;
+    client.send(json!({"command": "hangup"})).await;
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+}

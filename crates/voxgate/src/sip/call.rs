@@ -12,6 +12,7 @@
 //! anything else 603 Decline.
 
 use super::media::{self, AudioSink, MediaControl, MediaHandle, RtpSockets};
+use super::timer::SessionTimer;
 use super::{IncomingCall, SipService};
 use async_trait::async_trait;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
@@ -95,6 +96,10 @@ struct SipCall {
     /// The far end's signalling address: RTP from it may be latched as well as RTP from the
     /// SDP's address (symmetric RTP behind NAT), from nowhere else.
     peer_ip: Option<std::net::IpAddr>,
+    /// The dialog's session timer (RFC 4028), once negotiated.
+    timer: Mutex<Option<SessionTimer>>,
+    /// When the far end last refreshed the session (re-INVITE or UPDATE), or it began.
+    refreshed: Mutex<std::time::Instant>,
 }
 
 /// The IP of a URI's host (resolved when it is a name; port 5060 unless given).
@@ -188,6 +193,8 @@ impl PendingLeg for IncomingSip {
             tasks: Mutex::new(Vec::new()),
             answered: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            timer: Mutex::new(None),
+            refreshed: Mutex::new(std::time::Instant::now()),
         });
         // Not accepted in time: the caller gets 480 (`hangup` reason `no_answer`).
         c.start_ring_timer();
@@ -293,12 +300,16 @@ pub async fn dial(
         offer: Some(offer.clone().into_bytes()),
         contact: svc.contact(&caller),
         credential,
-        headers: (!o.headers.is_empty()).then(|| {
-            o.headers
-                .iter()
-                .map(|(k, v)| rsipstack::sip::Header::Other(k.clone(), v.clone()))
-                .collect()
-        }),
+        headers: Some(
+            super::timer::uac_request_headers(svc.cfg.session_expires_secs, svc.cfg.min_se_secs)
+                .into_iter()
+                .chain(
+                    o.headers
+                        .iter()
+                        .map(|(k, v)| rsipstack::sip::Header::Other(k.clone(), v.clone())),
+                )
+                .collect(),
+        ),
         ..Default::default()
     };
     let (state_tx, states) = svc.dialogs.new_dialog_state_channel();
@@ -327,6 +338,8 @@ pub async fn dial(
         tasks: Mutex::new(Vec::new()),
         answered: AtomicBool::new(false),
         ended: AtomicBool::new(false),
+        timer: Mutex::new(None),
+        refreshed: Mutex::new(std::time::Instant::now()),
     });
     let cc = c.clone();
     c.push_task(tokio::spawn(async move {
@@ -357,6 +370,9 @@ pub async fn dial(
                 if resp.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful =>
             {
                 let sdp = String::from_utf8_lossy(&resp.body).to_string();
+                if let Some(t) = super::timer::uac(&resp) {
+                    cc.start_session_timer(t);
+                }
                 match cc.on_answered(&sdp) {
                     Ok(codec) => vec![LegEvent::Answered {
                         sdp: Some(sdp),
@@ -417,6 +433,114 @@ pub async fn dial(
 }
 
 impl SipCall {
+    /// Headers of our 2xx to the initial INVITE: Content-Type and, when the caller asked for a
+    /// session timer, the one we grant (RFC 4028 §9; too short an interval was refused with 422
+    /// before the call was set up).
+    fn answer_headers(&self) -> Vec<Header> {
+        let mut headers = vec![sdp_header()];
+        let req = self.dialog.initial_request();
+        if let Ok(Some((t, more))) = super::timer::uas(&req, self.svc.cfg.min_se_secs) {
+            if let Ok(mut slot) = self.timer.lock() {
+                *slot = Some(t);
+            }
+            headers.extend(more);
+        }
+        headers
+    }
+
+    /// Runs the dialog's session timer (RFC 4028 §10): as refresher, an UPDATE (a re-INVITE
+    /// with our SDP if the far end refuses UPDATE) every half interval; otherwise BYE when the
+    /// far end has not refreshed for [`SessionTimer::expires_after`]. Either way a failure ends
+    /// the call with an `error` (408) and `hangup` (`failed`, `system`).
+    fn start_session_timer(self: &Arc<Self>, t: SessionTimer) {
+        if let Ok(mut slot) = self.timer.lock() {
+            *slot = Some(t);
+        }
+        if let Ok(mut r) = self.refreshed.lock() {
+            *r = std::time::Instant::now();
+        }
+        tracing::debug!(call = %self.call_id, interval = t.interval, we_refresh = t.we_refresh, "session timer");
+        let c = self.clone();
+        // Bounded by the call: the task is aborted when the leg closes.
+        self.push_task(tokio::spawn(async move {
+            loop {
+                if t.we_refresh {
+                    tokio::time::sleep(t.refresh_every()).await;
+                    if c.ended.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Err(why) = c.refresh(&t).await {
+                        c.session_failed(format!("session refresh failed: {why}"))
+                            .await;
+                        return;
+                    }
+                } else {
+                    let since = c.refreshed.lock().map(|r| r.elapsed()).unwrap_or_default();
+                    let left = t.expires_after().saturating_sub(since);
+                    if left.is_zero() {
+                        c.session_failed(format!(
+                            "session expired: no refresh within {} s (RFC 4028 §10)",
+                            t.expires_after().as_secs()
+                        ))
+                        .await;
+                        return;
+                    }
+                    tokio::time::sleep(left).await;
+                    if c.ended.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+
+    /// One refresh: UPDATE without a body; on 405/501, a re-INVITE with our current SDP.
+    async fn refresh(&self, t: &SessionTimer) -> Result<(), String> {
+        let headers = vec![t.header(), Header::Supported("timer".into())];
+        let resp = self
+            .dialog
+            .update(Some(headers.clone()), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let code = resp.as_ref().map(|r| u16::from(r.status_code.clone()));
+        let resp = match code {
+            Some(405 | 501) => {
+                let local = self.shared.lock().map_err(|_| "lock")?.local.clone();
+                let mut h = headers;
+                h.push(sdp_header());
+                self.dialog
+                    .reinvite(Some(h), Some(sdp::build_offer(&local).into_bytes()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            _ => resp,
+        };
+        match resp {
+            Some(r) if r.status_code.kind() == rsipstack::sip::StatusCodeKind::Successful => Ok(()),
+            Some(r) => Err(format!("the far end answered {}", r.status_code)),
+            None => Err("no answer".into()),
+        }
+    }
+
+    async fn session_failed(&self, message: String) {
+        tracing::warn!(call = %self.call_id, "{message}");
+        let _ = self
+            .port
+            .event(LegEvent::Error {
+                sender: "sip".into(),
+                message,
+                code: Some(408),
+            })
+            .await;
+        let _ = self
+            .port
+            .event(LegEvent::Ended {
+                reason: "failed".into(),
+                initiator: "system".into(),
+            })
+            .await;
+    }
+
     fn push_task(&self, t: JoinHandle<()>) {
         if let Ok(mut v) = self.tasks.lock() {
             v.push(t);
@@ -488,7 +612,10 @@ impl SipCall {
             })?;
             let codec = self.start_media(sockets, neg, local)?;
             dialog
-                .accept(Some(vec![sdp_header()]), Some(answer.clone().into_bytes()))
+                .accept(
+                    Some(self.answer_headers()),
+                    Some(answer.clone().into_bytes()),
+                )
                 .map_err(|e| (500, e.to_string()))?;
             self.answered.store(true, Ordering::SeqCst);
             return Ok((answer, codec));
@@ -496,7 +623,7 @@ impl SipCall {
         // Late offer (RFC 3261 §13.2.1): our offer goes in the 200 OK, the answer in the ACK.
         let body = sdp::build_offer(&local);
         dialog
-            .accept(Some(vec![sdp_header()]), Some(body.clone().into_bytes()))
+            .accept(Some(self.answer_headers()), Some(body.clone().into_bytes()))
             .map_err(|e| (500, e.to_string()))?;
         let mut ack_sdp = None;
         for _ in 0..100 {
@@ -593,7 +720,17 @@ impl SipCall {
                             .flatten()
                             .unwrap_or_default();
                         let (status, body) = reoffer(&c.shared, &offer, &c.call_id);
-                        let headers = body.as_ref().map(|_| vec![sdp_header()]);
+                        let mut headers = body.as_ref().map(|_| vec![sdp_header()]);
+                        let timer = c.timer.lock().ok().and_then(|t| *t);
+                        if let (Some(t), true) = (timer, status == StatusCode::OK) {
+                            // RFC 4028 §9/§10: a refresh; the answer restates the session.
+                            if let Ok(mut r) = c.refreshed.lock() {
+                                *r = std::time::Instant::now();
+                            }
+                            headers
+                                .get_or_insert_with(Vec::new)
+                                .extend(super::timer::refresh_answer(&req, &t));
+                        }
                         let _ = handle
                             .respond(status, headers, body.map(String::into_bytes))
                             .await;
@@ -788,6 +925,10 @@ impl Leg for SipLeg {
                 self.call.push_task(tokio::spawn(async move {
                     match c.accept(codec).await {
                         Ok((sdp, codec)) => {
+                            let timer = c.timer.lock().ok().and_then(|t| *t);
+                            if let Some(t) = timer {
+                                c.start_session_timer(t);
+                            }
                             let _ = c
                                 .port
                                 .event(LegEvent::Answered {

@@ -13,6 +13,7 @@ pub mod call;
 pub mod guard;
 pub mod media;
 pub mod stream;
+pub mod timer;
 
 use crate::auth::{Principal, LOCAL_USER};
 use crate::config::{SipConfig, SipTrunk};
@@ -309,9 +310,9 @@ const DIALOG_SETTLE: Duration = Duration::from_millis(500);
 /// The methods voxgate answers (RFC 3261 §20.5 `Allow`): INFO (DTMF), UPDATE and NOTIFY (our
 /// REFER's progress) only within a dialog.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
-/// The option tags voxgate supports (RFC 3261 §20.37): none yet; a `Require` naming any option
-/// gets 420.
-pub const SUPPORTED: &[&str] = &[];
+/// The option tags voxgate supports (RFC 3261 §20.37): session timers (RFC 4028); a `Require`
+/// naming any other option gets 420.
+pub const SUPPORTED: &[&str] = &["timer"];
 
 fn allow() -> rsipstack::sip::Header {
     rsipstack::sip::Header::Other("Allow".into(), ALLOW.into())
@@ -942,6 +943,13 @@ impl SipService {
                 let _ = tx.reply_with(code, vec![warning], None).await;
                 return;
             }
+        }
+        // RFC 4028 §8.1: a session interval below our Min-SE is refused before any call state.
+        if let Err(min_se) = timer::uas(&tx.original, self.cfg.min_se_secs) {
+            tracing::info!(caller, callee, min_se, "Session-Expires below Min-SE: 422");
+            let h = rsipstack::sip::Header::MinSE(min_se.to_string().into());
+            let _ = tx.reply_with(StatusCode::from(422), vec![h], None).await;
+            return;
         }
         let routers = self.routers.lock().expect("lock").clone();
         let mut router = None;
