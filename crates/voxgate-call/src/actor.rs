@@ -290,6 +290,8 @@ pub(crate) struct CallActor {
     /// Bot audio paused by caller speech, waiting for its words
     /// ([`MediaOptions::false_interruption_resume`]): the utterance and when.
     barge_pause: Option<(u32, Instant)>,
+    /// The application's headers for the leg's hang-up (`CallCommand::Hangup`).
+    hangup_headers: Vec<(String, String)>,
     /// Confirmed speculations still running: utterance, length, when the final arrived (the
     /// `ttfb.asr` latency starts there).
     confirmed: Vec<(u32, usize, Instant)>,
@@ -367,6 +369,7 @@ impl CallActor {
             confirmed: Vec::new(),
             asr_prefix: None,
             barge_pause: None,
+            hangup_headers: Vec::new(),
             last_final: 0,
             media_epoch_ms: None,
             last_caller_frame: Instant::now(),
@@ -654,7 +657,12 @@ impl CallActor {
             CallCommand::Dial(o) => self.dial(o).await,
             CallCommand::Tts(t) => self.tts(t),
             CallCommand::Play(p) => self.play(p),
-            CallCommand::Hangup { reason, initiator } => {
+            CallCommand::Hangup {
+                reason,
+                initiator,
+                headers,
+            } => {
+                self.hangup_headers = headers;
                 let reason = reason.unwrap_or_else(|| "hangup".into());
                 let initiator = initiator.unwrap_or_else(|| "user".into());
                 return self.end(&reason, &initiator).await;
@@ -1766,7 +1774,8 @@ impl CallActor {
         }
         self.player.clear();
         if let Some(leg) = self.leg.take() {
-            match tokio::time::timeout(self.settings.leg_close, leg.close(reason)).await {
+            let headers = std::mem::take(&mut self.hangup_headers);
+            match tokio::time::timeout(self.settings.leg_close, leg.close(reason, &headers)).await {
                 Ok(Some(report)) => {
                     self.store(StoreOp::Quality(report.data.clone()));
                     self.emit(EventKind::Metrics {

@@ -130,8 +130,14 @@ pub trait Leg: Send {
     }
     /// Ends the leg for `reason` (BYE, CANCEL, or the refusal of an unanswered inbound call by
     /// `reason`, see the README). Must return promptly: waiting for the far end's answer happens
-    /// in the background. Returns the leg's figures, if it has any.
-    async fn close(self: Box<Self>, reason: &str) -> Option<LegReport>;
+    /// in the background. `headers` are the application's hang-up headers
+    /// ([`crate::CallCommand::Hangup`]); legs without such signalling ignore them. Returns the
+    /// leg's figures, if it has any.
+    async fn close(
+        self: Box<Self>,
+        reason: &str,
+        headers: &[(String, String)],
+    ) -> Option<LegReport>;
 }
 
 /// A leg waiting for a call to take it: an inbound SIP call routed to a waiting `/call/sip`

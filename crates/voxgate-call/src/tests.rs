@@ -69,7 +69,11 @@ impl Leg for FakeLeg {
     fn playout_backlog_ms(&self) -> u64 {
         self.setup.backlog_ms
     }
-    async fn close(self: Box<Self>, reason: &str) -> Option<LegReport> {
+    async fn close(
+        self: Box<Self>,
+        reason: &str,
+        _headers: &[(String, String)],
+    ) -> Option<LegReport> {
         self.log.lock().unwrap().push(Log::Closed(reason.into()));
         Some(LegReport {
             key: "fake".into(),
@@ -1112,6 +1116,7 @@ async fn hangup_drains_pending_transcripts() {
     c.cmd(CallCommand::Hangup {
         reason: Some("done".into()),
         initiator: None,
+        headers: Vec::new(),
     })
     .await;
     c.expect("hangup", S(20)).await;
@@ -1161,6 +1166,7 @@ async fn a_transcript_late_for_the_drain_is_still_stored() {
     c.cmd(CallCommand::Hangup {
         reason: None,
         initiator: None,
+        headers: Vec::new(),
     })
     .await;
     settle(MS(100)).await;
@@ -1231,6 +1237,7 @@ async fn a_slow_subscriber_never_stalls_the_call() {
     c.cmd(CallCommand::Hangup {
         reason: None,
         initiator: None,
+        headers: Vec::new(),
     })
     .await;
     c.expect("hangup", S(1)).await;
@@ -1371,6 +1378,7 @@ async fn a_call_without_a_leg_waits_for_one() {
     h.command(CallCommand::Hangup {
         reason: Some("busy".into()),
         initiator: None,
+        headers: Vec::new(),
     })
     .await
     .unwrap();

@@ -149,9 +149,12 @@ pub enum CallCommand {
     Play(PlayRequest),
     /// End the call. `reason` and `initiator` appear in the `hangup` event (defaults `hangup`,
     /// `user`); an unanswered inbound SIP call is refused with the matching status (README).
+    /// `headers` (name, value) go on the leg's hang-up signalling where it has any (SIP: `X-`
+    /// headers on the BYE or CANCEL, validated by the adapter that took them).
     Hangup {
         reason: Option<String>,
         initiator: Option<String>,
+        headers: Vec<(String, String)>,
     },
     /// Stop bot audio at once (`interruption`, `trackEnd`).
     Interrupt,

@@ -1408,6 +1408,78 @@ async fn x_headers_reach_the_far_end() {
     );
     let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
     assert_eq!(hangup["reason"], "busy", "{hangup}");
+
+    // X- headers on the BYE: the application's `hangup` carries them; bad names are refused.
+    let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    far.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let far_addr = far.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "codec": "pcmu"}}))
+        .await;
+    let far = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..50 {
+            if let Ok((n, from)) = far.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("INVITE ") {
+                    let sdp = format!(
+                        "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+                    );
+                    let extra = format!(
+                        "Contact: <sip:bob@{far_addr}>\r\nContent-Type: application/sdp\r\n"
+                    );
+                    far.send_to(far_answer(&m, "200 OK", "far", &extra, &sdp).as_bytes(), from)
+                        .unwrap();
+                    return far;
+                }
+            }
+        }
+        panic!("no INVITE reached the far end");
+    })
+    .await
+    .unwrap();
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "hangup", "headers": {"Via": "x"}}))
+        .await;
+    let e = client
+        .wait_for("the refused hangup", Duration::from_secs(5), |e| {
+            e["event"] == "error" && e["sender"] != "asr"
+        })
+        .await;
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an X- header name"),
+        "{e}"
+    );
+    client
+        .send(json!({"command": "hangup", "reason": "done", "headers": {"X-Disposition": "sale", "X-Agent-Id": "7"}}))
+        .await;
+    let bye = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..50 {
+            if let Ok((n, from)) = far.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("BYE ") {
+                    far.send_to(far_answer(&m, "200 OK", "far", "", "").as_bytes(), from)
+                        .unwrap();
+                    return m;
+                }
+            }
+        }
+        panic!("no BYE reached the far end");
+    })
+    .await
+    .unwrap();
+    assert_eq!(header(&bye, "X-Disposition"), Some("sale"), "{bye}");
+    assert_eq!(header(&bye, "X-Agent-Id"), Some("7"), "{bye}");
+    let hangup = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(hangup["reason"], "done", "{hangup}");
 }
 
 /// Issue 10 point 4, RFC 3261 §15.1.2: a BYE on an early dialog (the caller gave up while it

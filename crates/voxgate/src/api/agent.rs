@@ -238,6 +238,7 @@ pub async fn end_call(
         .command(CallCommand::Hangup {
             reason: Some("hangup".into()),
             initiator: Some("user".into()),
+            headers: Vec::new(),
         })
         .await;
     Json(json!({ "success": true, "message": "Call ended successfully" })).into_response()

@@ -351,6 +351,7 @@ impl Inner {
                         .command(CallCommand::Hangup {
                             reason: Some("no_answer".into()),
                             initiator: Some("system".into()),
+                            headers: Vec::new(),
                         })
                         .await;
                 }
@@ -676,6 +677,7 @@ async fn on_hangup(s: SocketRef, TryData(d): TryData<Value>) {
         .command(CallCommand::Hangup {
             reason: Some("hangup".into()),
             initiator: Some("user".into()),
+            headers: Vec::new(),
         })
         .await;
 }
@@ -843,6 +845,7 @@ pub async fn hangup(
         .command(CallCommand::Hangup {
             reason: Some("hangup".into()),
             initiator: Some("user".into()),
+            headers: Vec::new(),
         })
         .await
         .is_err()

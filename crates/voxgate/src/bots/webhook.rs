@@ -294,6 +294,7 @@ impl BotController {
                             .command(CallCommand::Hangup {
                                 reason: Some("limit".into()),
                                 initiator: Some("system".into()),
+                                headers: Vec::new(),
                             })
                             .await;
                     }
@@ -352,6 +353,7 @@ impl BotController {
                                     let _ = self.call.command(CallCommand::Hangup {
                                         reason: Some("hangup".into()),
                                         initiator: Some("bot".into()),
+                                        headers: Vec::new(),
                                     }).await;
                                 }
                                 Some(After::Transfer(t)) => {

@@ -983,7 +983,11 @@ impl Leg for SipLeg {
 
     /// Ends our side (BYE, CANCEL, or a final refusal for an unanswered inbound call; the BYE's
     /// answer is awaited in the background), stops the RTP leg and returns its quality figures.
-    async fn close(self: Box<Self>, reason: &str) -> Option<LegReport> {
+    async fn close(
+        self: Box<Self>,
+        reason: &str,
+        headers: &[(String, String)],
+    ) -> Option<LegReport> {
         let c = self.call;
         let answered = c.answered.load(Ordering::SeqCst);
         if !c.ended.swap(true, Ordering::SeqCst) {
@@ -997,12 +1001,19 @@ impl Leg for SipLeg {
                 let svc = c.svc.clone();
                 let outbound = c.outbound;
                 let call = c.call_id.clone();
+                // The application's X- headers (validated by the adapter), RFC 3261 §7.3.
+                let extra: Option<Vec<Header>> = (!headers.is_empty()).then(|| {
+                    headers
+                        .iter()
+                        .map(|(k, v)| Header::Other(k.clone(), v.clone()))
+                        .collect()
+                });
                 c.svc.spawn(async move {
                     // CANCEL while ringing, BYE once answered.
                     let r = if outbound {
-                        d.hangup().await
+                        d.hangup_with_headers(extra).await
                     } else {
-                        d.bye().await
+                        d.bye_with_headers(extra).await
                     };
                     if let Err(e) = r {
                         tracing::debug!(%call, "ending dialog: {e}");

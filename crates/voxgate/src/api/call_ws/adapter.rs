@@ -101,7 +101,15 @@ pub fn parse_command(text: &str, endpoint: Endpoint) -> Result<CallCommand, BadC
                 auto_hangup: auto_hangup.unwrap_or(false),
             })
         }
-        Command::Hangup { reason, initiator } => CallCommand::Hangup { reason, initiator },
+        Command::Hangup {
+            reason,
+            initiator,
+            headers,
+        } => CallCommand::Hangup {
+            reason,
+            initiator,
+            headers: x_headers(headers)?,
+        },
         Command::Interrupt {} => CallCommand::Interrupt,
         Command::Pause {} => CallCommand::Pause,
         Command::Resume {} => CallCommand::Resume,
@@ -362,6 +370,7 @@ mod tests {
                 Ok(CallCommand::Hangup {
                     reason: Some("bye".into()),
                     initiator: Some("user".into()),
+                    headers: Vec::new(),
                 }),
             ),
             (

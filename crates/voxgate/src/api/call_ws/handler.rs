@@ -266,7 +266,11 @@ impl Leg for WsLeg {
         }
     }
 
-    async fn close(self: Box<Self>, _reason: &str) -> Option<LegReport> {
+    async fn close(
+        self: Box<Self>,
+        _reason: &str,
+        _headers: &[(String, String)],
+    ) -> Option<LegReport> {
         None
     }
 }

@@ -86,6 +86,9 @@ pub enum Command {
         reason: Option<String>,
         #[serde(default)]
         initiator: Option<String>,
+        /// voxgate extension: `X-` headers for the SIP BYE (or CANCEL), as `invite`'s `headers`.
+        #[serde(default)]
+        headers: Option<std::collections::BTreeMap<String, String>>,
     },
     Interrupt {},
     Pause {},

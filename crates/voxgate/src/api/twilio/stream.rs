@@ -217,7 +217,11 @@ impl Leg for TwilioLeg {
             .saturating_sub(s.heard_ms.load(Ordering::Relaxed))
     }
 
-    async fn close(self: Box<Self>, _reason: &str) -> Option<LegReport> {
+    async fn close(
+        self: Box<Self>,
+        _reason: &str,
+        _headers: &[(String, String)],
+    ) -> Option<LegReport> {
         let s = &self.shared;
         if !s.remote_ended.load(Ordering::Relaxed) {
             // The bot hung up (seed 004: `stop`, then the socket closes).
