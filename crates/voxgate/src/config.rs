@@ -343,6 +343,20 @@ pub struct SipConfig {
     /// Shortest session interval an inbound INVITE may ask for, seconds (RFC 4028 `Min-SE`;
     /// shorter gets 422). At least 90.
     pub min_se_secs: u32,
+    /// SIP devices that may REGISTER and call in from anywhere with digest credentials
+    /// (RFC 3261 §22; MD5 or SHA-256, RFC 8760). Empty: REGISTER is refused (405).
+    pub users: Vec<SipUser>,
+    /// Digest realm of `users`' challenges.
+    pub realm: String,
+}
+
+/// A SIP device account (`[[sip.users]]`): `username` is also the user part it registers and
+/// is called by (`invite` with `callee` = the username).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SipUser {
+    pub username: String,
+    pub password: String,
 }
 
 /// A trunk: where `invite` sends calls whose callee is a number, with optional registration.
@@ -532,6 +546,8 @@ impl Default for SipConfig {
             max_pending: 256,
             session_expires_secs: 1800,
             min_se_secs: 90,
+            users: Vec::new(),
+            realm: "voxgate".into(),
         }
     }
 }
@@ -852,6 +868,17 @@ impl Config {
         if sip.jitter_min_ms == 0 || sip.jitter_max_ms < sip.jitter_min_ms {
             errs.push("sip.jitter_min_ms/jitter_max_ms: need 0 < min <= max".into());
         }
+        for (i, u) in sip.users.iter().enumerate() {
+            let token = |c: char| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c);
+            if u.username.is_empty() || !u.username.chars().all(token) {
+                errs.push(format!(
+                    "sip.users[{i}].username: empty or not a SIP user part"
+                ));
+            }
+            if u.password.is_empty() {
+                errs.push(format!("sip.users[{i}].password: empty"));
+            }
+        }
         if sip.min_se_secs < 90 {
             errs.push("sip.min_se_secs: RFC 4028 §4 forbids less than 90 s".into());
         }
@@ -912,6 +939,9 @@ impl Config {
                 t.password = Some("<redacted>".into());
             }
         }
+        for u in &mut c.sip.users {
+            u.password = "<redacted>".into();
+        }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
@@ -961,7 +991,7 @@ mod tests {
     fn layers_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("v.toml");
-        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[vad]\nengine = \"silero\"\n[[ice_servers]]\nurls = [\"turn:x\"]\nusername = \"u\"\ncredential = \"secret\"\n").unwrap();
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[vad]\nengine = \"silero\"\n[[ice_servers]]\nurls = [\"turn:x\"]\nusername = \"u\"\ncredential = \"secret\"\n[[sip.users]]\nusername = \"alice\"\npassword = \"secret2\"\n").unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("VOXGATE_ASR__PARTIAL_INTERVAL_MS", "500");
             let c = Config::load(

@@ -2350,3 +2350,228 @@ async fn session_timers_as_uac_ask_and_refresh() {
     client.send(json!({"command": "hangup"})).await;
     client.wait_event("hangup", Duration::from_secs(10)).await;
 }
+
+/// An RFC 7616 `qop=auth` digest response, computed here with RustCrypto's hashes (not with the
+/// server's code): `alg` is `MD5` or `SHA-256`.
+#[allow(clippy::too_many_arguments)]
+fn digest_response(
+    alg: &str,
+    user: &str,
+    realm: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+    cnonce: &str,
+) -> String {
+    let h = |s: String| -> String {
+        use sha2::Digest;
+        if alg == "MD5" {
+            hex::encode(md5::Md5::digest(s.as_bytes()))
+        } else {
+            hex::encode(sha2::Sha256::digest(s.as_bytes()))
+        }
+    };
+    let ha1 = h(format!("{user}:{realm}:{password}"));
+    let ha2 = h(format!("{method}:{uri}"));
+    h(format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"))
+}
+
+/// Issue 10 point 6, RFC 3261 §22 and RFC 8760: with `[[sip.users]]`, a REGISTER without
+/// credentials gets 401 with a SHA-256 and an MD5 challenge; a wrong password or an unknown
+/// user 403; good credentials (SHA-256 or MD5) 200 with the binding. An INVITE from outside
+/// `sip.allow` needs credentials too (401, then served), and `invite` with the username as
+/// `callee` dials the registered Contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_devices_register_and_call_with_digest_credentials() {
+    let server = Server::start_with_config(
+        &[
+            ("VOXGATE_ASR__ENGINE", "none"),
+            ("VOXGATE_SIP__RING_TIMEOUT_SECS", "2"),
+        ],
+        "[sip]\nallow = [\"192.0.2.1/32\"]\n[[sip.users]]\nusername = \"alice\"\npassword = \"s3cret\"\n",
+    );
+    let sip = server.sip_addr.clone();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let uri = format!("sip:{sip}");
+    let send = |method: &str, user: &str, cseq: u32, extra: &str, body: &str| {
+        let ruri = if method == "REGISTER" {
+            uri.clone()
+        } else {
+            format!("sip:1000@{sip}")
+        };
+        let to = if method == "REGISTER" {
+            format!("<sip:{user}@{sip}>")
+        } else {
+            format!("<sip:1000@{sip}>")
+        };
+        let m = format!(
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-reg-{user}-{cseq}\r\n\
+             From: <sip:{user}@{sip}>;tag=r{cseq}\r\nTo: {to}\r\nCall-ID: reg-{user}-{method}@127.0.0.1\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:{user}@{me}>\r\nMax-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    let final_for = |cseq: u32| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 65_536];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let r = String::from_utf8_lossy(&buf[..n]).to_string();
+                let ours = header(&r, "CSeq")
+                    .and_then(|c| c.split_whitespace().next())
+                    .and_then(|n| n.parse::<u32>().ok())
+                    == Some(cseq);
+                if ours && r.starts_with("SIP/2.0 ") && !r.starts_with("SIP/2.0 1") {
+                    return r;
+                }
+            }
+        }
+        panic!("no final answer to CSeq {cseq}");
+    };
+    let challenges = |r: &str| -> Vec<(String, String)> {
+        r.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+            .map(|l| {
+                let param = |k: &str| {
+                    l.split(&format!("{k}=")[..])
+                        .nth(1)
+                        .map(|v| {
+                            v.trim_start_matches('"')
+                                .split(['"', ','])
+                                .next()
+                                .unwrap()
+                                .to_string()
+                        })
+                        .unwrap_or_default()
+                };
+                (param("algorithm"), param("nonce"))
+            })
+            .collect()
+    };
+    let authorization = |alg: &str,
+                         user: &str,
+                         pass: &str,
+                         method: &str,
+                         uri: &str,
+                         nonce: &str| {
+        let resp = digest_response(alg, user, "voxgate", pass, method, uri, nonce, "0a4f113b");
+        format!(
+            "Authorization: Digest username=\"{user}\", realm=\"voxgate\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             response=\"{resp}\", algorithm={alg}, qop=auth, nc=00000001, cnonce=\"0a4f113b\"\r\n"
+        )
+    };
+
+    // No credentials: two challenges, SHA-256 first (RFC 8760 §2.4).
+    send("REGISTER", "alice", 1, "Expires: 600\r\n", "");
+    let r = tokio::task::block_in_place(|| final_for(1));
+    assert!(r.starts_with("SIP/2.0 401 "), "{r}");
+    let ch = challenges(&r);
+    assert_eq!(
+        ch.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["SHA-256", "MD5"],
+        "{r}"
+    );
+    let nonce = ch[0].1.clone();
+    // Wrong password, unknown user: 403.
+    let bad = authorization("MD5", "alice", "guess", "REGISTER", &uri, &nonce);
+    send(
+        "REGISTER",
+        "alice",
+        2,
+        &format!("Expires: 600\r\n{bad}"),
+        "",
+    );
+    let r = tokio::task::block_in_place(|| final_for(2));
+    assert!(r.starts_with("SIP/2.0 403 "), "{r}");
+    let who = authorization("MD5", "mallory", "s3cret", "REGISTER", &uri, &nonce);
+    send(
+        "REGISTER",
+        "mallory",
+        3,
+        &format!("Expires: 600\r\n{who}"),
+        "",
+    );
+    let r = tokio::task::block_in_place(|| final_for(3));
+    assert!(r.starts_with("SIP/2.0 403 "), "{r}");
+    // Good credentials, SHA-256 then MD5: 200 with the binding.
+    for (cseq, alg) in [(4, "SHA-256"), (5, "MD5")] {
+        let good = authorization(alg, "alice", "s3cret", "REGISTER", &uri, &nonce);
+        send(
+            "REGISTER",
+            "alice",
+            cseq,
+            &format!("Expires: 600\r\n{good}"),
+            "",
+        );
+        let r = tokio::task::block_in_place(|| final_for(cseq));
+        assert!(r.starts_with("SIP/2.0 200 "), "{alg}: {r}");
+        let contact = header(&r, "Contact").unwrap_or_default();
+        assert!(
+            contact.contains(&format!("sip:alice@{me}")) && contact.contains("expires="),
+            "{alg}: {r}"
+        );
+    }
+
+    // An INVITE from outside sip.allow: 401 without credentials, served with them (no client
+    // waits, so it rings and gets 480 after the ring timeout).
+    let rtp = free_udp_port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+    );
+    send(
+        "INVITE",
+        "alice",
+        6,
+        "Content-Type: application/sdp\r\n",
+        &sdp,
+    );
+    let r = tokio::task::block_in_place(|| final_for(6));
+    assert!(r.starts_with("SIP/2.0 401 "), "{r}");
+    let nonce = challenges(&r)[0].1.clone();
+    let ruri = format!("sip:1000@{sip}");
+    let good = authorization("SHA-256", "alice", "s3cret", "INVITE", &ruri, &nonce);
+    send(
+        "INVITE",
+        "alice",
+        7,
+        &format!("{good}Content-Type: application/sdp\r\n"),
+        &sdp,
+    );
+    let r = tokio::task::block_in_place(|| final_for(7));
+    assert!(r.starts_with("SIP/2.0 480 "), "{r}");
+
+    // The application calls the registered device by its username.
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": "alice", "codec": "pcmu"}}))
+        .await;
+    let invite = tokio::task::block_in_place(|| {
+        let mut buf = vec![0u8; 65_536];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("INVITE ") {
+                    sock.send_to(
+                        far_answer(&m, "486 Busy Here", "dev", "", "").as_bytes(),
+                        from,
+                    )
+                    .unwrap();
+                    return m;
+                }
+            }
+        }
+        panic!("the registered device got no INVITE");
+    });
+    assert!(
+        invite.starts_with(&format!("INVITE sip:alice@{me} ")),
+        "{invite}"
+    );
+    let h = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(h["reason"], "busy", "{h}");
+}

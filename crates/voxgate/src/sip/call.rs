@@ -240,8 +240,12 @@ pub async fn dial(
         .ok_or_else(|| {
             err("`invite` on /call/sip needs `option.callee` (a number or a sip: URI)".into())
         })?;
+    let registered = svc.registrar.as_ref().and_then(|r| r.contact_of(&callee));
     let (target, trunk) = if callee.starts_with("sip:") || callee.starts_with("sips:") {
         (callee.clone(), None)
+    } else if let Some(contact) = registered {
+        // A `[[sip.users]]` device registered with us: dial where it registered from.
+        (contact, None)
     } else {
         let t = svc.trunk().ok_or_else(|| err(format!("callee `{callee}` is a number but no [[sip.trunks]] is configured; use a sip: URI")))?.clone();
         let mut number = callee.clone();

@@ -12,6 +12,7 @@
 pub mod call;
 pub mod guard;
 pub mod media;
+pub mod registrar;
 pub mod stream;
 pub mod timer;
 
@@ -104,6 +105,8 @@ pub struct SipService {
     cancel: CancellationToken,
     /// BYEs and CANCELs still waiting for the far end's answer.
     tasks: TaskTracker,
+    /// `[[sip.users]]` and their registrations, when any are configured.
+    pub(crate) registrar: Option<registrar::Registrar>,
 }
 
 /// Takes inbound calls to numbers it owns (a bot's number), before `[[sip.numbers]]`.
@@ -308,8 +311,12 @@ pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
 const DIALOG_SETTLE: Duration = Duration::from_millis(500);
 
 /// The methods voxgate answers (RFC 3261 §20.5 `Allow`): INFO (DTMF), UPDATE and NOTIFY (our
-/// REFER's progress) only within a dialog.
+/// REFER's progress) only within a dialog; REGISTER as well when `[[sip.users]]` exist
+/// ([`ALLOW_REGISTER`]).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
+/// [`ALLOW`] with REGISTER, for a server with `[[sip.users]]`.
+pub const ALLOW_REGISTER: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, REGISTER";
 /// The option tags voxgate supports (RFC 3261 §20.37): session timers (RFC 4028); a `Require`
 /// naming any other option gets 420.
 pub const SUPPORTED: &[&str] = &["timer"];
@@ -318,11 +325,20 @@ fn allow() -> rsipstack::sip::Header {
     rsipstack::sip::Header::Other("Allow".into(), ALLOW.into())
 }
 
+fn allow_out_of_dialog(registrar: bool) -> rsipstack::sip::Header {
+    let v = if registrar { ALLOW_REGISTER } else { ALLOW };
+    rsipstack::sip::Header::Other("Allow".into(), v.into())
+}
+
 /// What an OPTIONS answer says about voxgate (RFC 3261 §11.2).
 fn capabilities() -> Vec<rsipstack::sip::Header> {
+    capabilities_with(false)
+}
+
+fn capabilities_with(registrar: bool) -> Vec<rsipstack::sip::Header> {
     use rsipstack::sip::Header;
     vec![
-        allow(),
+        allow_out_of_dialog(registrar),
         Header::Other("Accept".into(), "application/sdp, multipart/mixed".into()),
         Header::Other("Accept-Encoding".into(), "identity".into()),
         Header::Other("Accept-Language".into(), "en".into()),
@@ -372,6 +388,7 @@ fn media_type(v: &str) -> String {
 fn precheck(
     req: &rsipstack::sip::Request,
     in_dialog: bool,
+    registrar: bool,
 ) -> Option<(StatusCode, Vec<rsipstack::sip::Header>)> {
     use rsipstack::sip::Header;
     if matches!(req.method, Method::Ack | Method::Cancel) {
@@ -390,9 +407,15 @@ fn precheck(
         )
     } else {
         matches!(req.method, Method::Invite | Method::Options | Method::Bye)
+            || (registrar && req.method == Method::Register)
     };
     if !served {
-        return Some((StatusCode::MethodNotAllowed, vec![allow()]));
+        let allow = if in_dialog {
+            allow()
+        } else {
+            allow_out_of_dialog(registrar)
+        };
+        return Some((StatusCode::MethodNotAllowed, vec![allow]));
     }
     let unsupported: Vec<String> = header_values(req, "Require")
         .into_iter()
@@ -549,6 +572,7 @@ impl SipService {
                 ),
             }
         }
+        let (cfg_users, cfg_realm) = (cfg.users.clone(), cfg.realm.clone());
         let svc = Arc::new(SipService {
             cfg,
             allow,
@@ -565,6 +589,14 @@ impl SipService {
             http,
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
+            registrar: (!cfg_users.is_empty()).then(|| {
+                registrar::Registrar::new(
+                    &cfg_realm,
+                    cfg_users
+                        .iter()
+                        .map(|u| (u.username.clone(), u.password.clone())),
+                )
+            }),
         });
         tokio::spawn(async move {
             endpoint.serve().await;
@@ -848,7 +880,8 @@ impl SipService {
             .ok()
             .and_then(|t| t.tag().ok().flatten())
             .is_some();
-        if let Some((code, headers)) = precheck(&tx.original, in_dialog) {
+        let registrar = self.registrar.is_some();
+        if let Some((code, headers)) = precheck(&tx.original, in_dialog, registrar) {
             tracing::info!(
                 method = %tx.original.method,
                 code = u16::from(code.clone()),
@@ -897,7 +930,36 @@ impl SipService {
             return;
         }
         let source = source_ip(&tx.original);
-        if !source.is_some_and(|ip| self.allow.iter().any(|n| n.contains(&ip))) {
+        let allowed = source.is_some_and(|ip| self.allow.iter().any(|n| n.contains(&ip)));
+        // `[[sip.users]]`: REGISTER always, and INVITEs from outside `sip.allow`, need digest
+        // credentials (RFC 3261 §22.2); nothing is kept for a request that has none.
+        let mut user = None;
+        if let Some(reg) = &self.registrar {
+            let method = tx.original.method.clone();
+            if method == Method::Register || (method == Method::Invite && !allowed) {
+                match reg.authenticate(&tx.original) {
+                    registrar::Auth::User(u) => user = Some(u),
+                    registrar::Auth::Challenge(h) => {
+                        tracing::debug!(%method, ?source, "SIP request without credentials: 401");
+                        let _ = tx.reply_with(StatusCode::Unauthorized, h, None).await;
+                        return;
+                    }
+                    registrar::Auth::Forbidden(why) => {
+                        tracing::info!(%method, ?source, why, "SIP digest authentication failed: 403");
+                        let _ = tx.reply(StatusCode::Forbidden).await;
+                        return;
+                    }
+                }
+            }
+            if method == Method::Register {
+                let u = user.unwrap_or_default();
+                let (code, headers) = reg.register(&tx.original, &u);
+                tracing::info!(user = u, code, "REGISTER");
+                let _ = tx.reply_with(StatusCode::from(code), headers, None).await;
+                return;
+            }
+        }
+        if user.is_none() && !allowed {
             // Not from a trunk or `sip.allow`: refused before anything is kept (no dialog, no
             // webhook). ACKs get no answer.
             tracing::info!(
@@ -913,7 +975,9 @@ impl SipService {
         match tx.original.method {
             Method::Invite => self.on_invite(tx).await,
             Method::Options => {
-                let _ = tx.reply_with(StatusCode::OK, capabilities(), None).await;
+                let _ = tx
+                    .reply_with(StatusCode::OK, capabilities_with(registrar), None)
+                    .await;
             }
             Method::Ack => {}
             Method::Bye | Method::Cancel => {

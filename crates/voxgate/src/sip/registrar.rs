@@ -1,0 +1,313 @@
+//! Digest-authenticated SIP devices (RFC 3261 §22, §10; RFC 8760 SHA-256 digest).
+//!
+//! With `[[sip.users]]` configured, softphones and desk phones may REGISTER with voxgate and
+//! call in from any address: a request without credentials gets 401 with two challenges
+//! (`algorithm=SHA-256` first, then `MD5`, RFC 8760 §2.4), a wrong password or unknown user
+//! 403 — and no call state either way. Nonces are stateless (a timestamp and its HMAC under a
+//! per-process key) and live [`NONCE_SECS`]; a stale one is challenged again with `stale=true`.
+//! Trunks and `sip.allow` addresses keep calling in without credentials.
+
+use hmac::{KeyInit, Mac};
+use rsipstack::dialog::authenticate::verify_digest;
+use rsipstack::sip::typed::Authorization;
+use rsipstack::sip::{Header, Method, Request};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a nonce may be used, seconds.
+pub const NONCE_SECS: u64 = 300;
+/// Registration lifetime bounds, seconds (`Expires`, RFC 3261 §10.3 step 7; 423 below the
+/// minimum).
+pub const MIN_EXPIRES: u32 = 60;
+pub const MAX_EXPIRES: u32 = 3600;
+
+/// What [`Registrar::authenticate`] found.
+#[derive(Debug, PartialEq)]
+pub enum Auth {
+    /// Valid credentials of this user.
+    User(String),
+    /// No usable credentials: answer 401 with these `WWW-Authenticate` headers.
+    Challenge(Vec<Header>),
+    /// Unknown user or wrong password: answer 403 (the reason is for the log).
+    Forbidden(&'static str),
+}
+
+/// One device's registration.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// The Contact URI calls to the user are sent to.
+    pub contact: String,
+    pub expires: Instant,
+}
+
+/// The users from the configuration and their current registrations.
+pub struct Registrar {
+    realm: String,
+    users: HashMap<String, String>,
+    key: [u8; 32],
+    bindings: Mutex<HashMap<String, Binding>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Registrar {
+    /// `users`: (username, password) pairs; `realm` names them in challenges.
+    pub fn new(realm: &str, users: impl IntoIterator<Item = (String, String)>) -> Registrar {
+        Registrar {
+            realm: realm.to_string(),
+            users: users.into_iter().collect(),
+            key: {
+                // 32 random octets (UUID v4s come from the OS's generator).
+                let mut k = [0u8; 32];
+                k[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+                k[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+                k
+            },
+            bindings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn mac(&self, ts: u64) -> String {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("any key size");
+        mac.update(&ts.to_be_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..12])
+    }
+
+    fn nonce(&self) -> String {
+        let ts = now_secs();
+        format!("{ts:x}{}", self.mac(ts))
+    }
+
+    /// `Some(true)` for a nonce we issued that is still fresh, `Some(false)` for ours but
+    /// stale, `None` for one we never issued.
+    fn nonce_fresh(&self, nonce: &str) -> Option<bool> {
+        if nonce.len() <= 24 || !nonce.is_ascii() {
+            return None;
+        }
+        let (ts, mac) = nonce.split_at(nonce.len() - 24);
+        let ts = u64::from_str_radix(ts, 16).ok()?;
+        let ok: bool = subtle_eq(mac.as_bytes(), self.mac(ts).as_bytes());
+        ok.then(|| now_secs().saturating_sub(ts) <= NONCE_SECS)
+    }
+
+    fn challenge(&self, stale: bool) -> Vec<Header> {
+        let nonce = self.nonce();
+        let stale = if stale { ", stale=true" } else { "" };
+        ["SHA-256", "MD5"]
+            .iter()
+            .map(|alg| {
+                Header::WwwAuthenticate(
+                    format!(
+                        "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={alg}, qop=\"auth\"{stale}",
+                        self.realm
+                    )
+                    .into(),
+                )
+            })
+            .collect()
+    }
+
+    /// Checks a request's `Authorization` (RFC 3261 §22.4, RFC 7616 §3.4 with qop=auth or
+    /// none; MD5 or SHA-256).
+    pub fn authenticate(&self, req: &Request) -> Auth {
+        let raw = req.headers.iter().find_map(|h| match h {
+            Header::Authorization(v) => Some(v.value().to_string()),
+            _ => None,
+        });
+        let Some(raw) = raw else {
+            return Auth::Challenge(self.challenge(false));
+        };
+        let Ok(auth) = Authorization::parse(&rsip_algorithm(&raw)) else {
+            return Auth::Challenge(self.challenge(false));
+        };
+        if auth.realm != self.realm {
+            return Auth::Challenge(self.challenge(false));
+        }
+        let Some(password) = self.users.get(&auth.username) else {
+            return Auth::Forbidden("unknown user");
+        };
+        match self.nonce_fresh(&auth.nonce) {
+            None => return Auth::Challenge(self.challenge(false)),
+            Some(false) => return Auth::Challenge(self.challenge(true)),
+            Some(true) => {}
+        }
+        if verify_digest(&auth, password, &req.method, &raw) {
+            Auth::User(auth.username)
+        } else {
+            Auth::Forbidden("wrong password")
+        }
+    }
+
+    /// Applies an authenticated REGISTER of `user` (RFC 3261 §10.3): the answer's status and
+    /// headers. The To user must be `user` (403 otherwise); `Contact: *` with `Expires: 0`
+    /// removes the binding; an interval below [`MIN_EXPIRES`] gets 423 with `Min-Expires`.
+    pub fn register(&self, req: &Request, user: &str) -> (u16, Vec<Header>) {
+        let to_user = req
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                Header::To(t) => Some(t.value().to_string()),
+                _ => None,
+            })
+            .and_then(|t| {
+                let uri = t
+                    .split(['<', '>'])
+                    .find(|p| p.contains("sip:"))?
+                    .to_string();
+                let user = uri.split_once(':')?.1.split('@').next()?.to_string();
+                Some(user)
+            });
+        if to_user.as_deref() != Some(user) {
+            return (403, vec![]);
+        }
+        let contacts: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|h| matches!(h, Header::Contact(_)))
+            .map(|h| h.value().trim().to_string())
+            .collect();
+        let header_expires = req.headers.iter().find_map(|h| match h {
+            Header::Expires(v) => v.value().trim().parse::<u32>().ok(),
+            _ => None,
+        });
+        let mut bindings = self.bindings.lock().expect("lock");
+        if contacts.iter().any(|c| c == "*") {
+            if header_expires != Some(0) || contacts.len() != 1 {
+                return (400, vec![]);
+            }
+            bindings.remove(user);
+            return (200, vec![]);
+        }
+        if let Some(c) = contacts.first() {
+            let param_expires = c.rsplit_once('>').and_then(|(_, params)| {
+                params.split(';').find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("expires")
+                        .then(|| v.trim().parse::<u32>().ok())?
+                })
+            });
+            let expires = param_expires.or(header_expires).unwrap_or(MAX_EXPIRES);
+            if expires == 0 {
+                bindings.remove(user);
+                return (200, vec![]);
+            }
+            if expires < MIN_EXPIRES {
+                return (
+                    423,
+                    vec![Header::Other("Min-Expires".into(), MIN_EXPIRES.to_string())],
+                );
+            }
+            let expires = expires.min(MAX_EXPIRES);
+            let uri = match (c.find('<'), c.find('>')) {
+                (Some(a), Some(b)) if a < b => c[a + 1..b].to_string(),
+                _ => c.split(';').next().unwrap_or_default().trim().to_string(),
+            };
+            bindings.insert(
+                user.to_string(),
+                Binding {
+                    contact: uri,
+                    expires: Instant::now() + Duration::from_secs(u64::from(expires)),
+                },
+            );
+        }
+        // The current bindings (§10.3 step 8).
+        let headers = bindings
+            .get(user)
+            .filter(|b| b.expires > Instant::now())
+            .map(|b| {
+                let left = b
+                    .expires
+                    .saturating_duration_since(Instant::now())
+                    .as_secs();
+                vec![Header::Contact(
+                    format!("<{}>;expires={left}", b.contact).into(),
+                )]
+            })
+            .unwrap_or_default();
+        (200, headers)
+    }
+
+    /// Where `user` is registered now (its Contact URI), if anywhere.
+    pub fn contact_of(&self, user: &str) -> Option<String> {
+        let mut bindings = self.bindings.lock().expect("lock");
+        bindings.retain(|_, b| b.expires > Instant::now());
+        bindings.get(user).map(|b| b.contact.clone())
+    }
+}
+
+/// `algorithm=SHA-256` (RFC 7616 §6.1's token, RFC 8760) spelled as `rsipstack`'s parser
+/// knows it (`SHA256`); the digest is the same.
+fn rsip_algorithm(raw: &str) -> String {
+    let lower = raw.to_ascii_lowercase();
+    let Some(at) = lower.find("algorithm") else {
+        return raw.to_string();
+    };
+    let rest = &lower[at..];
+    let Some(eq) = rest.find('=') else {
+        return raw.to_string();
+    };
+    let start = at + eq + 1;
+    let value_end = lower[start..].find(',').map_or(lower.len(), |e| start + e);
+    let value = raw[start..value_end]
+        .replace("SHA-", "SHA")
+        .replace("sha-", "sha");
+    format!("{}{value}{}", &raw[..start], &raw[value_end..])
+}
+
+/// Constant-time equality of two byte strings of equal length.
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `method` may be authenticated here: REGISTER and INVITE.
+pub fn authenticated_method(method: &Method) -> bool {
+    matches!(method, Method::Register | Method::Invite)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sha_256_token_is_read() {
+        assert_eq!(
+            rsip_algorithm("Digest username=\"a\", algorithm=SHA-256, qop=auth"),
+            "Digest username=\"a\", algorithm=SHA256, qop=auth"
+        );
+        assert_eq!(
+            rsip_algorithm("Digest algorithm=\"sha-256-sess\""),
+            "Digest algorithm=\"sha256-sess\""
+        );
+        assert_eq!(
+            rsip_algorithm("Digest algorithm=MD5"),
+            "Digest algorithm=MD5"
+        );
+        assert_eq!(
+            rsip_algorithm("Digest username=\"a\""),
+            "Digest username=\"a\""
+        );
+    }
+
+    #[test]
+    fn nonces_are_ours_and_age() {
+        let r = Registrar::new("voxgate", [("a".to_string(), "b".to_string())]);
+        let n = r.nonce();
+        assert_eq!(r.nonce_fresh(&n), Some(true));
+        let old = now_secs() - NONCE_SECS - 5;
+        assert_eq!(
+            r.nonce_fresh(&format!("{old:x}{}", r.mac(old))),
+            Some(false)
+        );
+        let mut forged = n.clone();
+        forged.replace_range(n.len() - 1.., if n.ends_with('0') { "1" } else { "0" });
+        assert_eq!(r.nonce_fresh(&forged), None);
+        assert_eq!(r.nonce_fresh("short"), None);
+    }
+}
