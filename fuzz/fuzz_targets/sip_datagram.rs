@@ -2,11 +2,16 @@
 //! stateless answers must themselves be SIP that parses), then, for what it passes on, the SIP
 //! adapter's parsing entry (`voxgate::sip::inspect_datagram`): rsipstack's parser, what routing
 //! reads of an INVITE and the status its SDP would get. The same bytes as a TCP stream: the
-//! framer (`voxgate::sip::stream::frame`) and the stream's fallback answer (`guard::refuse`).
+//! framer (`voxgate::sip::stream::frame`) and the stream's fallback answer (`guard::refuse`);
+//! and for a parsed request, the session-timer negotiation and the registrar (digest check and
+//! REGISTER bindings).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use voxgate::sip::guard::{inspect, refuse, Verdict};
 use voxgate::sip::stream::{frame, Frame};
+
+static REGISTRAR: std::sync::OnceLock<voxgate::sip::registrar::Registrar> =
+    std::sync::OnceLock::new();
 
 fn parses_as_response(response: &[u8]) -> bool {
     matches!(
@@ -19,6 +24,22 @@ fuzz_target!(|data: &[u8]| {
     let source = "192.0.2.1:5060".parse().unwrap();
     match inspect(data, source) {
         Verdict::Pass(bytes) => {
+            // Session timers and digest credentials read what rsipstack parsed.
+            if let Ok(rsipstack::sip::SipMessage::Request(req)) =
+                rsipstack::sip::SipMessage::try_from(&bytes[..])
+            {
+                let _ = voxgate::sip::timer::uas(&req, 90);
+                let reg = REGISTRAR.get_or_init(|| {
+                    voxgate::sip::registrar::Registrar::new(
+                        "voxgate",
+                        [("alice".to_string(), "s3cret".to_string())],
+                    )
+                });
+                if let voxgate::sip::registrar::Auth::User(u) = reg.authenticate(&req) {
+                    let _ = reg.register(&req, &u);
+                }
+                let _ = reg.register(&req, "alice");
+            }
             if let Ok(Some((summary, status))) = voxgate::sip::inspect_datagram(&bytes) {
                 assert!(
                     matches!(status, 200 | 400 | 488),
