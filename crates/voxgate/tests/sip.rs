@@ -2330,10 +2330,15 @@ async fn session_timers_as_uac_ask_and_refresh() {
     .await
     .unwrap();
     let invite = invite.expect("no INVITE reached the far end");
-    assert!(
-        header(&invite, "Supported").is_some_and(|s| s.contains("timer")),
-        "{invite}"
-    );
+    let supported = |m: &str, tag: &str| {
+        m.lines().any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| {
+                (n.trim().eq_ignore_ascii_case("supported") || n.trim() == "k")
+                    && v.split(',').any(|t| t.trim() == tag)
+            })
+        })
+    };
+    assert!(supported(&invite, "timer"), "{invite}");
     assert_eq!(header(&invite, "Session-Expires"), Some("1800"), "{invite}");
     let update = update.expect("voxgate never refreshed the session");
     assert_eq!(
@@ -2574,4 +2579,91 @@ async fn sip_devices_register_and_call_with_digest_credentials() {
     );
     let h = client.wait_event("hangup", Duration::from_secs(10)).await;
     assert_eq!(h["reason"], "busy", "{h}");
+}
+
+/// Issue 10 point 5, RFC 3262 as UAC: voxgate's INVITE says `Supported: 100rel`, and a reliable
+/// 180 (`Require: 100rel`, `RSeq`) gets a PRACK with the matching `RAck`; the call then answers
+/// and ends normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reliable_provisional_response_is_pracked() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    far.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let far_addr = far.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:bob@{far_addr}"), "codec": "pcmu"}}))
+        .await;
+    let (invite, prack) = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65_536];
+        let mut invite: Option<String> = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            let Ok((n, from)) = far.recv_from(&mut buf) else {
+                continue;
+            };
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            let contact = format!("Contact: <sip:bob@{far_addr}>\r\n");
+            if m.starts_with("INVITE ") && invite.is_none() {
+                let extra = format!("{contact}Require: 100rel\r\nRSeq: 7\r\n");
+                far.send_to(far_answer(&m, "180 Ringing", "far", &extra, "").as_bytes(), from)
+                    .unwrap();
+                invite = Some(m);
+            } else if m.starts_with("PRACK ") {
+                far.send_to(far_answer(&m, "200 OK", "far", "", "").as_bytes(), from)
+                    .unwrap();
+                // Now answer the INVITE.
+                let inv = invite.clone().unwrap();
+                let sdp = format!(
+                    "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+                );
+                let extra = format!("{contact}Content-Type: application/sdp\r\n");
+                far.send_to(far_answer(&inv, "200 OK", "far", &extra, &sdp).as_bytes(), from)
+                    .unwrap();
+                return (invite, Some((m, far)));
+            }
+        }
+        (invite, None)
+    })
+    .await
+    .unwrap();
+    let invite = invite.expect("no INVITE reached the far end");
+    assert!(
+        invite
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("supported:")
+                && l.split(':')
+                    .nth(1)
+                    .is_some_and(|v| v.split(',').any(|t| t.trim() == "100rel"))),
+        "{invite}"
+    );
+    let (prack, far) = prack.expect("no PRACK for the reliable 180");
+    let cseq = header(&invite, "CSeq").unwrap().to_string();
+    assert_eq!(
+        header(&prack, "RAck"),
+        Some(format!("7 {cseq}").as_str()),
+        "{prack}"
+    );
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    client.send(json!({"command": "hangup"})).await;
+    let bye = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..50 {
+            if let Ok((n, from)) = far.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("BYE ") {
+                    far.send_to(far_answer(&m, "200 OK", "far", "", "").as_bytes(), from)
+                        .unwrap();
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(bye, "no BYE after hangup");
+    client.wait_event("hangup", Duration::from_secs(10)).await;
 }

@@ -304,6 +304,8 @@ pub async fn dial(
         offer: Some(offer.clone().into_bytes()),
         contact: svc.contact(&caller),
         credential,
+        // RFC 3262: `Supported: 100rel`; a reliable 18x is PRACKed by the dialog layer.
+        support_prack: true,
         headers: Some(
             super::timer::uac_request_headers(svc.cfg.session_expires_secs, svc.cfg.min_se_secs)
                 .into_iter()
