@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
                 let reg = REGISTRAR.get_or_init(|| {
                     voxgate::sip::registrar::Registrar::new(
                         "voxgate",
+                        &["MD5".to_string(), "SHA-256".to_string()],
                         [("alice".to_string(), "s3cret".to_string())],
                     )
                 });

@@ -348,6 +348,9 @@ pub struct SipConfig {
     pub users: Vec<SipUser>,
     /// Digest realm of `users`' challenges.
     pub realm: String,
+    /// The digest algorithms challenged, most preferred first (`MD5`, `SHA-256`): a client uses
+    /// the first it supports (RFC 8760 §2.4), and many phones read only the first.
+    pub digest_algorithms: Vec<String>,
 }
 
 /// A SIP device account (`[[sip.users]]`): `username` is also the user part it registers and
@@ -548,6 +551,7 @@ impl Default for SipConfig {
             min_se_secs: 90,
             users: Vec::new(),
             realm: "voxgate".into(),
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
         }
     }
 }
@@ -878,6 +882,14 @@ impl Config {
             if u.password.is_empty() {
                 errs.push(format!("sip.users[{i}].password: empty"));
             }
+        }
+        if sip.digest_algorithms.is_empty()
+            || sip
+                .digest_algorithms
+                .iter()
+                .any(|a| !["MD5", "SHA-256"].contains(&a.as_str()))
+        {
+            errs.push("sip.digest_algorithms: one or both of \"MD5\", \"SHA-256\"".into());
         }
         if sip.min_se_secs < 90 {
             errs.push("sip.min_se_secs: RFC 4028 §4 forbids less than 90 s".into());

@@ -2471,14 +2471,15 @@ async fn sip_devices_register_and_call_with_digest_credentials() {
         )
     };
 
-    // No credentials: two challenges, SHA-256 first (RFC 8760 §2.4).
+    // No credentials: two challenges, in `sip.digest_algorithms` order (MD5 first by default,
+    // for clients that read only the first, SIPp among them; RFC 8760 §2.4).
     send("REGISTER", "alice", 1, "Expires: 600\r\n", "");
     let r = tokio::task::block_in_place(|| final_for(1));
     assert!(r.starts_with("SIP/2.0 401 "), "{r}");
     let ch = challenges(&r);
     assert_eq!(
         ch.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
-        ["SHA-256", "MD5"],
+        ["MD5", "SHA-256"],
         "{r}"
     );
     let nonce = ch[0].1.clone();
@@ -2579,6 +2580,29 @@ async fn sip_devices_register_and_call_with_digest_credentials() {
     );
     let h = client.wait_event("hangup", Duration::from_secs(10)).await;
     assert_eq!(h["reason"], "busy", "{h}");
+
+    // A real client: SIPp answers the challenge itself (`[authentication]`, -au/-ap).
+    sipp_available();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uac_register_auth.xml", &[]);
+    let (code, log) = sipp_uac(
+        &server,
+        &scen,
+        "alice",
+        dir.path(),
+        &["-au", "alice", "-ap", "s3cret"],
+    )
+    .await;
+    assert_eq!(code, 0, "SIPp REGISTER with digest failed:\n{log}");
+    let (code, log) = sipp_uac(
+        &server,
+        &scen,
+        "alice",
+        dir.path(),
+        &["-au", "alice", "-ap", "wrong"],
+    )
+    .await;
+    assert_ne!(code, 0, "a wrong password registered:\n{log}");
 }
 
 /// Issue 10 point 5, RFC 3262 as UAC: voxgate's INVITE says `Supported: 100rel`, and a reliable

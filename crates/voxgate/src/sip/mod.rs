@@ -572,7 +572,11 @@ impl SipService {
                 ),
             }
         }
-        let (cfg_users, cfg_realm) = (cfg.users.clone(), cfg.realm.clone());
+        let (cfg_users, cfg_realm, cfg_algorithms) = (
+            cfg.users.clone(),
+            cfg.realm.clone(),
+            cfg.digest_algorithms.clone(),
+        );
         let svc = Arc::new(SipService {
             cfg,
             allow,
@@ -592,6 +596,7 @@ impl SipService {
             registrar: (!cfg_users.is_empty()).then(|| {
                 registrar::Registrar::new(
                     &cfg_realm,
+                    &cfg_algorithms,
                     cfg_users
                         .iter()
                         .map(|u| (u.username.clone(), u.password.clone())),

@@ -1,9 +1,10 @@
 //! Digest-authenticated SIP devices (RFC 3261 §22, §10; RFC 8760 SHA-256 digest).
 //!
 //! With `[[sip.users]]` configured, softphones and desk phones may REGISTER with voxgate and
-//! call in from any address: a request without credentials gets 401 with two challenges
-//! (`algorithm=SHA-256` first, then `MD5`, RFC 8760 §2.4), a wrong password or unknown user
-//! 403 — and no call state either way. Nonces are stateless (a timestamp and its HMAC under a
+//! call in from any address: a request without credentials gets 401 with a challenge per
+//! configured algorithm (`sip.digest_algorithms`, most preferred first: RFC 8760 §2.4; MD5
+//! first by default, since many clients — SIPp 3.6 among them — read only the first), a wrong
+//! password or unknown user 403 — and no call state either way. Nonces are stateless (a timestamp and its HMAC under a
 //! per-process key) and live [`NONCE_SECS`]; a stale one is challenged again with `stale=true`.
 //! Trunks and `sip.allow` addresses keep calling in without credentials.
 
@@ -44,6 +45,8 @@ pub struct Binding {
 /// The users from the configuration and their current registrations.
 pub struct Registrar {
     realm: String,
+    /// `MD5` / `SHA-256`, most preferred first.
+    algorithms: Vec<String>,
     users: HashMap<String, String>,
     key: [u8; 32],
     bindings: Mutex<HashMap<String, Binding>>,
@@ -57,10 +60,16 @@ fn now_secs() -> u64 {
 }
 
 impl Registrar {
-    /// `users`: (username, password) pairs; `realm` names them in challenges.
-    pub fn new(realm: &str, users: impl IntoIterator<Item = (String, String)>) -> Registrar {
+    /// `users`: (username, password) pairs; `realm` names them in challenges; `algorithms`
+    /// (`MD5`, `SHA-256`) are challenged in this order.
+    pub fn new(
+        realm: &str,
+        algorithms: &[String],
+        users: impl IntoIterator<Item = (String, String)>,
+    ) -> Registrar {
         Registrar {
             realm: realm.to_string(),
+            algorithms: algorithms.to_vec(),
             users: users.into_iter().collect(),
             key: {
                 // 32 random octets (UUID v4s come from the OS's generator).
@@ -99,7 +108,7 @@ impl Registrar {
     fn challenge(&self, stale: bool) -> Vec<Header> {
         let nonce = self.nonce();
         let stale = if stale { ", stale=true" } else { "" };
-        ["SHA-256", "MD5"]
+        self.algorithms
             .iter()
             .map(|alg| {
                 Header::WwwAuthenticate(
@@ -126,7 +135,12 @@ impl Registrar {
         let Ok(auth) = Authorization::parse(&rsip_algorithm(&raw)) else {
             return Auth::Challenge(self.challenge(false));
         };
-        if auth.realm != self.realm {
+        let offered = auth.algorithm.map_or("MD5", |a| match a {
+            rsipstack::sip::headers::auth::Algorithm::Md5 => "MD5",
+            rsipstack::sip::headers::auth::Algorithm::Sha256 => "SHA-256",
+            _ => "",
+        });
+        if auth.realm != self.realm || !self.algorithms.iter().any(|a| a == offered) {
             return Auth::Challenge(self.challenge(false));
         }
         let Some(password) = self.users.get(&auth.username) else {
@@ -297,7 +311,7 @@ mod tests {
 
     #[test]
     fn nonces_are_ours_and_age() {
-        let r = Registrar::new("voxgate", [("a".to_string(), "b".to_string())]);
+        let r = Registrar::new("voxgate", &[], [("a".to_string(), "b".to_string())]);
         let n = r.nonce();
         assert_eq!(r.nonce_fresh(&n), Some(true));
         let old = now_secs() - NONCE_SECS - 5;
