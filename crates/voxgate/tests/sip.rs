@@ -2691,3 +2691,102 @@ async fn a_reliable_provisional_response_is_pracked() {
     assert!(bye, "no BYE after hangup");
     client.wait_event("hangup", Duration::from_secs(10)).await;
 }
+
+/// Issue 10 point 5, RFC 3262 §3 as UAS: a caller that requires 100rel gets a reliable 180
+/// (`Require: 100rel`, `RSeq`), retransmitted until its PRACK, which gets 200; the 200 to the
+/// INVITE waits for that PRACK even when the application accepts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_requires_100rel_gets_a_reliable_180() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let sip = server.sip_addr.clone();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+    );
+    let send = |method: &str, cseq: u32, to_tag: &str, extra: &str, body: &str| {
+        let to_tag = if to_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={to_tag}")
+        };
+        let m = format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-rel-{method}-{cseq}\r\n\
+             From: <sip:5551234@127.0.0.1>;tag=rel1\r\nTo: <sip:1000@{sip}>{to_tag}\r\nCall-ID: rel-100@127.0.0.1\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:5551234@{me}>\r\nMax-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    send(
+        "INVITE",
+        1,
+        "",
+        "Require: 100rel\r\nSupported: 100rel\r\nContent-Type: application/sdp\r\n",
+        &sdp,
+    );
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    // The application accepts at once; the 200 must still wait for the PRACK.
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let (ringings, early_200) = tokio::task::block_in_place(|| {
+        let mut buf = vec![0u8; 65_536];
+        let mut ringings = Vec::new();
+        let mut early_200 = None;
+        let deadline = std::time::Instant::now() + Duration::from_millis(2200);
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("SIP/2.0 180 ") {
+                    ringings.push(m);
+                } else if m.starts_with("SIP/2.0 200 ") {
+                    early_200 = Some(m);
+                }
+            }
+        }
+        (ringings, early_200)
+    });
+    assert!(early_200.is_none(), "200 before the PRACK: {early_200:?}");
+    assert!(
+        ringings.len() >= 2,
+        "the reliable 180 was not retransmitted: {ringings:?}"
+    );
+    let r = &ringings[0];
+    assert_eq!(header(r, "Require"), Some("100rel"), "{r}");
+    assert_eq!(header(r, "RSeq"), Some("1"), "{r}");
+    let tag = header(r, "To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .map(|t| t.split(';').next().unwrap().trim().to_string())
+        .expect("a To tag");
+    send("PRACK", 2, &tag, "RAck: 1 1 INVITE\r\n", "");
+    let (prack_ok, invite_ok) = tokio::task::block_in_place(|| {
+        let mut buf = vec![0u8; 65_536];
+        let (mut prack_ok, mut invite_ok) = (None, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && (prack_ok.is_none() || invite_ok.is_none()) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                let cseq = header(&m, "CSeq").unwrap_or_default().to_string();
+                if m.starts_with("SIP/2.0 200 ") && cseq.ends_with("PRACK") {
+                    prack_ok = Some(m);
+                } else if m.starts_with("SIP/2.0 200 ") && cseq.ends_with("INVITE") {
+                    invite_ok = Some(m);
+                }
+            }
+        }
+        (prack_ok, invite_ok)
+    });
+    assert!(prack_ok.is_some(), "the PRACK got no 200");
+    assert!(invite_ok.is_some(), "no 200 to the INVITE after the PRACK");
+    send("ACK", 1, &tag, "", "");
+    client.wait_event("answer", Duration::from_secs(5)).await;
+    send("BYE", 3, &tag, "", "");
+    let h = client.wait_event("hangup", Duration::from_secs(5)).await;
+    assert_eq!(h["reason"], "bye", "{h}");
+}

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -597,6 +598,19 @@ impl SipCall {
     /// # Errors
     /// `(SIP status, message)`: 488 when no codec is common, 400 for an unusable late-offer ACK.
     async fn accept(&self, prefer: Option<Codec>) -> Result<(String, String), (u16, String)> {
+        // RFC 3262 §3: no 2xx before the PRACK of a reliable 180.
+        let call_id = self
+            .dialog
+            .initial_request()
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        if !self.svc.prack_received(&call_id).await {
+            return Err((
+                504,
+                "the caller never sent the PRACK for our reliable 180".into(),
+            ));
+        }
         let sockets = media::bind_pair(
             self.svc.rtp_ip,
             self.svc.cfg.rtp_port_min,

@@ -107,6 +107,9 @@ pub struct SipService {
     tasks: TaskTracker,
     /// `[[sip.users]]` and their registrations, when any are configured.
     pub(crate) registrar: Option<registrar::Registrar>,
+    /// Inbound calls whose caller requires reliable provisional responses (RFC 3262): Call-ID →
+    /// `true` once the 180's PRACK came.
+    pub(crate) pracks: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
 /// Takes inbound calls to numbers it owns (a bot's number), before `[[sip.numbers]]`.
@@ -317,9 +320,9 @@ pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY
 /// [`ALLOW`] with REGISTER, for a server with `[[sip.users]]`.
 pub const ALLOW_REGISTER: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, REGISTER";
-/// The option tags voxgate supports (RFC 3261 §20.37): session timers (RFC 4028); a `Require`
-/// naming any other option gets 420.
-pub const SUPPORTED: &[&str] = &["timer"];
+/// The option tags voxgate supports (RFC 3261 §20.37): session timers (RFC 4028) and reliable
+/// provisional responses (RFC 3262); a `Require` naming any other option gets 420.
+pub const SUPPORTED: &[&str] = &["timer", "100rel"];
 
 fn allow() -> rsipstack::sip::Header {
     rsipstack::sip::Header::Other("Allow".into(), ALLOW.into())
@@ -593,6 +596,7 @@ impl SipService {
             http,
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
+            pracks: Mutex::new(HashMap::new()),
             registrar: (!cfg_users.is_empty()).then(|| {
                 registrar::Registrar::new(
                     &cfg_realm,
@@ -898,6 +902,14 @@ impl SipService {
         if in_dialog {
             // In-dialog request: the dialog handles BYE, re-INVITE, UPDATE, INFO, OPTIONS, REFER.
             let mut found = self.dialogs.match_dialog(&tx);
+            if tx.original.method == Method::PRack {
+                // RFC 3262 §3: the PRACK of our reliable 180 lets the 2xx go.
+                if let Ok(id) = tx.original.call_id_header() {
+                    if let Some(w) = self.pracks.lock().expect("lock").get(id.value()) {
+                        let _ = w.send(true);
+                    }
+                }
+            }
             if found.is_none() && tx.original.method != Method::Ack {
                 // The far end may send a request right after its 2xx, before our dialog is
                 // re-keyed with its tag (issue 10: re-INVITE/UPDATE answered 481): look again
@@ -910,7 +922,9 @@ impl SipService {
             }
             match found {
                 Some(rsipstack::dialog::dialog::Dialog::Invite(mut d)) => {
-                    let early = !d.state().is_confirmed() && !d.state().is_terminated();
+                    // Early: no final answer sent yet. A BYE that overtakes the ACK of our 200
+                    // (state WaitAck) ends a confirmed call, not a ringing one.
+                    let early = d.state().can_cancel();
                     if tx.original.method == Method::Bye
                         && early
                         && d.role() == rsipstack::transaction::key::TransactionRole::Server
@@ -995,6 +1009,63 @@ impl SipService {
                     .await;
             }
         }
+    }
+
+    /// RFC 3262 §3: a caller that requires 100rel gets its 180 reliably — `Require: 100rel`,
+    /// `RSeq: 1`, retransmitted after T1, 2·T1, ... (500 ms doubling) until the PRACK comes or
+    /// 64·T1 (32 s) pass; then the INVITE is refused with 504 (no PRACK). The 2xx waits for the
+    /// PRACK ([`SipService::prack_received`]).
+    fn ring_reliably(self: &Arc<Self>, dialog: &InviteDialog) {
+        let id = dialog
+            .initial_request()
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        self.pracks.lock().expect("lock").insert(id.clone(), tx);
+        let d = dialog.clone();
+        let svc = self.clone();
+        self.spawn(async move {
+            let headers = vec![
+                rsipstack::sip::Header::Require("100rel".into()),
+                rsipstack::sip::Header::Other("RSeq".into(), "1".into()),
+            ];
+            let mut wait = Duration::from_millis(500);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(32);
+            // Bounded: at most 7 retransmissions before the deadline.
+            loop {
+                let _ = d.ringing(Some(headers.clone()), None);
+                let pracked = tokio::time::timeout(wait, rx.wait_for(|p| *p)).await;
+                if pracked.is_ok() || !d.state().can_cancel() {
+                    break;
+                }
+                if tokio::time::Instant::now() + wait > deadline {
+                    tracing::info!(call_id = id, "no PRACK for the reliable 180: 504");
+                    let _ = d.reject(Some(StatusCode::ServerTimeOut), Some("no PRACK".into()));
+                    break;
+                }
+                wait *= 2;
+            }
+            // A 2xx waiting in `prack_received` holds its own receiver.
+            svc.pracks.lock().expect("lock").remove(&id);
+        });
+    }
+
+    /// Waits (up to 32 s) for the PRACK of a reliable 180 to call `call_id` while one is being
+    /// sent; `false` when it never came.
+    pub(crate) async fn prack_received(&self, call_id: &str) -> bool {
+        let rx = self
+            .pracks
+            .lock()
+            .expect("lock")
+            .get(call_id)
+            .map(|w| w.subscribe());
+        let Some(mut rx) = rx else {
+            return true;
+        };
+        tokio::time::timeout(Duration::from_secs(32), rx.wait_for(|p| *p))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     async fn on_invite(self: Arc<Self>, mut tx: Transaction) {
@@ -1088,7 +1159,14 @@ impl SipService {
                 tracing::debug!("INVITE transaction: {e}");
             }
         });
-        let _ = dialog.ringing(None, None);
+        if header_values(&dialog.initial_request(), "Require")
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case("100rel"))
+        {
+            self.ring_reliably(&dialog);
+        } else {
+            let _ = dialog.ringing(None, None);
+        }
         let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
         if let (true, Some(r)) = (bot, router) {
             r.take(
