@@ -115,10 +115,7 @@ struct Header {
 /// Looks at one datagram from `source` (see the module docs).
 pub fn inspect(datagram: &[u8], source: SocketAddr) -> Verdict<'_> {
     // RFC 3261 §7.5: CRLFs before the start line are ignored.
-    let start = datagram
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(datagram.len());
+    let start = leading_crlfs(datagram);
     let msg = &datagram[start..];
     if msg.is_empty() {
         return Verdict::Pass(Cow::Borrowed(datagram));
@@ -446,7 +443,7 @@ fn contactless_2xx(msg: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The URI of a name-addr (`"x" <uri>;tag=1`) or addr-spec (`uri;tag=1`) value.
-fn addr_uri(v: &str) -> &str {
+pub(crate) fn addr_uri(v: &str) -> &str {
     match (v.find('<'), v.find('>')) {
         (Some(a), Some(b)) if a < b => &v[a + 1..b],
         _ => v.split(';').next().unwrap_or_default().trim(),
@@ -639,8 +636,16 @@ fn rfc2543_tag(call_id: &str, from: &str) -> String {
     format!("2543-{:016x}", h.finish())
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `hay`.
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// How many CR and LF octets `msg` starts with (RFC 3261 §7.5: ignored before a start line).
+pub(crate) fn leading_crlfs(msg: &[u8]) -> usize {
+    msg.iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(msg.len())
 }
 
 /// A stateless response (RFC 3261 §8.2.6) to the request whose headers are `headers`.
@@ -648,11 +653,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Call-ID and CSeq copied, RFC 3261 §8.2.6), for a request the guard passed but the stack
 /// could not parse or a stream could not frame; `None` for a response or a request without Via.
 pub fn refuse(msg: &[u8], source: SocketAddr, code: u16, reason: &str) -> Option<Vec<u8>> {
-    let start = msg
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(msg.len());
-    let msg = &msg[start..];
+    let msg = &msg[leading_crlfs(msg)..];
     if msg.starts_with(b"SIP/") {
         return None;
     }

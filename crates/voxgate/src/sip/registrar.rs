@@ -219,10 +219,7 @@ impl Registrar {
                 );
             }
             let expires = expires.min(MAX_EXPIRES);
-            let uri = match (c.find('<'), c.find('>')) {
-                (Some(a), Some(b)) if a < b => c[a + 1..b].to_string(),
-                _ => c.split(';').next().unwrap_or_default().trim().to_string(),
-            };
+            let uri = super::guard::addr_uri(c).to_string();
             bindings.insert(
                 user.to_string(),
                 Binding {

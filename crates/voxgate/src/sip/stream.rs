@@ -13,7 +13,7 @@
 //! Content-Length cannot be read, cannot be framed: it gets 400 (or 513) when answerable and the
 //! connection is closed, since the next message's start is unknown.
 
-use super::guard::{self, Verdict};
+use super::guard::{self, find, leading_crlfs, Verdict};
 use rsipstack::sip::SipMessage;
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transport::channel::ChannelConnection;
@@ -78,10 +78,7 @@ pub fn frame(buf: &[u8]) -> Frame {
     if buf.starts_with(b"\r\n\r\n") {
         return Frame::Ping(4);
     }
-    let start = buf
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(buf.len());
+    let start = leading_crlfs(buf);
     let Some(end) = find(&buf[start..], b"\r\n\r\n") else {
         return if buf.len() - start > MAX_HEAD {
             Frame::Broken(513, "Message Too Large")
@@ -122,10 +119,6 @@ pub fn frame(buf: &[u8]) -> Frame {
     } else {
         Frame::Message(total)
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Serves one TCP connection (see the module docs).
@@ -247,11 +240,7 @@ fn deliver(
             return None;
         }
     };
-    let start = bytes
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(bytes.len());
-    let parsed = match SipMessage::try_from(&bytes[start..]) {
+    let parsed = match SipMessage::try_from(&bytes[leading_crlfs(&bytes)..]) {
         Ok(m) => m,
         Err(e) => {
             tracing::info!(%peer, "SIP over TCP: unparsable message: {e}");
