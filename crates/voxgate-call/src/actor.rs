@@ -238,6 +238,9 @@ enum Phase {
     Ready,
     /// An inbound leg ringing: `incoming` was announced.
     Incoming,
+    /// An inbound leg ringing with early media ([`CallCommand::EarlyMedia`]): bot audio is
+    /// heard, caller audio is not processed until the answer.
+    Early,
     /// Our call is ringing at the far end.
     Dialing,
     /// `Answer` was given to a leg that answers asynchronously (SIP 200 OK, late offer).
@@ -266,6 +269,8 @@ pub(crate) struct CallActor {
     work_rx: mpsc::Receiver<Work>,
     end_signal: Arc<EndSignal>,
     phase: Phase,
+    /// Early media was started: bot audio flows while the answer is under way.
+    early: bool,
     leg: Option<Box<dyn Leg>>,
     leg_seq: u64,
     subscribers: Vec<Box<dyn Subscriber>>,
@@ -349,6 +354,7 @@ impl CallActor {
             work_rx,
             end_signal,
             phase: Phase::Idle,
+            early: false,
             leg_seq: u64::from(leg.is_some()),
             leg,
             subscribers,
@@ -654,6 +660,7 @@ impl CallActor {
         }
         match c {
             CallCommand::Answer(o) => self.answer(o),
+            CallCommand::EarlyMedia(o) => self.early_media(o),
             CallCommand::Dial(o) => self.dial(o).await,
             CallCommand::Tts(t) => self.tts(t),
             CallCommand::Play(p) => self.play(p),
@@ -697,9 +704,43 @@ impl CallActor {
         true
     }
 
+    /// Bot audio before the answer: only for a ringing inbound leg that can do it.
+    fn early_media(&mut self, o: AnswerOptions) {
+        match self.phase {
+            Phase::Incoming => {}
+            Phase::Early => {
+                return self.error("command", "early media is already on", Some(400));
+            }
+            Phase::Ended => return,
+            _ => {
+                return self.error(
+                    "command",
+                    "early media needs an inbound call that is still ringing: wait for `incoming`",
+                    Some(400),
+                )
+            }
+        }
+        if !self.check_media(&o.media) {
+            return;
+        }
+        let Some(leg) = self.leg.as_mut() else { return };
+        match leg.command(LegCommand::EarlyMedia { codec: o.codec }) {
+            LegReply::Refused {
+                sender,
+                code,
+                message,
+            } => self.error(sender, message, Some(code)),
+            _ => {
+                self.set_media(o.media, o.caller, o.callee);
+                self.phase = Phase::Early;
+                self.early = true;
+            }
+        }
+    }
+
     fn answer(&mut self, o: AnswerOptions) {
         match self.phase {
-            Phase::Ready | Phase::Incoming => {}
+            Phase::Ready | Phase::Incoming | Phase::Early => {}
             Phase::Answered | Phase::Answering => {
                 return self.error("command", "the call is already answered", Some(400))
             }
@@ -736,6 +777,14 @@ impl CallActor {
                 message,
             } => self.error(sender, message, Some(code)),
         }
+    }
+
+    /// Bot audio reaches the far end: the call is answered, or rings with early media.
+    fn bot_audio_allowed(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Answered | Phase::Early | Phase::Answering
+        ) && (self.phase != Phase::Answering || self.early)
     }
 
     fn set_media(&mut self, m: MediaOptions, caller: Option<String>, callee: Option<String>) {
@@ -1426,7 +1475,7 @@ impl CallActor {
     }
 
     fn mark(&mut self, name: String) {
-        if self.phase != Phase::Answered {
+        if !self.bot_audio_allowed() {
             return self.error("command", "`mark` before the call is answered", Some(400));
         }
         // The mark follows the application audio sent so far.
@@ -1472,7 +1521,7 @@ impl CallActor {
     /// Opens a track for `play_id` (interrupting other audio) and returns its id.
     /// Application audio, queued behind what is playing (no interruption).
     fn queue_audio(&mut self, samples: Vec<i16>) {
-        if self.phase != Phase::Answered {
+        if !self.bot_audio_allowed() {
             return self.error("media", "audio before the call is answered", Some(400));
         }
         if samples.is_empty() {
@@ -1563,10 +1612,10 @@ impl CallActor {
     }
 
     fn tts(&mut self, t: TtsRequest) {
-        if self.phase != Phase::Answered {
+        if !self.bot_audio_allowed() {
             return self.error(
                 "tts",
-                "`tts` before the call is answered: send `invite` or `accept` first",
+                "`tts` before the call is answered: send `invite`, `accept` or `progress` first",
                 Some(400),
             );
         }
@@ -1640,10 +1689,10 @@ impl CallActor {
     }
 
     fn play(&mut self, p: PlayRequest) {
-        if self.phase != Phase::Answered {
+        if !self.bot_audio_allowed() {
             return self.error(
                 "play",
-                "`play` before the call is answered: send `invite` or `accept` first",
+                "`play` before the call is answered: send `invite`, `accept` or `progress` first",
                 Some(400),
             );
         }

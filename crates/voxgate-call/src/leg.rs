@@ -54,6 +54,11 @@ pub struct LegInfo {
 pub enum LegCommand {
     /// Answer (SIP 200 OK) or start the leg's media; `codec` is the controller's preference.
     Answer { codec: Option<Codec> },
+    /// Start media before answering an inbound call (SIP 183 with SDP;
+    /// [`crate::CallCommand::EarlyMedia`]): the leg reports [`LegEvent::Ringing`] with
+    /// `early_media` once bot audio reaches the caller. A later [`LegCommand::Answer`] keeps
+    /// the same media.
+    EarlyMedia { codec: Option<Codec> },
     /// Drop bot audio the far end has buffered (Twilio `clear`); a barge-in or `interrupt`.
     Clear,
     /// Ask the far end to report when the audio sent so far has played ([`LegEvent::MarkPlayed`]).

@@ -1516,3 +1516,90 @@ async fn application_audio_queues_and_marks_follow_it() {
     c.expect("mark", MS(100)).await;
     assert!(t1.elapsed() <= MS(40));
 }
+
+/// Early media (issue 10): a ringing inbound leg is asked for it, bot audio reaches the leg
+/// before the answer (and through the answer), caller audio is not processed until then, and
+/// it is refused twice or for a leg that does not ring.
+#[tokio::test(start_paused = true)]
+async fn early_media_plays_before_the_answer() {
+    let (core, _) = core(Setup::default());
+    let mut c = call(
+        &core,
+        "early-1",
+        LegSetup {
+            ringing: true,
+            async_answer: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    c.expect("incoming", MS(100)).await;
+    c.cmd(CallCommand::EarlyMedia(AnswerOptions::default()))
+        .await;
+    c.port
+        .event(LegEvent::Ringing { early_media: true })
+        .await
+        .unwrap();
+    let r = c.expect("ringing", MS(100)).await;
+    assert!(matches!(
+        r.kind,
+        EventKind::Ringing {
+            early_media: true,
+            ..
+        }
+    ));
+    c.tts("please hold", None).await;
+    c.expect("trackStart", S(1)).await;
+    settle(MS(200)).await;
+    let bot_before = c.log().iter().filter(|l| **l == Log::Bot).count();
+    assert!(
+        bot_before >= 5,
+        "bot frames before the answer: {bot_before}"
+    );
+    assert!(c
+        .log()
+        .contains(&Log::Cmd(LegCommand::EarlyMedia { codec: None })));
+    // Caller audio before the answer is not transcribed or endpointed.
+    for _ in 0..30 {
+        c.port.audio(loud()).await.unwrap();
+    }
+    settle(MS(100)).await;
+    assert!(!c.drain().contains(&"speaking"), "{:?}", c.names());
+    c.cmd(CallCommand::EarlyMedia(AnswerOptions::default()))
+        .await;
+    let e = c.expect("error", MS(100)).await;
+    assert!(matches!(
+        e.kind,
+        EventKind::Error {
+            code: Some(400),
+            ..
+        }
+    ));
+    c.cmd(CallCommand::Answer(AnswerOptions::default())).await;
+    c.port
+        .event(LegEvent::Answered {
+            sdp: Some("v=0 same answer".into()),
+            codec: "pcmu".into(),
+        })
+        .await
+        .unwrap();
+    c.expect("answer", MS(100)).await;
+    c.tts("thanks for holding", None).await;
+    c.expect("trackStart", S(1)).await;
+
+    // A leg that does not ring (a `/call` WebSocket) gets no early media.
+    let mut d = call(&core, "early-2", LegSetup::default()).await;
+    d.cmd(CallCommand::EarlyMedia(AnswerOptions::default()))
+        .await;
+    let e = d.expect("error", MS(100)).await;
+    assert!(matches!(
+        e.kind,
+        EventKind::Error {
+            code: Some(400),
+            ..
+        }
+    ));
+    assert!(!d
+        .log()
+        .contains(&Log::Cmd(LegCommand::EarlyMedia { codec: None })));
+}

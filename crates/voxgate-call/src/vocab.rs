@@ -143,6 +143,12 @@ pub const DTMF_MS: u32 = 100;
 pub enum CallCommand {
     /// Answer the leg (see [`AnswerOptions`]).
     Answer(AnswerOptions),
+    /// Early media: let a ringing inbound caller hear bot audio before the call is answered
+    /// (SIP `183 Session Progress` carrying our SDP answer, RFC 3261 §13.3.1.1 and RFC 3960's
+    /// gateway model). `tts`, `play` and `audio` are heard from then on; [`CallCommand::Answer`]
+    /// later sends the same SDP in the 200 OK and the audio goes on. Caller audio is not
+    /// transcribed before the answer. Legs without such signalling refuse it (`error` 400).
+    EarlyMedia(AnswerOptions),
     /// Place a call (see [`DialOptions`]).
     Dial(DialOptions),
     Tts(TtsRequest),

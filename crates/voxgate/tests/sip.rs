@@ -2790,3 +2790,235 @@ async fn a_caller_that_requires_100rel_gets_a_reliable_180() {
     let h = client.wait_event("hangup", Duration::from_secs(5)).await;
     assert_eq!(h["reason"], "bye", "{h}");
 }
+
+/// Collects RTP payloads of payload type `pt` arriving on `sock` until `stop` is set (at most
+/// `limit`); returns them decoded as 8 kHz μ-law (PCMU) samples and the packet count.
+fn collect_pcmu(
+    sock: std::net::UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+) -> (Vec<i16>, usize) {
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut dec = voxgate_media::codec::AudioDecoder::new(voxgate_media::codec::Codec::Pcmu);
+    let (mut pcm, mut packets) = (Vec::new(), 0);
+    let mut buf = [0u8; 2048];
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if n > 12 && buf[1] & 0x7f == 0 {
+                packets += 1;
+                pcm.extend_from_slice(&dec.decode(&buf[12..n]).samples);
+            }
+        }
+    }
+    (pcm, packets)
+}
+
+/// Issue 10 point 5, early media with SIPp as the caller (tests/sipp/uac_early_media.xml): the
+/// application sends `progress`; SIPp gets 183 with SDP, the client `ringing` with
+/// `earlyMedia`; the TTS prompt reaches the caller's RTP socket before any 200 and transcribes
+/// back; `accept` then sends the 200 and the call goes on until SIPp's BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_is_heard_before_the_answer() {
+    sipp_available();
+    let server = Server::start();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(
+        dir.path(),
+        "uac_early_media.xml",
+        &[("RTP_PORT", &rtp_port)],
+    );
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    // Before `progress` there is nothing to play into.
+    client
+        .send(json!({"command": "tts", "text": "too early"}))
+        .await;
+    let e = client
+        .wait_for("error", Duration::from_secs(5), |e| e["sender"] == "tts")
+        .await;
+    assert!(e["error"].as_str().unwrap().contains("progress"), "{e}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let heard = tokio::task::spawn_blocking(move || collect_pcmu(rtp, s, Duration::from_secs(40)));
+    client
+        .send(json!({"command": "progress", "option": {"codec": "pcmu"}}))
+        .await;
+    let r = client
+        .wait_for("ringing", Duration::from_secs(10), |e| {
+            e["earlyMedia"] == true
+        })
+        .await;
+    assert_eq!(r["earlyMedia"], true, "{r}");
+    let sentence = "Please hold while we connect your call to the next available agent.";
+    client
+        .send(json!({"command": "tts", "text": sentence, "playId": "hold"}))
+        .await;
+    client.wait_event("trackEnd", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (pcm, packets) = heard.await.unwrap();
+    assert!(
+        client.events_named("answer").is_empty(),
+        "answered before `accept`"
+    );
+    client
+        .send(json!({"command": "accept", "option": {"codec": "pcmu"}}))
+        .await;
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    let h = client.wait_event("hangup", Duration::from_secs(20)).await;
+    assert_eq!(h["reason"], "bye", "{h}");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "SIPp early-media scenario failed:\n{log}");
+    assert!(
+        packets > 100,
+        "only {packets} RTP packets before the answer"
+    );
+    let hyp = transcribe_samples(&server, &pcm, voxgate_media::SampleRate::HZ_8000, None).await;
+    let w = wer(sentence, &hyp);
+    eprintln!(
+        "early media: {packets} packets before the 200, WER {:.1} % ({hyp})",
+        w * 100.0
+    );
+    assert!(w <= 0.25, "the early prompt was not heard: {hyp:?}");
+}
+
+/// Issue 10 point 5, early media to a caller that requires 100rel (RFC 3262): the 183 waits for
+/// the PRACK of the reliable 180, is itself reliable (`RSeq: 2`, retransmitted until PRACKed),
+/// and the 200 — sent only after that PRACK — repeats the 183's SDP answer exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_early_media_for_a_caller_that_requires_100rel() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let sip = server.sip_addr.clone();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = free_udp_port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\n"
+    );
+    let send = |method: &str, cseq: u32, to_tag: &str, extra: &str, body: &str| {
+        let to_tag = if to_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={to_tag}")
+        };
+        let m = format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-em-{method}-{cseq}\r\n\
+             From: <sip:5551234@127.0.0.1>;tag=em1\r\nTo: <sip:1000@{sip}>{to_tag}\r\nCall-ID: early-100rel@127.0.0.1\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:5551234@{me}>\r\nMax-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    // Everything voxgate sends within `wait`, or until `done` says enough.
+    let recv_all = |wait: Duration, done: &dyn Fn(&[String]) -> bool| {
+        let mut buf = vec![0u8; 65_536];
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline && !done(&got) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        }
+        got
+    };
+    send(
+        "INVITE",
+        1,
+        "",
+        "Require: 100rel\r\nSupported: 100rel\r\nContent-Type: application/sdp\r\n",
+        &sdp,
+    );
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "progress", "option": {}}))
+        .await;
+    // The 180 is not PRACKed yet: no 183 may come (RFC 3262 §3).
+    let got = tokio::task::block_in_place(|| recv_all(Duration::from_millis(1500), &|_| false));
+    assert!(
+        !got.iter().any(|m| m.starts_with("SIP/2.0 183 ")),
+        "183 before the 180's PRACK: {got:?}"
+    );
+    let r180 = got
+        .iter()
+        .find(|m| m.starts_with("SIP/2.0 180 "))
+        .expect("a reliable 180");
+    let tag = header(r180, "To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .map(|t| t.split(';').next().unwrap().trim().to_string())
+        .expect("a To tag");
+    send("PRACK", 2, &tag, "RAck: 1 1 INVITE\r\n", "");
+    let got = tokio::task::block_in_place(|| {
+        recv_all(Duration::from_secs(5), &|g| {
+            g.iter().filter(|m| m.starts_with("SIP/2.0 183 ")).count() >= 2
+        })
+    });
+    let r183: Vec<&String> = got
+        .iter()
+        .filter(|m| m.starts_with("SIP/2.0 183 "))
+        .collect();
+    assert!(
+        r183.len() >= 2,
+        "the reliable 183 was not retransmitted before its PRACK: {got:?}"
+    );
+    assert_eq!(header(r183[0], "RSeq"), Some("2"), "{}", r183[0]);
+    assert_eq!(header(r183[0], "Require"), Some("100rel"), "{}", r183[0]);
+    let early_sdp = r183[0].split("\r\n\r\n").nth(1).unwrap().to_string();
+    assert!(early_sdp.contains("m=audio "), "{}", r183[0]);
+    assert!(
+        !got.iter().any(|m| m.starts_with("SIP/2.0 200 ")
+            && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE"))),
+        "200 before any accept"
+    );
+    let r = client
+        .wait_for("ringing", Duration::from_secs(5), |e| {
+            e["earlyMedia"] == true
+        })
+        .await;
+    assert_eq!(r["earlyMedia"], true);
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    // The 200 waits for the 183's PRACK.
+    let got = tokio::task::block_in_place(|| recv_all(Duration::from_millis(1200), &|_| false));
+    assert!(
+        !got.iter().any(|m| m.starts_with("SIP/2.0 200 ")
+            && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE"))),
+        "200 before the 183's PRACK: {got:?}"
+    );
+    send("PRACK", 3, &tag, "RAck: 2 1 INVITE\r\n", "");
+    let got = tokio::task::block_in_place(|| {
+        recv_all(Duration::from_secs(10), &|g| {
+            g.iter().any(|m| {
+                m.starts_with("SIP/2.0 200 ")
+                    && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE"))
+            })
+        })
+    });
+    let ok = got
+        .iter()
+        .find(|m| {
+            m.starts_with("SIP/2.0 200 ")
+                && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE"))
+        })
+        .expect("a 200 to the INVITE after the PRACK");
+    assert_eq!(
+        ok.split("\r\n\r\n").nth(1).unwrap(),
+        early_sdp,
+        "the 200's SDP differs from the 183's"
+    );
+    send("ACK", 1, &tag, "", "");
+    client.wait_event("answer", Duration::from_secs(5)).await;
+    send("BYE", 4, &tag, "", "");
+    let h = client.wait_event("hangup", Duration::from_secs(5)).await;
+    assert_eq!(h["reason"], "bye", "{h}");
+}

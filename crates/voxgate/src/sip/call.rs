@@ -92,6 +92,9 @@ struct SipCall {
     sink: OnceLock<AudioSink>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     answered: AtomicBool,
+    /// Early media is up (our 183 carried this SDP answer; the negotiated codec's name): the
+    /// 200 repeats the answer.
+    early: Mutex<Option<(String, String)>>,
     /// The dialog is over without us: the far end ended it, or a final answer went out.
     ended: AtomicBool,
     /// The far end's signalling address: RTP from it may be latched as well as RTP from the
@@ -193,6 +196,7 @@ impl PendingLeg for IncomingSip {
             sink: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
             answered: AtomicBool::new(false),
+            early: Mutex::new(None),
             ended: AtomicBool::new(false),
             timer: Mutex::new(None),
             refreshed: Mutex::new(std::time::Instant::now()),
@@ -344,6 +348,7 @@ pub async fn dial(
         sink: OnceLock::new(),
         tasks: Mutex::new(Vec::new()),
         answered: AtomicBool::new(false),
+        early: Mutex::new(None),
         ended: AtomicBool::new(false),
         timer: Mutex::new(None),
         refreshed: Mutex::new(std::time::Instant::now()),
@@ -593,23 +598,94 @@ impl SipCall {
             .map_err(|_| "DTMF queue full".to_string())
     }
 
-    /// Answers an inbound call; returns our SDP and the negotiated codec's name.
-    ///
-    /// # Errors
-    /// `(SIP status, message)`: 488 when no codec is common, 400 for an unusable late-offer ACK.
-    async fn accept(&self, prefer: Option<Codec>) -> Result<(String, String), (u16, String)> {
-        // RFC 3262 §3: no 2xx before the PRACK of a reliable 180.
-        let call_id = self
-            .dialog
+    fn sip_call_id(&self) -> String {
+        self.dialog
             .initial_request()
             .call_id_header()
             .map(|c| c.value().to_string())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Early media (RFC 3261 §13.3.1.1, RFC 3960 §3.1): answers the INVITE's offer in a 183
+    /// Session Progress and starts the RTP leg, so that bot audio reaches the caller before the
+    /// 200. Reliable (RFC 3262, RSeq 2, after the 180's PRACK) when the caller requires 100rel.
+    /// Returns the negotiated codec's name.
+    ///
+    /// # Errors
+    /// `(SIP status, message)`: 488 when no codec is common (the INVITE is refused with it),
+    /// 504 when the caller never PRACKed our reliable 180, 503 without a free RTP port.
+    async fn early_media(&self, prefer: Option<Codec>) -> Result<String, (u16, String)> {
+        let offer = self.offer.clone().unwrap_or_default();
+        let call_id = self.sip_call_id();
         if !self.svc.prack_received(&call_id).await {
             return Err((
                 504,
                 "the caller never sent the PRACK for our reliable 180".into(),
             ));
+        }
+        let sockets = media::bind_pair(
+            self.svc.rtp_ip,
+            self.svc.cfg.rtp_port_min,
+            self.svc.cfg.rtp_port_max,
+        )
+        .await
+        .map_err(|e| (503, e.to_string()))?;
+        let local = self.svc.local_media(sockets.port, sdp_name(prefer));
+        let (answer, neg) = sdp::answer(&offer, &local).map_err(|e| {
+            let code = if matches!(e, SdpError::Parse(_)) {
+                400
+            } else {
+                488
+            };
+            let _ = self
+                .dialog
+                .reject(Some(StatusCode::from(code)), Some(e.to_string()));
+            (code, e.to_string())
+        })?;
+        let codec = self.start_media(sockets, neg, local)?;
+        if let Ok(mut e) = self.early.lock() {
+            *e = Some((answer.clone(), codec.clone()));
+        }
+        let reliable = super::header_values(&self.dialog.initial_request(), "Require")
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case("100rel"));
+        tracing::info!(call = %self.call_id, reliable, "early media: 183 Session Progress");
+        if reliable {
+            self.svc
+                .provisional_reliably(&self.dialog, 2, Some(answer.into_bytes()));
+        } else {
+            self.dialog
+                .ringing(Some(vec![sdp_header()]), Some(answer.into_bytes()))
+                .map_err(|e| (500, e.to_string()))?;
+        }
+        Ok(codec)
+    }
+
+    /// Answers an inbound call; returns our SDP and the negotiated codec's name. After early
+    /// media the 200 repeats the 183's answer and the RTP leg goes on.
+    ///
+    /// # Errors
+    /// `(SIP status, message)`: 488 when no codec is common, 400 for an unusable late-offer ACK,
+    /// 504 when a reliable provisional response was never PRACKed.
+    async fn accept(&self, prefer: Option<Codec>) -> Result<(String, String), (u16, String)> {
+        // RFC 3262 §3: no 2xx before the PRACK of a reliable 18x.
+        let call_id = self.sip_call_id();
+        if !self.svc.prack_received(&call_id).await {
+            return Err((
+                504,
+                "the caller never sent the PRACK for our reliable provisional response".into(),
+            ));
+        }
+        let early = self.early.lock().ok().and_then(|e| e.clone());
+        if let Some((answer, codec)) = early {
+            self.dialog
+                .accept(
+                    Some(self.answer_headers()),
+                    Some(answer.clone().into_bytes()),
+                )
+                .map_err(|e| (500, e.to_string()))?;
+            self.answered.store(true, Ordering::SeqCst);
+            return Ok((answer, codec));
         }
         let sockets = media::bind_pair(
             self.svc.rtp_ip,
@@ -720,15 +796,16 @@ impl SipCall {
     fn watch(self: &Arc<Self>, mut states: DialogStateReceiver) {
         let c = self.clone();
         self.push_task(tokio::spawn(async move {
+            // A reliable 18x is sent again until its PRACK: one `ringing` per change.
+            let mut ringing = None;
             while let Some(st) = states.recv().await {
                 match st {
                     DialogState::Early(_, resp) => {
-                        let _ = c
-                            .port
-                            .event(LegEvent::Ringing {
-                                early_media: !resp.body.is_empty(),
-                            })
-                            .await;
+                        let early_media = !resp.body.is_empty();
+                        if ringing != Some(early_media) {
+                            ringing = Some(early_media);
+                            let _ = c.port.event(LegEvent::Ringing { early_media }).await;
+                        }
                     }
                     DialogState::Updated(_, req, handle) => {
                         // re-INVITE or UPDATE from the far end (hold/resume, new address).
@@ -958,6 +1035,8 @@ impl Leg for SipLeg {
                                 .await;
                         }
                         Err((code, e)) => {
+                            // Refused now unless a final answer already went out (no-op then).
+                            let _ = c.dialog.reject(Some(StatusCode::from(code)), None);
                             c.ended.store(true, Ordering::SeqCst);
                             let _ = c
                                 .port
@@ -975,6 +1054,53 @@ impl Leg for SipLeg {
                                 })
                                 .await;
                         }
+                    }
+                }));
+                LegReply::Pending
+            }
+            LegCommand::EarlyMedia { codec } => {
+                let refuse = |message: &str| LegReply::Refused {
+                    sender: "command",
+                    code: 400,
+                    message: message.into(),
+                };
+                if self.call.outbound || self.call.answered.load(Ordering::SeqCst) {
+                    return refuse("early media needs an inbound call that is still ringing");
+                }
+                if self
+                    .call
+                    .offer
+                    .as_deref()
+                    .is_none_or(|o| o.trim().is_empty())
+                {
+                    // A late-offer INVITE would need our offer in a reliable 183 and the answer
+                    // in the PRACK (RFC 3262 §5); not supported.
+                    return refuse("early media needs an SDP offer in the INVITE; this caller sent none (late offer): `accept` it instead");
+                }
+                if self.call.early.lock().is_ok_and(|e| e.is_some()) {
+                    return refuse("early media is already on");
+                }
+                let c = self.call.clone();
+                self.call.push_task(tokio::spawn(async move {
+                    if let Err((code, e)) = c.early_media(codec).await {
+                        // Refused now unless a final answer already went out (no-op then).
+                        let _ = c.dialog.reject(Some(StatusCode::from(code)), None);
+                        c.ended.store(true, Ordering::SeqCst);
+                        let _ = c
+                            .port
+                            .event(LegEvent::Error {
+                                sender: "sip".into(),
+                                message: format!("cannot start early media: {e}"),
+                                code: Some(code),
+                            })
+                            .await;
+                        let _ = c
+                            .port
+                            .event(LegEvent::Ended {
+                                reason: reason_for_status(code).into(),
+                                initiator: "system".into(),
+                            })
+                            .await;
                     }
                 }));
                 LegReply::Pending

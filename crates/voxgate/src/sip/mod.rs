@@ -108,8 +108,9 @@ pub struct SipService {
     /// `[[sip.users]]` and their registrations, when any are configured.
     pub(crate) registrar: Option<registrar::Registrar>,
     /// Inbound calls whose caller requires reliable provisional responses (RFC 3262): Call-ID →
-    /// `true` once the 180's PRACK came.
-    pub(crate) pracks: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    /// (RSeq of the reliable provisional being sent, `true` once its PRACK came).
+    #[allow(clippy::type_complexity)]
+    pub(crate) pracks: Mutex<HashMap<String, (u32, tokio::sync::watch::Sender<bool>)>>,
 }
 
 /// Takes inbound calls to numbers it owns (a bot's number), before `[[sip.numbers]]`.
@@ -905,7 +906,7 @@ impl SipService {
             if tx.original.method == Method::PRack {
                 // RFC 3262 §3: the PRACK of our reliable 180 lets the 2xx go.
                 if let Ok(id) = tx.original.call_id_header() {
-                    if let Some(w) = self.pracks.lock().expect("lock").get(id.value()) {
+                    if let Some((_, w)) = self.pracks.lock().expect("lock").get(id.value()) {
                         let _ = w.send(true);
                     }
                 }
@@ -954,7 +955,7 @@ impl SipService {
         // credentials (RFC 3261 §22.2); nothing is kept for a request that has none.
         let mut user = None;
         if let Some(reg) = &self.registrar {
-            let method = tx.original.method.clone();
+            let method = tx.original.method;
             if method == Method::Register || (method == Method::Invite && !allowed) {
                 match reg.authenticate(&tx.original) {
                     registrar::Auth::User(u) => user = Some(u),
@@ -1011,43 +1012,66 @@ impl SipService {
         }
     }
 
-    /// RFC 3262 §3: a caller that requires 100rel gets its 180 reliably — `Require: 100rel`,
-    /// `RSeq: 1`, retransmitted after T1, 2·T1, ... (500 ms doubling) until the PRACK comes or
-    /// 64·T1 (32 s) pass; then the INVITE is refused with 504 (no PRACK). The 2xx waits for the
-    /// PRACK ([`SipService::prack_received`]).
-    fn ring_reliably(self: &Arc<Self>, dialog: &InviteDialog) {
+    /// RFC 3262 §3: a caller that requires 100rel gets its provisional responses reliably —
+    /// `Require: 100rel`, `RSeq: rseq`, retransmitted after T1, 2·T1, ... (500 ms doubling)
+    /// until the PRACK comes or 64·T1 (32 s) pass; then the INVITE is refused with 504 (no
+    /// PRACK). Without `body` it is the 180; with one (our SDP answer, early media) the 183. The
+    /// 2xx, and a later reliable provisional, wait for the PRACK
+    /// ([`SipService::prack_received`]).
+    pub(crate) fn provisional_reliably(
+        self: &Arc<Self>,
+        dialog: &InviteDialog,
+        rseq: u32,
+        body: Option<Vec<u8>>,
+    ) {
         let id = dialog
             .initial_request()
             .call_id_header()
             .map(|c| c.value().to_string())
             .unwrap_or_default();
         let (tx, mut rx) = tokio::sync::watch::channel(false);
-        self.pracks.lock().expect("lock").insert(id.clone(), tx);
+        self.pracks
+            .lock()
+            .expect("lock")
+            .insert(id.clone(), (rseq, tx));
         let d = dialog.clone();
         let svc = self.clone();
         self.spawn(async move {
-            let headers = vec![
+            let mut headers = vec![
                 rsipstack::sip::Header::Require("100rel".into()),
-                rsipstack::sip::Header::Other("RSeq".into(), "1".into()),
+                rsipstack::sip::Header::Other("RSeq".into(), rseq.to_string()),
             ];
+            if body.is_some() {
+                headers.push(rsipstack::sip::Header::ContentType(
+                    "application/sdp".into(),
+                ));
+            }
             let mut wait = Duration::from_millis(500);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(32);
             // Bounded: at most 7 retransmissions before the deadline.
             loop {
-                let _ = d.ringing(Some(headers.clone()), None);
+                let _ = d.ringing(Some(headers.clone()), body.clone());
                 let pracked = tokio::time::timeout(wait, rx.wait_for(|p| *p)).await;
                 if pracked.is_ok() || !d.state().can_cancel() {
                     break;
                 }
                 if tokio::time::Instant::now() + wait > deadline {
-                    tracing::info!(call_id = id, "no PRACK for the reliable 180: 504");
+                    tracing::info!(
+                        call_id = id,
+                        rseq,
+                        "no PRACK for a reliable provisional: 504"
+                    );
                     let _ = d.reject(Some(StatusCode::ServerTimeOut), Some("no PRACK".into()));
                     break;
                 }
                 wait *= 2;
             }
-            // A 2xx waiting in `prack_received` holds its own receiver.
-            svc.pracks.lock().expect("lock").remove(&id);
+            // A 2xx waiting in `prack_received` holds its own receiver; a later provisional
+            // has its own entry.
+            let mut pracks = svc.pracks.lock().expect("lock");
+            if pracks.get(&id).is_some_and(|(r, _)| *r == rseq) {
+                pracks.remove(&id);
+            }
         });
     }
 
@@ -1059,7 +1083,7 @@ impl SipService {
             .lock()
             .expect("lock")
             .get(call_id)
-            .map(|w| w.subscribe());
+            .map(|(_, w)| w.subscribe());
         let Some(mut rx) = rx else {
             return true;
         };
@@ -1163,7 +1187,7 @@ impl SipService {
             .iter()
             .any(|o| o.eq_ignore_ascii_case("100rel"))
         {
-            self.ring_reliably(&dialog);
+            self.provisional_reliably(&dialog, 1, None);
         } else {
             let _ = dialog.ringing(None, None);
         }

@@ -67,6 +67,9 @@ pub fn parse_command(text: &str, endpoint: Endpoint) -> Result<CallCommand, BadC
         Command::Accept { option } => {
             CallCommand::Answer(invite_options(option.unwrap_or_default(), endpoint)?)
         }
+        Command::Progress { option } => {
+            CallCommand::EarlyMedia(invite_options(option.unwrap_or_default(), endpoint)?)
+        }
         Command::Tts {
             text,
             speaker,

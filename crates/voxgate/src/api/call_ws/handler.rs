@@ -258,7 +258,9 @@ impl Leg for WsLeg {
             // The client plays what it receives; nothing is buffered on our side of the socket
             // beyond the 200 ms queue.
             LegCommand::Clear | LegCommand::Mark(_) => LegReply::Done,
-            LegCommand::SendDtmf { .. } | LegCommand::Transfer(_) => LegReply::Refused {
+            LegCommand::SendDtmf { .. }
+            | LegCommand::Transfer(_)
+            | LegCommand::EarlyMedia { .. } => LegReply::Refused {
                 sender: "command",
                 code: 400,
                 message: "not available on /call".into(),

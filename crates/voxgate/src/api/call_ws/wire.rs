@@ -57,6 +57,12 @@ pub enum Command {
         #[serde(default)]
         option: Option<InviteOption>,
     },
+    /// voxgate extension: early media for a ringing inbound SIP call (183 Session Progress with
+    /// our SDP answer): `tts`/`play` are heard before `accept`. `option` as `accept`'s.
+    Progress {
+        #[serde(default)]
+        option: Option<InviteOption>,
+    },
     #[serde(rename_all = "camelCase")]
     Tts {
         text: String,
@@ -110,9 +116,10 @@ pub enum Command {
 }
 
 /// The command names this endpoint knows.
-pub const COMMANDS: [&str; 11] = [
+pub const COMMANDS: [&str; 12] = [
     "invite",
     "accept",
+    "progress",
     "tts",
     "play",
     "hangup",

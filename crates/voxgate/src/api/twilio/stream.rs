@@ -207,6 +207,11 @@ impl Leg for TwilioLeg {
                 code: 400,
                 message: "a Twilio stream cannot send DTMF events".into(),
             },
+            LegCommand::EarlyMedia { .. } => LegReply::Refused {
+                sender: "command",
+                code: 400,
+                message: "a Twilio stream starts answered: no early media".into(),
+            },
         }
     }
 
