@@ -14,6 +14,7 @@ pub mod jitter;
 pub mod packet;
 pub mod rtcp;
 pub mod sdp;
+pub mod srtp;
 pub mod stats;
 pub mod telephone_event;
 

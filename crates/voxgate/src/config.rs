@@ -351,6 +351,10 @@ pub struct SipConfig {
     /// The digest algorithms challenged, most preferred first (`MD5`, `SHA-256`): a client uses
     /// the first it supports (RFC 8760 §2.4), and many phones read only the first.
     pub digest_algorithms: Vec<String>,
+    /// SRTP with SDES keys (RFC 4568, RFC 3711): `optional` (default: an offer with `a=crypto`
+    /// gets SRTP, a plain one plain RTP; our offers are plain), `required` (our offers are
+    /// `RTP/SAVP`, plain offers get 488), `off` (`RTP/SAVP` offers get 488).
+    pub srtp: String,
 }
 
 /// A SIP device account (`[[sip.users]]`): `username` is also the user part it registers and
@@ -388,6 +392,9 @@ pub struct SipTrunk {
     /// Number rewriting for outbound callees: strip this prefix, then add `add_prefix`.
     pub strip_prefix: Option<String>,
     pub add_prefix: Option<String>,
+    /// Offer SRTP (`RTP/SAVP` with an SDES key) on calls through this trunk, whatever
+    /// `sip.srtp` says.
+    pub srtp: bool,
 }
 
 /// An inbound number: `number` is the called user (Request-URI/To user) or `*` for any.
@@ -552,6 +559,7 @@ impl Default for SipConfig {
             users: Vec::new(),
             realm: "voxgate".into(),
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            srtp: "optional".into(),
         }
     }
 }
@@ -571,6 +579,7 @@ impl Default for SipTrunk {
             caller_id: None,
             strip_prefix: None,
             add_prefix: None,
+            srtp: false,
         }
     }
 }
@@ -890,6 +899,12 @@ impl Config {
                 .any(|a| !["MD5", "SHA-256"].contains(&a.as_str()))
         {
             errs.push("sip.digest_algorithms: one or both of \"MD5\", \"SHA-256\"".into());
+        }
+        if !["off", "optional", "required"].contains(&sip.srtp.as_str()) {
+            errs.push(format!(
+                "sip.srtp: \"off\", \"optional\" or \"required\", not {:?}",
+                sip.srtp
+            ));
         }
         if sip.min_se_secs < 90 {
             errs.push("sip.min_se_secs: RFC 4028 §4 forbids less than 90 s".into());

@@ -291,7 +291,11 @@ pub async fn dial(
     let sockets = media::bind_pair(svc.rtp_ip, svc.cfg.rtp_port_min, svc.cfg.rtp_port_max)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let local = svc.local_media(sockets.port, sdp_name(o.codec));
+    let mut local = svc.local_media(sockets.port, sdp_name(o.codec));
+    if trunk.as_ref().is_some_and(|t| t.srtp) && local.srtp.is_some() {
+        // `srtp = true` on the trunk: RTP/SAVP with our SDES key.
+        local.srtp_policy = voxgate_rtp::sdp::SrtpPolicy::Required;
+    }
     let offer = sdp::build_offer(&local);
     let credential = trunk.as_ref().and_then(|t| {
         Some(rsipstack::dialog::authenticate::Credential {

@@ -33,6 +33,7 @@ use voxgate_rtp::jitter::{JitterBuffer, JitterConfig, Playout};
 use voxgate_rtp::packet::{is_rtcp, RtpHeader, RtpPacket};
 use voxgate_rtp::rtcp;
 use voxgate_rtp::sdp::Negotiated;
+use voxgate_rtp::srtp::{SrtpRx, SrtpTx};
 use voxgate_rtp::stats::ReceiveStats;
 use voxgate_rtp::telephone_event::{key_press_packets, EventReceiver};
 
@@ -118,6 +119,10 @@ pub struct Quality {
     pub final_jitter_delay_ms: u64,
     /// RTP packets from a source that is not the far end (dropped).
     pub foreign: u64,
+    /// The stream was SRTP (RFC 3711, SDES keys).
+    pub srtp: bool,
+    /// SRTP/SRTCP packets that failed authentication or replay checks (dropped).
+    pub srtp_failures: u64,
 }
 
 /// A running leg: send bot audio through `audio`, steer with `control`; the task ends when
@@ -174,6 +179,8 @@ struct SendHalf {
     packets: u64,
     octets: u64,
     buf: Vec<u8>,
+    /// SRTP: what we send is protected with our key.
+    srtp: Option<SrtpTx>,
 }
 
 impl SendHalf {
@@ -203,6 +210,15 @@ impl SendHalf {
         self.buf.clear();
         h.write(payload, &mut self.buf);
         self.seq = self.seq.wrapping_add(1);
+        if let Some(tx) = self.srtp.as_mut() {
+            match tx.protect_rtp(&self.buf) {
+                Ok(wire) => self.buf = wire,
+                Err(e) => {
+                    tracing::debug!("SRTP protect: {e}");
+                    return false;
+                }
+            }
+        }
         if self.socket.try_send_to(&self.buf, self.remote).is_ok() {
             self.packets += 1;
             self.octets += payload.len() as u64;
@@ -281,6 +297,23 @@ struct Leg {
     dtmf_queue: std::collections::VecDeque<(bool, Option<[u8; 4]>, bool)>,
     dtmf_ts: u32,
     q: Quality,
+    /// SRTP: what we receive is unprotected with the far end's key.
+    srtp_rx: Option<SrtpRx>,
+}
+
+/// SRTP contexts for a negotiated stream's keys (none for plain RTP).
+fn srtp_contexts(neg: &Negotiated, track_id: &str) -> (Option<SrtpTx>, Option<SrtpRx>) {
+    let Some(keys) = &neg.srtp else {
+        return (None, None);
+    };
+    match voxgate_rtp::srtp::contexts(&keys.local, &keys.remote) {
+        Ok((tx, rx)) => (Some(tx), Some(rx)),
+        Err(e) => {
+            // Keys that parsed always build; this is a broken crypto provider.
+            tracing::error!(track = %track_id, "SRTP contexts: {e}");
+            (None, None)
+        }
+    }
 }
 
 /// Starts the leg for a negotiated stream. Caller audio and DTMF go to the call through `port`.
@@ -324,6 +357,7 @@ impl Leg {
         track_id: String,
     ) -> Self {
         let rand = uuid::Uuid::new_v4().as_u128();
+        let (tx, srtp_rx) = srtp_contexts(&neg, &track_id);
         let clock = neg.codec.clock_rate;
         let ptime = neg.ptime_ms;
         let samples = codec.sample_rate().hz() as usize * ptime as usize / 1000;
@@ -348,6 +382,7 @@ impl Leg {
             packets: 0,
             octets: 0,
             buf: Vec::with_capacity(1500),
+            srtp: tx,
         };
         Leg {
             jitter: JitterBuffer::new(JitterConfig {
@@ -361,8 +396,10 @@ impl Leg {
             decoder: AudioDecoder::new(codec),
             q: Quality {
                 codec: neg.codec.name.clone(),
+                srtp: srtp_rx.is_some(),
                 ..Default::default()
             },
+            srtp_rx,
             sockets,
             codec,
             port,
@@ -455,9 +492,23 @@ impl Leg {
         if n.remote_rtp != self.neg.remote_rtp {
             self.latched = false;
         }
+        // New keys in a re-INVITE (RFC 4568 §7.1.4): new contexts both ways.
+        let rekey = n.srtp != self.neg.srtp;
+        let (tx, rx) = if rekey {
+            srtp_contexts(&n, &self.track_id)
+        } else {
+            (None, None)
+        };
+        if rekey {
+            self.srtp_rx = rx;
+            self.q.srtp = self.srtp_rx.is_some();
+        }
         if let Ok(mut h) = self.send.lock() {
             h.remote = n.remote_rtp;
             h.sends = n.direction.sends();
+            if rekey {
+                h.srtp = tx;
+            }
         }
         // A codec change within the supported set keeps the same decoder type only if equal;
         // the SIP layer refuses others with 488 before we get here.
@@ -470,6 +521,24 @@ impl Leg {
             self.on_rtcp(buf);
             return;
         }
+        // SRTP: only authenticated packets count, for latching as for audio.
+        let plain;
+        let buf = match self.srtp_rx.as_mut() {
+            Some(rx) => match rx.unprotect_rtp(buf) {
+                Ok(p) => {
+                    plain = p;
+                    &plain[..]
+                }
+                Err(e) => {
+                    self.q.srtp_failures += 1;
+                    if self.q.srtp_failures == 1 {
+                        tracing::info!(track = %self.track_id, "SRTP packet from {from} dropped: {e}");
+                    }
+                    return;
+                }
+            },
+            None => buf,
+        };
         let Ok(p) = RtpPacket::parse(buf) else { return };
         if !self.latched {
             if from.ip() != self.neg.remote_rtp.ip() && Some(from.ip()) != self.peer_ip {
@@ -526,6 +595,23 @@ impl Leg {
     }
 
     fn on_rtcp(&mut self, buf: &[u8]) {
+        let plain;
+        let buf = match self.srtp_rx.as_mut() {
+            Some(rx) => match rx.unprotect_rtcp(buf) {
+                Ok(p) => {
+                    plain = p;
+                    &plain[..]
+                }
+                Err(e) => {
+                    self.q.srtp_failures += 1;
+                    if self.q.srtp_failures == 1 {
+                        tracing::info!(track = %self.track_id, len = buf.len(), "SRTCP packet dropped: {e}");
+                    }
+                    return;
+                }
+            },
+            None => buf,
+        };
         let Ok(c) = rtcp::parse(buf) else { return };
         if let Some(si) = c.sender_info {
             self.last_sr = Some((rtcp::ntp_short(si.ntp), Instant::now()));
@@ -658,6 +744,14 @@ impl Leg {
             });
         let mut buf = Vec::with_capacity(128);
         rtcp::build(self.ssrc, sender, &reports, "voxgate", &mut buf);
+        if let Ok(mut h) = self.send.lock() {
+            if let Some(tx) = h.srtp.as_mut() {
+                match tx.protect_rtcp(&buf) {
+                    Ok(wire) => buf = wire,
+                    Err(_) => return,
+                }
+            }
+        }
         let _ = self.sockets.rtcp.send_to(&buf, self.neg.remote_rtcp).await;
     }
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use voxgate_call::{now_ms, CallHandle, DialError, DialOptions, Dialer, Leg, LegPort, PendingLeg};
-use voxgate_rtp::sdp::{Direction, LocalMedia, PayloadFormat};
+use voxgate_rtp::sdp::{Direction, LocalMedia, PayloadFormat, SrtpPolicy};
 
 /// A trunk's health as `/health` reports it.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -279,6 +279,11 @@ pub fn inspect_datagram(data: &[u8]) -> Result<Option<(InviteSummary, u16)>, Str
         direction: Direction::SendRecv,
         session_id: 1,
         session_version: 1,
+        srtp_policy: SrtpPolicy::Optional,
+        srtp: voxgate_rtp::srtp::SdesKey::generate(
+            voxgate_rtp::srtp::CryptoSuite::AesCm128HmacSha1_80,
+        )
+        .ok(),
     };
     let status = match &summary.offer {
         Some(o) => check_offer(o, &local)
@@ -667,6 +672,19 @@ impl SipService {
         if formats.iter().any(|f| f.clock_rate == 48000) {
             telephone_events.push((48000, 110));
         }
+        let srtp_policy = match self.cfg.srtp.as_str() {
+            "off" => SrtpPolicy::Off,
+            "required" => SrtpPolicy::Required,
+            _ => SrtpPolicy::Optional,
+        };
+        // A fresh SDES key per session (RFC 4568 §6.1: never reused across sessions).
+        let srtp = (srtp_policy != SrtpPolicy::Off)
+            .then(|| {
+                voxgate_rtp::srtp::SdesKey::generate(
+                    voxgate_rtp::srtp::CryptoSuite::AesCm128HmacSha1_80,
+                )
+            })
+            .and_then(|k| k.map_err(|e| tracing::error!("no SRTP key: {e}")).ok());
         LocalMedia {
             address: self.public_ip,
             port,
@@ -676,6 +694,8 @@ impl SipService {
             direction: Direction::SendRecv,
             session_id: (uuid::Uuid::new_v4().as_u128() as u64) >> 1,
             session_version: 1,
+            srtp_policy,
+            srtp,
         }
     }
 
