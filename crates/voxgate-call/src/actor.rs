@@ -644,6 +644,18 @@ impl CallActor {
                 }
             }
             LegEvent::Transferred => return self.end("transferred", "system").await,
+            LegEvent::Transfer {
+                target,
+                state,
+                referred_by,
+                code,
+            } => self.emit(EventKind::Transfer {
+                track_id: self.id.clone(),
+                target,
+                state,
+                referred_by,
+                code,
+            }),
             LegEvent::Error {
                 sender,
                 message,
@@ -681,6 +693,7 @@ impl CallActor {
                 self.send_dtmf(keys, duration_ms.clamp(40, 2000))
             }
             CallCommand::Transfer(target) => self.transfer(target),
+            CallCommand::TransferReply { accept } => self.transfer_reply(accept),
             CallCommand::Mark(name) => self.mark(name),
             CallCommand::Audio(samples) => self.queue_audio(samples),
         }
@@ -1588,6 +1601,27 @@ impl CallActor {
         self.player
             .push_audio(&track_id, &dtmf_tones(&keys, duration_ms));
         self.player.finish_track(&track_id, false);
+    }
+
+    fn transfer_reply(&mut self, accept: bool) {
+        let answered = self.phase == Phase::Answered;
+        match self.leg.as_mut() {
+            Some(leg) if answered && leg.info().caps.transfer => {
+                if let LegReply::Refused {
+                    sender,
+                    code,
+                    message,
+                } = leg.command(LegCommand::TransferReply { accept })
+                {
+                    self.error(sender, message, Some(code));
+                }
+            }
+            _ => self.error(
+                "command",
+                "no transfer was asked for: wait for a `transfer` event with state `requested`",
+                Some(400),
+            ),
+        }
     }
 
     fn transfer(&mut self, target: String) {

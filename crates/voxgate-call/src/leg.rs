@@ -67,6 +67,8 @@ pub enum LegCommand {
     SendDtmf { keys: String, duration_ms: u32 },
     /// Blind transfer to a `sip:` URI or a number.
     Transfer(String),
+    /// The application's answer to [`LegEvent::Transfer`] state `requested`.
+    TransferReply { accept: bool },
 }
 
 /// A leg's immediate answer to a [`LegCommand`].
@@ -99,6 +101,15 @@ pub enum LegEvent {
     MarkPlayed(String),
     /// The transfer target answered: the call ends with reason `transferred`.
     Transferred,
+    /// Progress of a transfer the far end asked for (a REFER received): reported to
+    /// controllers as [`crate::EventKind::Transfer`]. The leg goes on (with the target once
+    /// `completed`).
+    Transfer {
+        target: String,
+        state: String,
+        referred_by: Option<String>,
+        code: Option<u16>,
+    },
     /// Something failed; the call goes on unless [`LegEvent::Ended`] follows.
     Error {
         sender: String,

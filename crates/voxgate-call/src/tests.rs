@@ -392,6 +392,7 @@ fn name(e: &CallEvent) -> &'static str {
     match e.kind {
         EventKind::Incoming { .. } => "incoming",
         EventKind::Ringing { .. } => "ringing",
+        EventKind::Transfer { .. } => "transfer",
         EventKind::Answer { .. } => "answer",
         EventKind::Hangup { .. } => "hangup",
         EventKind::Speaking { .. } => "speaking",

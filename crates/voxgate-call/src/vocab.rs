@@ -175,6 +175,12 @@ pub enum CallCommand {
     },
     /// Blind transfer (SIP REFER) to a `sip:` URI or a number.
     Transfer(String),
+    /// The application's decision on a transfer the far end asked for ([`EventKind::Transfer`]
+    /// with state `requested`, a SIP REFER received, RFC 3515): accept (the leg calls the
+    /// target and, once it answers, the call goes on with it) or refuse.
+    TransferReply {
+        accept: bool,
+    },
     /// A marker after the bot audio queued so far: `mark` is reported when that audio has been
     /// played out (Twilio `mark`, seed 003 `checkPoint`).
     Mark(String),
@@ -219,6 +225,17 @@ pub enum EventKind {
     Ringing {
         track_id: String,
         early_media: bool,
+    },
+    /// A transfer the far end asked for (SIP REFER received, RFC 3515): `state` is `requested`
+    /// (answer with [`CallCommand::TransferReply`]), `rejected`, `ringing` (the target rings),
+    /// `completed` (the target answered: the call goes on with it, the transferor is hung up)
+    /// or `failed` (`code`: the target's SIP status; the call goes on with the transferor).
+    Transfer {
+        track_id: String,
+        target: String,
+        state: String,
+        referred_by: Option<String>,
+        code: Option<u16>,
     },
     /// The call is answered; `sdp` is the SIP answer (ours or the far end's).
     Answer {

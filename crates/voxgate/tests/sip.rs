@@ -1216,7 +1216,7 @@ async fn requests_within_a_dialog_get_valid_answers() {
     send("ACK", 1, &tag, "", "");
     client.wait_event("answer", Duration::from_secs(5)).await;
 
-    for (i, m) in ["SUBSCRIBE", "MESSAGE", "PUBLISH", "REGISTER", "REFER"]
+    for (i, m) in ["SUBSCRIBE", "MESSAGE", "PUBLISH", "REGISTER"]
         .iter()
         .enumerate()
     {
@@ -1224,10 +1224,18 @@ async fn requests_within_a_dialog_get_valid_answers() {
         let r = tokio::task::block_in_place(|| final_for(m));
         assert!(r.starts_with("SIP/2.0 405 "), "{m}: {r}");
         assert!(
-            header(&r, "Allow").is_some_and(|a| a.contains("BYE")),
+            header(&r, "Allow").is_some_and(|a| a.contains("BYE") && a.contains("REFER")),
             "{m}: {r}"
         );
     }
+    // A REFER is served within a dialog (transfer requests), but not without a Refer-To.
+    send("REFER", 6, &tag, "", "");
+    let r = tokio::task::block_in_place(|| final_for("REFER"));
+    assert!(r.starts_with("SIP/2.0 400 "), "{r}");
+    assert!(
+        header(&r, "Warning").is_some_and(|w| w.contains("Refer-To")),
+        "{r}"
+    );
     send("OPTIONS", 10, &tag, "Require: 100rel-of-the-future\r\n", "");
     let r = tokio::task::block_in_place(|| final_for("OPTIONS"));
     assert!(r.starts_with("SIP/2.0 420 "), "{r}");
@@ -3021,4 +3029,169 @@ async fn reliable_early_media_for_a_caller_that_requires_100rel() {
     send("BYE", 4, &tag, "", "");
     let h = client.wait_event("hangup", Duration::from_secs(5)).await;
     assert_eq!(h["reason"], "bye", "{h}");
+}
+
+/// Issue 10 point 5, REFER received (RFC 3515): the far end (a raw UA standing in for a PBX's
+/// transferor) asks voxgate to transfer; the application hears `transfer` `requested` and
+/// refuses (NOTIFY 603) the first time, accepts the second: voxgate calls the target (SIPp,
+/// echoing RTP), NOTIFYs its progress, sends the transferor BYE once the target answered,
+/// and the call goes on with the target — the bot's speech comes back from it transcribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refer_from_the_far_end_is_refused_or_followed() {
+    sipp_available();
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let scen = scenario(dir.path(), "uas_echo.xml", &[]);
+    let (target_port, sipp) = spawn_sipp_uas(
+        vec!["-sf".into(), scen.display().to_string(), "-rtp_echo".into()],
+        dir.path().to_path_buf(),
+    );
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let sip = server.sip_addr.clone();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\n"
+    );
+    let send = |method: &str, cseq: u32, to_tag: &str, extra: &str, body: &str| {
+        let to_tag = if to_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={to_tag}")
+        };
+        let m = format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-xfer-{method}-{cseq}\r\n\
+             From: <sip:agent@127.0.0.1>;tag=xf1\r\nTo: <sip:1000@{sip}>{to_tag}\r\nCall-ID: xfer-1@127.0.0.1\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:agent@{me}>\r\nMax-Forwards: 70\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    // Reads for up to `wait`, answering voxgate's requests (NOTIFY, BYE) with 200, until `done`.
+    let pump = |wait: Duration, done: &dyn Fn(&[String]) -> bool| {
+        let mut buf = vec![0u8; 65_536];
+        let mut got: Vec<String> = Vec::new();
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline && !done(&got) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if !m.starts_with("SIP/2.0 ") {
+                    sock.send_to(far_answer(&m, "200 OK", "xf1", "", "").as_bytes(), from)
+                        .unwrap();
+                }
+                got.push(m);
+            }
+        }
+        got
+    };
+    let sipfrag = |got: &[String], code: &str| {
+        got.iter()
+            .any(|m| m.starts_with("NOTIFY ") && m.contains(&format!("SIP/2.0 {code}")))
+    };
+    send("INVITE", 1, "", "Content-Type: application/sdp\r\n", &sdp);
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {"codec": "pcmu", "bargeIn": false}}))
+        .await;
+    let got = tokio::task::block_in_place(|| {
+        pump(Duration::from_secs(5), &|g| {
+            g.iter().any(|m| m.starts_with("SIP/2.0 200 "))
+        })
+    });
+    let ok = got
+        .iter()
+        .find(|m| m.starts_with("SIP/2.0 200 "))
+        .expect("200");
+    let tag = header(ok, "To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .map(|t| t.split(';').next().unwrap().trim().to_string())
+        .expect("a To tag");
+    send("ACK", 1, &tag, "", "");
+    client.wait_event("answer", Duration::from_secs(5)).await;
+
+    // 1. Refused.
+    let target = format!("sip:echo@127.0.0.1:{target_port}");
+    let refer = format!("Refer-To: <{target}>\r\nReferred-By: <sip:agent@127.0.0.1>\r\n");
+    send("REFER", 2, &tag, &refer, "");
+    let got = tokio::task::block_in_place(|| pump(Duration::from_secs(5), &|g| sipfrag(g, "100")));
+    assert!(
+        got.iter().any(|m| m.starts_with("SIP/2.0 202 ")),
+        "no 202 to the REFER: {got:?}"
+    );
+    assert!(sipfrag(&got, "100"), "no NOTIFY 100 Trying: {got:?}");
+    let t = client
+        .wait_for("transfer requested", Duration::from_secs(5), |e| {
+            e["event"] == "transfer" && e["state"] == "requested"
+        })
+        .await;
+    assert_eq!(t["target"], target.as_str(), "{t}");
+    assert_eq!(t["referredBy"], "sip:agent@127.0.0.1", "{t}");
+    client.send(json!({"command": "rejectTransfer"})).await;
+    let got = tokio::task::block_in_place(|| pump(Duration::from_secs(5), &|g| sipfrag(g, "603")));
+    let n603 = got
+        .iter()
+        .find(|m| m.starts_with("NOTIFY ") && m.contains("SIP/2.0 603"))
+        .unwrap_or_else(|| panic!("no NOTIFY 603: {got:?}"));
+    assert!(
+        header(n603, "Subscription-State").is_some_and(|s| s.starts_with("terminated")),
+        "{n603}"
+    );
+    client
+        .wait_for("transfer rejected", Duration::from_secs(5), |e| {
+            e["event"] == "transfer" && e["state"] == "rejected"
+        })
+        .await;
+
+    // 2. Accepted: voxgate calls the target, NOTIFYs 200 and hangs up on the transferor.
+    send("REFER", 3, &tag, &refer, "");
+    tokio::task::block_in_place(|| pump(Duration::from_secs(5), &|g| sipfrag(g, "100")));
+    client
+        .wait_for("transfer requested again", Duration::from_secs(5), |e| {
+            e["event"] == "transfer" && e["state"] == "requested"
+        })
+        .await;
+    client.send(json!({"command": "acceptTransfer"})).await;
+    let got = tokio::task::block_in_place(|| {
+        pump(Duration::from_secs(15), &|g| {
+            g.iter().any(|m| m.starts_with("BYE "))
+        })
+    });
+    assert!(sipfrag(&got, "200"), "no NOTIFY 200: {got:?}");
+    assert!(
+        got.iter().any(|m| m.starts_with("BYE ")),
+        "the transferor got no BYE: {got:?}"
+    );
+    client
+        .wait_for("transfer completed", Duration::from_secs(5), |e| {
+            e["event"] == "transfer" && e["state"] == "completed"
+        })
+        .await;
+    // The call goes on with the target: what the bot says comes back from SIPp's echo.
+    let sentence = "The weather today is sunny with a light breeze from the west.";
+    client
+        .send(json!({"command": "tts", "text": sentence}))
+        .await;
+    client.wait_event("trackEnd", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        client.events_named("hangup").is_empty(),
+        "the transferor's BYE ended the call: {:?}",
+        client.events()
+    );
+    client.send(json!({"command": "hangup"})).await;
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+    let hyp = finals_text(&client);
+    let w = wer(sentence, &hyp);
+    eprintln!("after the transfer: WER {:.1} % ({hyp})", w * 100.0);
+    assert!(w <= 0.25, "no audio through the transfer target: {hyp:?}");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(
+        code, 0,
+        "the target (SIPp) did not see a clean call:\n{log}"
+    );
 }

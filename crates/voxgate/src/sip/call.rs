@@ -104,6 +104,25 @@ struct SipCall {
     timer: Mutex<Option<SessionTimer>>,
     /// When the far end last refreshed the session (re-INVITE or UPDATE), or it began.
     refreshed: Mutex<std::time::Instant>,
+    /// While this is the call to a REFER's target and it has not answered: its events go to
+    /// the transfer's task instead of the call.
+    attempt: Mutex<Option<tokio::sync::mpsc::Sender<LegEvent>>>,
+    /// A REFER from the far end waiting for the application: (target, Referred-By).
+    refer: Mutex<Option<(String, Option<String>)>>,
+    /// The call to the target of a REFER we accepted, while it rings.
+    transferee: Mutex<Option<Arc<SipCall>>>,
+    /// How the leg switches to a transfer target once it answers.
+    swap: Arc<Swap>,
+    /// A transfer target took this dialog's place: its end no longer ends the call.
+    replaced: AtomicBool,
+}
+
+/// The leg's switch to a transfer target (a REFER received, RFC 3515): the transfer's task
+/// puts the answered call in `next`, the leg takes it on its next use.
+#[derive(Default)]
+pub(crate) struct Swap {
+    ready: AtomicBool,
+    next: Mutex<Option<Arc<SipCall>>>,
 }
 
 /// The IP of a URI's host (resolved when it is a name; port 5060 unless given).
@@ -200,6 +219,11 @@ impl PendingLeg for IncomingSip {
             ended: AtomicBool::new(false),
             timer: Mutex::new(None),
             refreshed: Mutex::new(std::time::Instant::now()),
+            attempt: Mutex::new(None),
+            refer: Mutex::new(None),
+            transferee: Mutex::new(None),
+            swap: Arc::new(Swap::default()),
+            replaced: AtomicBool::new(false),
         });
         // Not accepted in time: the caller gets 480 (`hangup` reason `no_answer`).
         c.start_ring_timer();
@@ -233,6 +257,20 @@ pub async fn dial(
     o: &DialOptions,
     port: LegPort,
 ) -> Result<SipLeg, DialError> {
+    let (c, info) = place(svc, call_id, o, port, Arc::new(Swap::default()), None).await?;
+    Ok(SipLeg::new(info, c))
+}
+
+/// Sends the INVITE of [`dial`]; `attempt`: the events of a transfer target go there until it
+/// answers, `swap` is the leg's.
+async fn place(
+    svc: Arc<SipService>,
+    call_id: &str,
+    o: &DialOptions,
+    port: LegPort,
+    swap: Arc<Swap>,
+    attempt: Option<tokio::sync::mpsc::Sender<LegEvent>>,
+) -> Result<(Arc<SipCall>, LegInfo), DialError> {
     let err = |message: String| DialError {
         sender: "sip",
         message,
@@ -356,6 +394,11 @@ pub async fn dial(
         ended: AtomicBool::new(false),
         timer: Mutex::new(None),
         refreshed: Mutex::new(std::time::Instant::now()),
+        attempt: Mutex::new(attempt),
+        refer: Mutex::new(None),
+        transferee: Mutex::new(None),
+        swap: swap.clone(),
+        replaced: AtomicBool::new(false),
     });
     let cc = c.clone();
     c.push_task(tokio::spawn(async move {
@@ -431,7 +474,7 @@ pub async fn dial(
             }
         };
         for e in events {
-            let _ = cc.port.event(e).await;
+            let _ = cc.report(e).await;
         }
     }));
     c.start_ring_timer();
@@ -445,10 +488,229 @@ pub async fn dial(
         caps: caps(),
         headers: Vec::new(),
     };
-    Ok(SipLeg::new(info, c))
+    Ok((c, info))
 }
 
 impl SipCall {
+    /// Reports to the call (or to the transfer's task while this is an unanswered transfer
+    /// target); nothing once a transfer target replaced this dialog.
+    async fn report(&self, ev: LegEvent) -> Result<(), voxgate_call::CallGone> {
+        let attempt = self.attempt.lock().ok().and_then(|a| a.clone());
+        match attempt {
+            Some(tx) => tx.send(ev).await.map_err(|_| voxgate_call::CallGone),
+            None if self.replaced.load(Ordering::SeqCst) => Ok(()),
+            None => self.port.event(ev).await,
+        }
+    }
+
+    /// NOTIFY of a REFER's progress (RFC 3515 §2.4.5): a `message/sipfrag` status line.
+    async fn notify_sipfrag(&self, code: u16, subscription_state: &str) {
+        let reason = StatusCode::from(code).text().to_string();
+        let headers = vec![
+            Header::Event("refer".into()),
+            Header::SubscriptionState(subscription_state.into()),
+            Header::ContentType("message/sipfrag;version=2.0".into()),
+        ];
+        let body = format!("SIP/2.0 {code} {reason}\r\n").into_bytes();
+        if let Err(e) = self.dialog.notify(Some(headers), Some(body)).await {
+            tracing::debug!(call = %self.call_id, "NOTIFY of the REFER: {e}");
+        }
+    }
+
+    /// A REFER from the far end (RFC 3515 §2.4.2): 202, the first NOTIFY (100 Trying), and a
+    /// `transfer` event for the application. Refused with 400 (no usable Refer-To), 501 (an
+    /// attended transfer's `Replaces`, not supported) or 491 (a transfer already under way).
+    async fn on_refer(
+        self: &Arc<Self>,
+        req: &rsipstack::sip::Request,
+    ) -> (StatusCode, Option<String>) {
+        let refer_to = super::header_values(req, "Refer-To")
+            .into_iter()
+            .chain(super::header_values(req, "r"))
+            .next();
+        let Some(uri) = refer_to.map(|v| super::guard::addr_uri(&v).to_string()) else {
+            return (StatusCode::BadRequest, Some("Missing Refer-To".into()));
+        };
+        let lower = uri.to_ascii_lowercase();
+        if !(lower.starts_with("sip:") || lower.starts_with("sips:") || lower.starts_with("tel:")) {
+            return (
+                StatusCode::BadRequest,
+                Some("Refer-To is not a SIP URI".into()),
+            );
+        }
+        if lower.contains("replaces=") {
+            return (
+                StatusCode::NotImplemented,
+                Some("attended transfer (Replaces) is not supported".into()),
+            );
+        }
+        let busy = self.refer.lock().map(|r| r.is_some()).unwrap_or(true)
+            || self.transferee.lock().map(|t| t.is_some()).unwrap_or(true);
+        if busy {
+            return (StatusCode::RequestPending, None);
+        }
+        // Header parameters (`?...`) are for the INVITE to the target; blind transfer keeps the
+        // URI alone.
+        let target = uri.split('?').next().unwrap_or_default().to_string();
+        let referred_by = super::header_values(req, "Referred-By")
+            .into_iter()
+            .chain(super::header_values(req, "b"))
+            .next()
+            .map(|v| super::guard::addr_uri(&v).to_string());
+        if let Ok(mut r) = self.refer.lock() {
+            *r = Some((target.clone(), referred_by.clone()));
+        }
+        tracing::info!(call = %self.call_id, %target, "REFER received");
+        let c = self.clone();
+        self.push_task(tokio::spawn(async move {
+            c.notify_sipfrag(100, "active;expires=60").await;
+            let _ = c
+                .report(LegEvent::Transfer {
+                    target,
+                    state: "requested".into(),
+                    referred_by,
+                    code: None,
+                })
+                .await;
+        }));
+        (StatusCode::Accepted, None)
+    }
+
+    /// The application's answer to a REFER: refused → NOTIFY 603; accepted → the target is
+    /// called (From: us, `Referred-By` passed on, RFC 3892), its progress NOTIFYed; when it
+    /// answers the leg switches to it and the transferor gets NOTIFY 200 and BYE; when it
+    /// fails the transferor gets the target's status and the call goes on with it.
+    fn transfer_reply(self: &Arc<Self>, accept: bool) -> Result<(), String> {
+        let (target, referred_by) = self.refer.lock().ok().and_then(|mut r| r.take()).ok_or(
+            "no transfer was asked for: wait for a `transfer` event with state `requested`",
+        )?;
+        let c = self.clone();
+        let (t, rb) = (target.clone(), referred_by.clone());
+        let event = move |state: &str, code: Option<u16>| LegEvent::Transfer {
+            target: t.clone(),
+            state: state.into(),
+            referred_by: rb.clone(),
+            code,
+        };
+        if !accept {
+            self.push_task(tokio::spawn(async move {
+                c.notify_sipfrag(603, "terminated;reason=rejected").await;
+                let _ = c.report(event("rejected", Some(603))).await;
+            }));
+            return Ok(());
+        }
+        self.push_task(tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            let mut headers = Vec::new();
+            if let Some(rb) = &referred_by {
+                headers.push(("Referred-By".to_string(), format!("<{rb}>")));
+            }
+            // `tel:` targets are numbers for the trunk.
+            let callee = target.strip_prefix("tel:").unwrap_or(&target).to_string();
+            let o = DialOptions {
+                callee: Some(callee),
+                headers,
+                ..Default::default()
+            };
+            let new = match place(
+                c.svc.clone(),
+                &c.call_id,
+                &o,
+                c.port.clone(),
+                c.swap.clone(),
+                Some(tx),
+            )
+            .await
+            {
+                Ok((n, _)) => n,
+                Err(e) => {
+                    let code = e.code.unwrap_or(500);
+                    tracing::info!(call = %c.call_id, %target, "transfer failed: {}", e.message);
+                    c.notify_sipfrag(code, "terminated;reason=noresource").await;
+                    let _ = c.report(event("failed", Some(code))).await;
+                    return;
+                }
+            };
+            if let Ok(mut t) = c.transferee.lock() {
+                *t = Some(new.clone());
+            }
+            let mut failure = None;
+            // Bounded by the target's ring timeout (`sip.ring_timeout_secs`).
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    LegEvent::Ringing { .. } => {
+                        c.notify_sipfrag(180, "active;expires=60").await;
+                        let _ = c.report(event("ringing", None)).await;
+                    }
+                    LegEvent::Answered { .. } => {
+                        // The target answered: it becomes the leg; the transferor is done.
+                        if let Ok(mut a) = new.attempt.lock() {
+                            *a = None;
+                        }
+                        c.replaced.store(true, Ordering::SeqCst);
+                        if let Ok(mut t) = c.transferee.lock() {
+                            *t = None;
+                        }
+                        let old_media = c.media.lock().ok().and_then(|mut m| m.take());
+                        if let Ok(mut next) = c.swap.next.lock() {
+                            *next = Some(new.clone());
+                        }
+                        c.swap.ready.store(true, Ordering::SeqCst);
+                        if let Some(m) = old_media {
+                            m.task.abort();
+                        }
+                        tracing::info!(call = %c.call_id, %target, "transfer completed");
+                        c.notify_sipfrag(200, "terminated;reason=noresource").await;
+                        let _ = new.report(event("completed", Some(200))).await;
+                        if !c.ended.swap(true, Ordering::SeqCst) {
+                            let r = if c.outbound {
+                                c.dialog.hangup().await
+                            } else {
+                                c.dialog.bye().await
+                            };
+                            if let Err(e) = r {
+                                tracing::debug!(call = %c.call_id, "BYE to the transferor: {e}");
+                            }
+                        }
+                        return;
+                    }
+                    LegEvent::Error { code, .. } => failure = failure.or(code),
+                    LegEvent::Ended { reason, .. } => {
+                        let code = failure.unwrap_or(match reason.as_str() {
+                            "busy" => 486,
+                            "no_answer" => 480,
+                            "declined" => 603,
+                            "not_found" => 404,
+                            _ => 500,
+                        });
+                        if !new.ended.swap(true, Ordering::SeqCst) {
+                            // Still ringing (our ring timeout): CANCEL it.
+                            let _ = new.dialog.hangup().await;
+                        }
+                        new.abort_tasks();
+                        if let Ok(mut t) = c.transferee.lock() {
+                            *t = None;
+                        }
+                        tracing::info!(call = %c.call_id, %target, code, "transfer failed");
+                        c.notify_sipfrag(code, "terminated;reason=noresource").await;
+                        let _ = c.report(event("failed", Some(code))).await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    fn abort_tasks(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+
     /// Headers of our 2xx to the initial INVITE: Content-Type and, when the caller asked for a
     /// session timer, the one we grant (RFC 4028 §9; too short an interval was refused with 422
     /// before the call was set up).
@@ -541,16 +803,14 @@ impl SipCall {
     async fn session_failed(&self, message: String) {
         tracing::warn!(call = %self.call_id, "{message}");
         let _ = self
-            .port
-            .event(LegEvent::Error {
+            .report(LegEvent::Error {
                 sender: "sip".into(),
                 message,
                 code: Some(408),
             })
             .await;
         let _ = self
-            .port
-            .event(LegEvent::Ended {
+            .report(LegEvent::Ended {
                 reason: "failed".into(),
                 initiator: "system".into(),
             })
@@ -572,8 +832,7 @@ impl SipCall {
             tokio::time::sleep(ring).await;
             if !c.answered.load(Ordering::SeqCst) && !c.ended.load(Ordering::SeqCst) {
                 let _ = c
-                    .port
-                    .event(LegEvent::Ended {
+                    .report(LegEvent::Ended {
                         reason: "no_answer".into(),
                         initiator: "system".into(),
                     })
@@ -808,7 +1067,7 @@ impl SipCall {
                         let early_media = !resp.body.is_empty();
                         if ringing != Some(early_media) {
                             ringing = Some(early_media);
-                            let _ = c.port.event(LegEvent::Ringing { early_media }).await;
+                            let _ = c.report(LegEvent::Ringing { early_media }).await;
                         }
                     }
                     DialogState::Updated(_, req, handle) => {
@@ -846,10 +1105,7 @@ impl SipCall {
                         });
                         let _ = handle.reply(StatusCode::OK).await;
                         if let Some(digit) = digit.filter(|d| "0123456789*#ABCDabcd".contains(*d)) {
-                            let _ = c
-                                .port
-                                .event(LegEvent::Dtmf(digit.to_ascii_uppercase()))
-                                .await;
+                            let _ = c.report(LegEvent::Dtmf(digit.to_ascii_uppercase())).await;
                         }
                     }
                     DialogState::Options(_, _, handle) => {
@@ -871,13 +1127,22 @@ impl SipCall {
                                 _ => None,
                             };
                             if let Some(ev) = ev {
-                                let _ = c.port.event(ev).await;
+                                let _ = c.report(ev).await;
                             }
                         }
                     }
-                    DialogState::Refer(_, _, handle)
-                    | DialogState::Message(_, _, handle)
-                    | DialogState::Publish(_, _, handle) => {
+                    DialogState::Refer(_, req, handle) => {
+                        let (status, reason) = c.on_refer(&req).await;
+                        // RFC 3261 §20.43: why, in a Warning (399: miscellaneous).
+                        let headers = reason.map(|r| {
+                            vec![Header::Other(
+                                "Warning".into(),
+                                format!("399 voxgate \"{r}\""),
+                            )]
+                        });
+                        let _ = handle.respond(status, headers, None).await;
+                    }
+                    DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
                         // Known methods voxgate does not serve in a dialog (RFC 3261 §8.2.1);
                         // `precheck` answers them first, this is the backstop.
                         let _ = handle
@@ -915,8 +1180,7 @@ impl SipCall {
                         };
                         let initiator = if c.outbound { "callee" } else { "caller" };
                         let _ = c
-                            .port
-                            .event(LegEvent::Ended {
+                            .report(LegEvent::Ended {
                                 reason,
                                 initiator: initiator.into(),
                             })
@@ -961,8 +1225,7 @@ impl SipCall {
             };
             if let Some((code, reason)) = failure {
                 let _ = c
-                    .port
-                    .event(LegEvent::Error {
+                    .report(LegEvent::Error {
                         sender: "sip".into(),
                         message: format!("transfer failed: {reason}"),
                         code: Some(code),
@@ -978,15 +1241,27 @@ impl SipCall {
 pub struct SipLeg {
     info: LegInfo,
     call: Arc<SipCall>,
+    swap: Arc<Swap>,
     /// 16 kHz → the codec's rate, created with the media.
     resampler: Option<StreamResampler>,
     pcm: Vec<i16>,
 }
 
 impl SipLeg {
+    /// Switches to a transfer target that answered ([`Swap`]).
+    fn take_swap(&mut self) {
+        if self.swap.ready.swap(false, Ordering::SeqCst) {
+            if let Some(next) = self.swap.next.lock().ok().and_then(|mut n| n.take()) {
+                self.call = next;
+                self.resampler = None;
+            }
+        }
+    }
+
     fn new(info: LegInfo, call: Arc<SipCall>) -> Self {
         SipLeg {
             info,
+            swap: call.swap.clone(),
             call,
             resampler: None,
             pcm: Vec::with_capacity(960),
@@ -1001,6 +1276,7 @@ impl Leg for SipLeg {
     }
 
     fn send_audio(&mut self, frame: &AudioFrame) -> bool {
+        self.take_swap();
         let Some(sink) = self.call.sink.get() else {
             return false;
         };
@@ -1013,7 +1289,16 @@ impl Leg for SipLeg {
     }
 
     fn command(&mut self, cmd: LegCommand) -> LegReply {
+        self.take_swap();
         match cmd {
+            LegCommand::TransferReply { accept } => match self.call.transfer_reply(accept) {
+                Ok(()) => LegReply::Done,
+                Err(message) => LegReply::Refused {
+                    sender: "command",
+                    code: 400,
+                    message,
+                },
+            },
             LegCommand::Answer { codec } => {
                 if self.call.outbound || self.call.answered.load(Ordering::SeqCst) {
                     return LegReply::Refused {
@@ -1031,8 +1316,7 @@ impl Leg for SipLeg {
                                 c.start_session_timer(t);
                             }
                             let _ = c
-                                .port
-                                .event(LegEvent::Answered {
+                                .report(LegEvent::Answered {
                                     sdp: Some(sdp),
                                     codec,
                                 })
@@ -1043,16 +1327,14 @@ impl Leg for SipLeg {
                             let _ = c.dialog.reject(Some(StatusCode::from(code)), None);
                             c.ended.store(true, Ordering::SeqCst);
                             let _ = c
-                                .port
-                                .event(LegEvent::Error {
+                                .report(LegEvent::Error {
                                     sender: "sip".into(),
                                     message: format!("cannot answer: {e}"),
                                     code: Some(code),
                                 })
                                 .await;
                             let _ = c
-                                .port
-                                .event(LegEvent::Ended {
+                                .report(LegEvent::Ended {
                                     reason: reason_for_status(code).into(),
                                     initiator: "system".into(),
                                 })
@@ -1091,16 +1373,14 @@ impl Leg for SipLeg {
                         let _ = c.dialog.reject(Some(StatusCode::from(code)), None);
                         c.ended.store(true, Ordering::SeqCst);
                         let _ = c
-                            .port
-                            .event(LegEvent::Error {
+                            .report(LegEvent::Error {
                                 sender: "sip".into(),
                                 message: format!("cannot start early media: {e}"),
                                 code: Some(code),
                             })
                             .await;
                         let _ = c
-                            .port
-                            .event(LegEvent::Ended {
+                            .report(LegEvent::Ended {
                                 reason: reason_for_status(code).into(),
                                 initiator: "system".into(),
                             })
@@ -1138,7 +1418,20 @@ impl Leg for SipLeg {
         reason: &str,
         headers: &[(String, String)],
     ) -> Option<LegReport> {
-        let c = self.call;
+        let mut this = self;
+        this.take_swap();
+        let c = this.call;
+        // A transfer target still ringing: CANCEL it.
+        let ringing = c.transferee.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = ringing {
+            if !t.ended.swap(true, Ordering::SeqCst) {
+                let d = t.dialog.clone();
+                c.svc.spawn(async move {
+                    let _ = d.hangup().await;
+                });
+            }
+            t.abort_tasks();
+        }
         let answered = c.answered.load(Ordering::SeqCst);
         if !c.ended.swap(true, Ordering::SeqCst) {
             if !c.outbound && !answered {

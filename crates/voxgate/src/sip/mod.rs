@@ -319,13 +319,13 @@ pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
 /// far end may send its re-INVITE or UPDATE immediately after that 2xx.
 const DIALOG_SETTLE: Duration = Duration::from_millis(500);
 
-/// The methods voxgate answers (RFC 3261 §20.5 `Allow`): INFO (DTMF), UPDATE and NOTIFY (our
-/// REFER's progress) only within a dialog; REGISTER as well when `[[sip.users]]` exist
+/// The methods voxgate answers (RFC 3261 §20.5 `Allow`): INFO (DTMF), UPDATE, NOTIFY (our
+/// REFER's progress) and REFER (a transfer the far end asks for) only within a dialog; REGISTER as well when `[[sip.users]]` exist
 /// ([`ALLOW_REGISTER`]).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, REFER";
 /// [`ALLOW`] with REGISTER, for a server with `[[sip.users]]`.
 pub const ALLOW_REGISTER: &str =
-    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, REGISTER";
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, REFER, REGISTER";
 /// The option tags voxgate supports (RFC 3261 §20.37): session timers (RFC 4028) and reliable
 /// provisional responses (RFC 3262); a `Require` naming any other option gets 420.
 pub const SUPPORTED: &[&str] = &["timer", "100rel"];
@@ -412,6 +412,7 @@ fn precheck(
                 | Method::Info
                 | Method::Update
                 | Method::Notify
+                | Method::Refer
                 | Method::PRack
         )
     } else {

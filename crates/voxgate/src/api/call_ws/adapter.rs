@@ -125,6 +125,8 @@ pub fn parse_command(text: &str, endpoint: Endpoint) -> Result<CallCommand, BadC
             }
             CallCommand::Transfer(target)
         }
+        Command::AcceptTransfer {} => CallCommand::TransferReply { accept: true },
+        Command::RejectTransfer {} => CallCommand::TransferReply { accept: false },
         Command::Dtmf { digits } => {
             if digits.is_empty()
                 || digits.len() > 64
@@ -269,6 +271,15 @@ pub fn event_json(e: &CallEvent) -> Value {
             early_media,
         } => {
             json!({ "event": "ringing", "trackId": track_id, "timestamp": ts, "earlyMedia": early_media })
+        }
+        EventKind::Transfer {
+            track_id,
+            target,
+            state,
+            referred_by,
+            code,
+        } => {
+            json!({ "event": "transfer", "trackId": track_id, "timestamp": ts, "target": target, "state": state, "referredBy": referred_by, "code": code })
         }
         EventKind::Answer { track_id, sdp } => {
             json!({ "event": "answer", "trackId": track_id, "timestamp": ts, "sdp": sdp.clone().unwrap_or_default() })

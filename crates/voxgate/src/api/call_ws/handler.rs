@@ -260,6 +260,7 @@ impl Leg for WsLeg {
             LegCommand::Clear | LegCommand::Mark(_) => LegReply::Done,
             LegCommand::SendDtmf { .. }
             | LegCommand::Transfer(_)
+            | LegCommand::TransferReply { .. }
             | LegCommand::EarlyMedia { .. } => LegReply::Refused {
                 sender: "command",
                 code: 400,

@@ -113,10 +113,15 @@ pub enum Command {
         #[serde(default)]
         candidates: Vec<String>,
     },
+    /// voxgate extension: accept the transfer the far end asked for (a `transfer` event with
+    /// state `requested`, SIP REFER received): voxgate calls the target.
+    AcceptTransfer {},
+    /// voxgate extension: refuse it (the far end hears 603 Declined).
+    RejectTransfer {},
 }
 
 /// The command names this endpoint knows.
-pub const COMMANDS: [&str; 12] = [
+pub const COMMANDS: [&str; 14] = [
     "invite",
     "accept",
     "progress",
@@ -129,4 +134,6 @@ pub const COMMANDS: [&str; 12] = [
     "candidate",
     "dtmf",
     "refer",
+    "acceptTransfer",
+    "rejectTransfer",
 ];

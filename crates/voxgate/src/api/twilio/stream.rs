@@ -207,6 +207,11 @@ impl Leg for TwilioLeg {
                 code: 400,
                 message: "a Twilio stream cannot send DTMF events".into(),
             },
+            LegCommand::TransferReply { .. } => LegReply::Refused {
+                sender: "command",
+                code: 400,
+                message: "a Twilio stream gets no transfer requests".into(),
+            },
             LegCommand::EarlyMedia { .. } => LegReply::Refused {
                 sender: "command",
                 code: 400,
