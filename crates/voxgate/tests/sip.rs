@@ -3033,15 +3033,17 @@ async fn reliable_early_media_for_a_caller_that_requires_100rel() {
 
 /// Issue 10 point 5, REFER received (RFC 3515): the far end (a raw UA standing in for a PBX's
 /// transferor) asks voxgate to transfer; the application hears `transfer` `requested` and
-/// refuses (NOTIFY 603) the first time, accepts the second: voxgate calls the target (SIPp,
-/// echoing RTP), NOTIFYs its progress, sends the transferor BYE once the target answered,
-/// and the call goes on with the target — the bot's speech comes back from it transcribed.
+/// refuses (NOTIFY 603) the first time, accepts the second — an attended transfer whose
+/// Refer-To carries `?Replaces=` (RFC 3891 §5): voxgate calls the target (SIPp,
+/// tests/sipp/uas_replaces.xml, which checks the Replaces header and echoes RTP), NOTIFYs its
+/// progress, sends the transferor BYE once the target answered, and the call goes on with the
+/// target — the bot's speech comes back from it transcribed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refer_from_the_far_end_is_refused_or_followed() {
     sipp_available();
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let scen = scenario(dir.path(), "uas_echo.xml", &[]);
+    let scen = scenario(dir.path(), "uas_replaces.xml", &[]);
     let (target_port, sipp) = spawn_sipp_uas(
         vec!["-sf".into(), scen.display().to_string(), "-rtp_echo".into()],
         dir.path().to_path_buf(),
@@ -3147,7 +3149,10 @@ async fn a_refer_from_the_far_end_is_refused_or_followed() {
         })
         .await;
 
-    // 2. Accepted: voxgate calls the target, NOTIFYs 200 and hangs up on the transferor.
+    // 2. Accepted, attended: the target must get the Replaces of the Refer-To, unescaped.
+    let refer = format!(
+        "Refer-To: <{target}?Replaces=xfer-old%40127.0.0.1%3Bto-tag%3Dold2%3Bfrom-tag%3Dold1>\r\nReferred-By: <sip:agent@127.0.0.1>\r\n"
+    );
     send("REFER", 3, &tag, &refer, "");
     tokio::task::block_in_place(|| pump(Duration::from_secs(5), &|g| sipfrag(g, "100")));
     client
@@ -3194,4 +3199,177 @@ async fn a_refer_from_the_far_end_is_refused_or_followed() {
         code, 0,
         "the target (SIPp) did not see a clean call:\n{log}"
     );
+}
+
+/// Issue 10 point 5, RFC 3891 as the recipient: an INVITE whose `Replaces` names an answered
+/// call (attended transfer completed by a PBX, or call pickup) is answered at once and takes
+/// that call's place — the old party gets BYE, the application hears `transfer` `replaced`,
+/// and the bot's speech now reaches the new party (transcribed from its RTP). A `Replaces`
+/// that names no call gets 481 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_with_replaces_takes_over_the_call() {
+    let server = Server::start();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let sip = server.sip_addr.clone();
+    // One signalling socket and one RTP socket per party: A (replaced) and B (replacing).
+    let party = || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let r = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        (s, r)
+    };
+    let (a, a_rtp) = party();
+    let (b, b_rtp) = party();
+    let invite = |sock: &std::net::UdpSocket,
+                  rtp: &std::net::UdpSocket,
+                  call_id: &str,
+                  tag: &str,
+                  extra: &str| {
+        let me = sock.local_addr().unwrap();
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+            rtp.local_addr().unwrap().port()
+        );
+        let m = format!(
+            "INVITE sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-{call_id}-1\r\n\
+             From: <sip:{tag}@127.0.0.1>;tag={tag}\r\nTo: <sip:1000@{sip}>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:{tag}@{me}>\r\nMax-Forwards: 70\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    let in_dialog = |sock: &std::net::UdpSocket,
+                     method: &str,
+                     call_id: &str,
+                     tag: &str,
+                     to_tag: &str,
+                     cseq: u32| {
+        let me = sock.local_addr().unwrap();
+        let m = format!(
+            "{method} sip:1000@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bK-{call_id}-{cseq}{method}\r\n\
+             From: <sip:{tag}@127.0.0.1>;tag={tag}\r\nTo: <sip:1000@{sip}>;tag={to_tag}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(m.as_bytes(), &sip).unwrap();
+    };
+    // Reads `sock` for up to `wait`, answering requests with 200, until `done`.
+    let pump = |sock: &std::net::UdpSocket,
+                tag: &str,
+                wait: Duration,
+                done: &dyn Fn(&[String]) -> bool| {
+        let mut buf = vec![0u8; 65_536];
+        let mut got: Vec<String> = Vec::new();
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline && !done(&got) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if !m.starts_with("SIP/2.0 ") {
+                    sock.send_to(far_answer(&m, "200 OK", tag, "", "").as_bytes(), from)
+                        .unwrap();
+                }
+                got.push(m);
+            }
+        }
+        got
+    };
+    let ok_of = |got: &[String]| {
+        got.iter()
+            .find(|m| {
+                m.starts_with("SIP/2.0 200 ")
+                    && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE"))
+            })
+            .cloned()
+    };
+    let to_tag = |m: &str| {
+        header(m, "To")
+            .and_then(|t| t.split("tag=").nth(1))
+            .map(|t| t.split(';').next().unwrap().trim().to_string())
+            .expect("a To tag")
+    };
+    let is_ok = |g: &[String]| {
+        g.iter().any(|m| {
+            m.starts_with("SIP/2.0 200 ")
+                && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE"))
+        })
+    };
+
+    invite(&a, &a_rtp, "rep-a@127.0.0.1", "aaa", "");
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {"codec": "pcmu"}}))
+        .await;
+    let got = tokio::task::block_in_place(|| pump(&a, "aaa", Duration::from_secs(5), &is_ok));
+    let a_tag = to_tag(&ok_of(&got).expect("A's 200"));
+    in_dialog(&a, "ACK", "rep-a@127.0.0.1", "aaa", &a_tag, 1);
+    client.wait_event("answer", Duration::from_secs(5)).await;
+
+    // A Replaces naming no call: 481, and A's call goes on.
+    invite(
+        &b,
+        &b_rtp,
+        "rep-x@127.0.0.1",
+        "bbb",
+        "Replaces: nothing@127.0.0.1;to-tag=1;from-tag=2\r\n",
+    );
+    let got = tokio::task::block_in_place(|| {
+        pump(&b, "bbb", Duration::from_secs(5), &|g| {
+            g.iter().any(|m| m.starts_with("SIP/2.0 481 "))
+        })
+    });
+    assert!(got.iter().any(|m| m.starts_with("SIP/2.0 481 ")), "{got:?}");
+
+    // B replaces A (tags as RFC 3891 §6.1 names them for the recipient's dialog).
+    let replaces = format!("Replaces: rep-a@127.0.0.1;to-tag={a_tag};from-tag=aaa\r\n");
+    invite(&b, &b_rtp, "rep-b@127.0.0.1", "bbb", &replaces);
+    let got = tokio::task::block_in_place(|| pump(&b, "bbb", Duration::from_secs(5), &is_ok));
+    let b_tag =
+        to_tag(&ok_of(&got).unwrap_or_else(|| panic!("B's INVITE was not answered: {got:?}")));
+    in_dialog(&b, "ACK", "rep-b@127.0.0.1", "bbb", &b_tag, 1);
+    let got = tokio::task::block_in_place(|| {
+        pump(&a, "aaa", Duration::from_secs(5), &|g| {
+            g.iter().any(|m| m.starts_with("BYE "))
+        })
+    });
+    assert!(
+        got.iter().any(|m| m.starts_with("BYE ")),
+        "A got no BYE: {got:?}"
+    );
+    let t = client
+        .wait_for("transfer replaced", Duration::from_secs(5), |e| {
+            e["event"] == "transfer" && e["state"] == "replaced"
+        })
+        .await;
+    assert_eq!(t["target"], "bbb", "{t}");
+
+    // The bot now talks to B.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let heard =
+        tokio::task::spawn_blocking(move || collect_pcmu(b_rtp, s, Duration::from_secs(40)));
+    let sentence = "Thanks for waiting, your colleague has joined the call.";
+    client
+        .send(json!({"command": "tts", "text": sentence}))
+        .await;
+    client.wait_event("trackEnd", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (pcm, packets) = heard.await.unwrap();
+    assert!(
+        client.events_named("hangup").is_empty(),
+        "A's end ended the call: {:?}",
+        client.events()
+    );
+    in_dialog(&b, "BYE", "rep-b@127.0.0.1", "bbb", &b_tag, 2);
+    let h = client.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(h["reason"], "bye", "{h}");
+    assert!(packets > 100, "B got {packets} RTP packets");
+    let hyp = transcribe_samples(&server, &pcm, voxgate_media::SampleRate::HZ_8000, None).await;
+    let w = wer(sentence, &hyp);
+    eprintln!(
+        "after Replaces: {packets} packets to B, WER {:.1} % ({hyp})",
+        w * 100.0
+    );
+    assert!(w <= 0.25, "B did not hear the bot: {hyp:?}");
 }

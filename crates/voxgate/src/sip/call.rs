@@ -79,7 +79,7 @@ struct Shared {
 }
 
 /// Everything about one call's SIP side that its tasks share.
-struct SipCall {
+pub(crate) struct SipCall {
     svc: Arc<SipService>,
     dialog: InviteDialog,
     outbound: bool,
@@ -107,8 +107,10 @@ struct SipCall {
     /// While this is the call to a REFER's target and it has not answered: its events go to
     /// the transfer's task instead of the call.
     attempt: Mutex<Option<tokio::sync::mpsc::Sender<LegEvent>>>,
-    /// A REFER from the far end waiting for the application: (target, Referred-By).
-    refer: Mutex<Option<(String, Option<String>)>>,
+    /// A REFER from the far end waiting for the application: (target, Referred-By, the
+    /// `Replaces` to put on the INVITE).
+    #[allow(clippy::type_complexity)]
+    refer: Mutex<Option<(String, Option<String>, Option<String>)>>,
     /// The call to the target of a REFER we accepted, while it rings.
     transferee: Mutex<Option<Arc<SipCall>>>,
     /// How the leg switches to a transfer target once it answers.
@@ -433,10 +435,13 @@ async fn place(
                     cc.start_session_timer(t);
                 }
                 match cc.on_answered(&sdp) {
-                    Ok(codec) => vec![LegEvent::Answered {
-                        sdp: Some(sdp),
-                        codec,
-                    }],
+                    Ok(codec) => {
+                        cc.register_replaceable();
+                        vec![LegEvent::Answered {
+                            sdp: Some(sdp),
+                            codec,
+                        }]
+                    }
                     Err((code, e)) => vec![
                         LegEvent::Error {
                             sender: "sip".into(),
@@ -538,27 +543,25 @@ impl SipCall {
                 Some("Refer-To is not a SIP URI".into()),
             );
         }
-        if lower.contains("replaces=") {
-            return (
-                StatusCode::NotImplemented,
-                Some("attended transfer (Replaces) is not supported".into()),
-            );
-        }
         let busy = self.refer.lock().map(|r| r.is_some()).unwrap_or(true)
             || self.transferee.lock().map(|t| t.is_some()).unwrap_or(true);
         if busy {
             return (StatusCode::RequestPending, None);
         }
-        // Header parameters (`?...`) are for the INVITE to the target; blind transfer keeps the
-        // URI alone.
-        let target = uri.split('?').next().unwrap_or_default().to_string();
+        // Header parameters (`?Replaces=...`, RFC 3891 §5 attended transfer) go on the INVITE to
+        // the target; the target is the URI without them.
+        let (target, uri_headers) = match uri.split_once('?') {
+            Some((t, h)) => (t.to_string(), Some(h.to_string())),
+            None => (uri.clone(), None),
+        };
+        let replaces = uri_headers.as_deref().and_then(uri_header_replaces);
         let referred_by = super::header_values(req, "Referred-By")
             .into_iter()
             .chain(super::header_values(req, "b"))
             .next()
             .map(|v| super::guard::addr_uri(&v).to_string());
         if let Ok(mut r) = self.refer.lock() {
-            *r = Some((target.clone(), referred_by.clone()));
+            *r = Some((target.clone(), referred_by.clone(), replaces));
         }
         tracing::info!(call = %self.call_id, %target, "REFER received");
         let c = self.clone();
@@ -581,9 +584,10 @@ impl SipCall {
     /// answers the leg switches to it and the transferor gets NOTIFY 200 and BYE; when it
     /// fails the transferor gets the target's status and the call goes on with it.
     fn transfer_reply(self: &Arc<Self>, accept: bool) -> Result<(), String> {
-        let (target, referred_by) = self.refer.lock().ok().and_then(|mut r| r.take()).ok_or(
-            "no transfer was asked for: wait for a `transfer` event with state `requested`",
-        )?;
+        let (target, referred_by, replaces) =
+            self.refer.lock().ok().and_then(|mut r| r.take()).ok_or(
+                "no transfer was asked for: wait for a `transfer` event with state `requested`",
+            )?;
         let c = self.clone();
         let (t, rb) = (target.clone(), referred_by.clone());
         let event = move |state: &str, code: Option<u16>| LegEvent::Transfer {
@@ -604,6 +608,9 @@ impl SipCall {
             let mut headers = Vec::new();
             if let Some(rb) = &referred_by {
                 headers.push(("Referred-By".to_string(), format!("<{rb}>")));
+            }
+            if let Some(r) = &replaces {
+                headers.push(("Replaces".to_string(), r.clone()));
             }
             // `tel:` targets are numbers for the trunk.
             let callee = target.strip_prefix("tel:").unwrap_or(&target).to_string();
@@ -644,34 +651,14 @@ impl SipCall {
                     }
                     LegEvent::Answered { .. } => {
                         // The target answered: it becomes the leg; the transferor is done.
-                        if let Ok(mut a) = new.attempt.lock() {
-                            *a = None;
-                        }
-                        c.replaced.store(true, Ordering::SeqCst);
                         if let Ok(mut t) = c.transferee.lock() {
                             *t = None;
                         }
-                        let old_media = c.media.lock().ok().and_then(|mut m| m.take());
-                        if let Ok(mut next) = c.swap.next.lock() {
-                            *next = Some(new.clone());
-                        }
-                        c.swap.ready.store(true, Ordering::SeqCst);
-                        if let Some(m) = old_media {
-                            m.task.abort();
-                        }
+                        c.hand_over(&new);
                         tracing::info!(call = %c.call_id, %target, "transfer completed");
                         c.notify_sipfrag(200, "terminated;reason=noresource").await;
                         let _ = new.report(event("completed", Some(200))).await;
-                        if !c.ended.swap(true, Ordering::SeqCst) {
-                            let r = if c.outbound {
-                                c.dialog.hangup().await
-                            } else {
-                                c.dialog.bye().await
-                            };
-                            if let Err(e) = r {
-                                tracing::debug!(call = %c.call_id, "BYE to the transferor: {e}");
-                            }
-                        }
+                        c.end_dialog().await;
                         return;
                     }
                     LegEvent::Error { code, .. } => failure = failure.or(code),
@@ -701,6 +688,61 @@ impl SipCall {
             }
         }));
         Ok(())
+    }
+
+    /// Whether this call's dialog has these two tags (RFC 3891 §3: the Replaces header's
+    /// to-tag and from-tag, as the sender saw them).
+    pub(crate) fn has_tags(&self, a: &str, b: &str) -> bool {
+        let id = self.dialog.id();
+        (id.local_tag == a && id.remote_tag == b) || (id.local_tag == b && id.remote_tag == a)
+    }
+
+    /// Answered: an INVITE with `Replaces` may now name this call.
+    fn register_replaceable(self: &Arc<Self>) {
+        if let Ok(mut m) = self.svc.replaceable.lock() {
+            m.insert(self.sip_call_id(), Arc::downgrade(self));
+        }
+    }
+
+    fn unregister_replaceable(&self) {
+        if let Ok(mut m) = self.svc.replaceable.lock() {
+            let id = self.sip_call_id();
+            if m.get(&id).is_some_and(|w| std::ptr::eq(w.as_ptr(), self)) {
+                m.remove(&id);
+            }
+        }
+    }
+
+    /// `new` (answered) takes this dialog's place in the call: the leg switches to it, this
+    /// dialog's media stops and its end no longer ends the call.
+    fn hand_over(&self, new: &Arc<SipCall>) {
+        if let Ok(mut a) = new.attempt.lock() {
+            *a = None;
+        }
+        self.replaced.store(true, Ordering::SeqCst);
+        self.unregister_replaceable();
+        let old_media = self.media.lock().ok().and_then(|mut m| m.take());
+        if let Ok(mut next) = self.swap.next.lock() {
+            *next = Some(new.clone());
+        }
+        self.swap.ready.store(true, Ordering::SeqCst);
+        if let Some(m) = old_media {
+            m.task.abort();
+        }
+    }
+
+    /// BYE (or CANCEL) for this dialog, unless it is over already.
+    async fn end_dialog(&self) {
+        if !self.ended.swap(true, Ordering::SeqCst) {
+            let r = if self.outbound {
+                self.dialog.hangup().await
+            } else {
+                self.dialog.bye().await
+            };
+            if let Err(e) = r {
+                tracing::debug!(call = %self.call_id, "ending the replaced dialog: {e}");
+            }
+        }
     }
 
     fn abort_tasks(&self) {
@@ -1311,6 +1353,7 @@ impl Leg for SipLeg {
                 self.call.push_task(tokio::spawn(async move {
                     match c.accept(codec).await {
                         Ok((sdp, codec)) => {
+                            c.register_replaceable();
                             let timer = c.timer.lock().ok().and_then(|t| *t);
                             if let Some(t) = timer {
                                 c.start_session_timer(t);
@@ -1421,6 +1464,7 @@ impl Leg for SipLeg {
         let mut this = self;
         this.take_swap();
         let c = this.call;
+        c.unregister_replaceable();
         // A transfer target still ringing: CANCEL it.
         let ringing = c.transferee.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = ringing {
@@ -1545,6 +1589,110 @@ fn reoffer(shared: &Arc<Mutex<Shared>>, offer: &str, track: &str) -> (StatusCode
     }
 }
 
+/// The `Replaces` header parameter of a Refer-To URI's headers (`Replaces=...&...`, escaped as
+/// RFC 3261 §19.1.1 says), unescaped.
+fn uri_header_replaces(headers: &str) -> Option<String> {
+    headers.split('&').find_map(|h| {
+        let (k, v) = h.split_once('=')?;
+        k.eq_ignore_ascii_case("Replaces").then(|| unescape(v))
+    })
+}
+
+/// `%HH` escapes of a URI component, decoded (invalid escapes kept as they are).
+fn unescape(v: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An INVITE with `Replaces` (RFC 3891 §3) matched `old`, an answered call: the new dialog is
+/// answered at once with our SDP, takes `old`'s place in the call (`transfer` event, state
+/// `replaced`, `target` = the new caller), and `old` gets BYE. If it cannot be answered (no
+/// common codec: 488), `old` goes on.
+pub(crate) fn replace(svc: Arc<SipService>, old: Arc<SipCall>, call: IncomingCall) {
+    let IncomingCall {
+        caller,
+        offer,
+        dialog,
+        states,
+        source,
+        ..
+    } = call;
+    let local = svc.local_media(0, None);
+    let new = Arc::new(SipCall {
+        peer_ip: source,
+        svc: svc.clone(),
+        dialog,
+        outbound: false,
+        offer,
+        port: old.port.clone(),
+        call_id: old.call_id.clone(),
+        shared: Arc::new(Mutex::new(Shared {
+            local,
+            negotiated: None,
+            control: None,
+        })),
+        sockets: Mutex::new(None),
+        media: Mutex::new(None),
+        sink: OnceLock::new(),
+        tasks: Mutex::new(Vec::new()),
+        answered: AtomicBool::new(false),
+        early: Mutex::new(None),
+        ended: AtomicBool::new(false),
+        timer: Mutex::new(None),
+        refreshed: Mutex::new(std::time::Instant::now()),
+        // Until it is answered, nothing of the new dialog reaches the call.
+        attempt: Mutex::new(None),
+        refer: Mutex::new(None),
+        transferee: Mutex::new(None),
+        swap: old.swap.clone(),
+        replaced: AtomicBool::new(true),
+    });
+    new.watch(states);
+    svc.spawn(async move {
+        tracing::info!(call = %old.call_id, caller, "INVITE with Replaces: taking over the call");
+        match new.accept(None).await {
+            Ok(_) => {
+                new.replaced.store(false, Ordering::SeqCst);
+                new.register_replaceable();
+                let timer = new.timer.lock().ok().and_then(|t| *t);
+                if let Some(t) = timer {
+                    new.start_session_timer(t);
+                }
+                old.hand_over(&new);
+                let _ = new
+                    .report(LegEvent::Transfer {
+                        target: caller,
+                        state: "replaced".into(),
+                        referred_by: None,
+                        code: Some(200),
+                    })
+                    .await;
+                old.end_dialog().await;
+            }
+            Err((code, e)) => {
+                tracing::info!(call = %old.call_id, code, "cannot answer the INVITE with Replaces: {e}");
+                let _ = new.dialog.reject(Some(StatusCode::from(code)), None);
+                new.ended.store(true, Ordering::SeqCst);
+                new.abort_tasks();
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1560,6 +1708,23 @@ mod tests {
             rsipstack::sip::SipMessage::Request(r) => r,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn refer_to_headers_give_the_replaces_to_send() {
+        assert_eq!(
+            uri_header_replaces(
+                "Replaces=12345%40192.168.118.3%3Bto-tag%3D12345%3Bfrom-tag%3D5FFE-3994"
+            ),
+            Some("12345@192.168.118.3;to-tag=12345;from-tag=5FFE-3994".into())
+        );
+        assert_eq!(
+            uri_header_replaces("X-Foo=1&replaces=a%3bto-tag%3d1"),
+            Some("a;to-tag=1".into())
+        );
+        assert_eq!(uri_header_replaces("X-Foo=1"), None);
+        assert_eq!(unescape("%4"), "%4");
+        assert_eq!(unescape("%zz%41é%"), "%zzAé%");
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct SipService {
     /// (RSeq of the reliable provisional being sent, `true` once its PRACK came).
     #[allow(clippy::type_complexity)]
     pub(crate) pracks: Mutex<HashMap<String, (u32, tokio::sync::watch::Sender<bool>)>>,
+    /// Answered calls by SIP Call-ID, for an INVITE with `Replaces` (RFC 3891).
+    pub(crate) replaceable: Mutex<HashMap<String, std::sync::Weak<call::SipCall>>>,
 }
 
 /// Takes inbound calls to numbers it owns (a bot's number), before `[[sip.numbers]]`.
@@ -328,7 +330,7 @@ pub const ALLOW_REGISTER: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, REFER, REGISTER";
 /// The option tags voxgate supports (RFC 3261 §20.37): session timers (RFC 4028) and reliable
 /// provisional responses (RFC 3262); a `Require` naming any other option gets 420.
-pub const SUPPORTED: &[&str] = &["timer", "100rel"];
+pub const SUPPORTED: &[&str] = &["timer", "100rel", "replaces"];
 
 fn allow() -> rsipstack::sip::Header {
     rsipstack::sip::Header::Other("Allow".into(), ALLOW.into())
@@ -604,6 +606,7 @@ impl SipService {
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
             pracks: Mutex::new(HashMap::new()),
+            replaceable: Mutex::new(HashMap::new()),
             registrar: (!cfg_users.is_empty()).then(|| {
                 registrar::Registrar::new(
                     &cfg_realm,
@@ -1096,6 +1099,27 @@ impl SipService {
         });
     }
 
+    /// The answered call a `Replaces` value (`call-id;to-tag=..;from-tag=..`, RFC 3891 §6.1)
+    /// names: its Call-ID and both tags must match one of our dialogs.
+    fn replaced_call(&self, value: &str) -> Option<Arc<call::SipCall>> {
+        let mut parts = value.split(';');
+        let call_id = parts.next()?.trim().to_string();
+        let (mut to_tag, mut from_tag) = (None, None);
+        for p in parts {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k.trim().to_ascii_lowercase().as_str() {
+                "to-tag" => to_tag = Some(v.trim().to_string()),
+                "from-tag" => from_tag = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+        let (to_tag, from_tag) = (to_tag?, from_tag?);
+        let mut map = self.replaceable.lock().expect("lock");
+        map.retain(|_, w| w.strong_count() > 0);
+        let c = map.get(&call_id)?.upgrade()?;
+        c.has_tags(&to_tag, &from_tag).then_some(c)
+    }
+
     /// Waits (up to 32 s) for the PRACK of a reliable 180 to call `call_id` while one is being
     /// sent; `false` when it never came.
     pub(crate) async fn prack_received(&self, call_id: &str) -> bool {
@@ -1134,6 +1158,53 @@ impl SipService {
             tracing::info!(caller, callee, min_se, "Session-Expires below Min-SE: 422");
             let h = rsipstack::sip::Header::MinSE(min_se.to_string().into());
             let _ = tx.reply_with(StatusCode::from(422), vec![h], None).await;
+            return;
+        }
+        // RFC 3891: an INVITE that replaces one of our answered dialogs (attended transfer, call
+        // pickup) takes its place in that call, answered at once; 481 when there is none.
+        if let Some(rep) = header_values(&tx.original, "Replaces").into_iter().next() {
+            let Some(old) = self.replaced_call(&rep) else {
+                tracing::info!(
+                    caller,
+                    callee,
+                    replaces = rep,
+                    "Replaces matches no answered call: 481"
+                );
+                let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+                return;
+            };
+            let (state_tx, states) = self.dialogs.new_dialog_state_channel();
+            let dialog = match self.dialogs.get_or_create_server_invite(
+                &tx,
+                state_tx,
+                None,
+                Some(self.contact(&callee)),
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!("cannot create dialog: {e}");
+                    let _ = tx.reply(StatusCode::BadRequest).await;
+                    return;
+                }
+            };
+            let call = IncomingCall {
+                id: String::new(),
+                caller,
+                callee,
+                offer,
+                owner: LOCAL_USER.to_string(),
+                source: source_ip(&tx.original),
+                headers: x_headers_of(&tx.original),
+                dialog: dialog.clone(),
+                states,
+            };
+            let mut d = dialog.clone();
+            tokio::spawn(async move {
+                if let Err(e) = d.handle(&mut tx).await {
+                    tracing::debug!("INVITE transaction: {e}");
+                }
+            });
+            call::replace(self.clone(), old, call);
             return;
         }
         let routers = self.routers.lock().expect("lock").clone();
