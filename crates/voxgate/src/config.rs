@@ -310,6 +310,10 @@ pub struct SipConfig {
     pub tls_listen: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted when dialling out over TLS (`transport = "tls"` on a
+    /// trunk, `;transport=tls` or `sips:` callees). Default: the system store
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    pub tls_ca: Option<PathBuf>,
     /// Address written in Contact headers and SDP when it differs from the bound one (NAT).
     pub public_address: Option<String>,
     /// Local IP for RTP sockets; default: the SIP listen IP.
@@ -373,7 +377,8 @@ pub struct SipTrunk {
     pub name: String,
     /// `host[:port]` of the carrier or PBX.
     pub host: String,
-    /// `udp` (default) or `tcp`.
+    /// `udp` (default), `tcp` or `tls` (RFC 3261 §26.2; the trunk's certificate must chain to
+    /// `sip.tls_ca`, and match its host name or IP).
     pub transport: String,
     /// Digest credentials (answering 401/407 challenges); none for IP-authenticated trunks.
     pub username: Option<String>,
@@ -537,6 +542,7 @@ impl Default for SipConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
             public_address: None,
             rtp_address: None,
             rtp_port_min: 20000,
@@ -916,9 +922,9 @@ impl Config {
             if t.name.is_empty() || t.host.is_empty() {
                 errs.push(format!("sip.trunks[{i}]: `name` and `host` are required"));
             }
-            if !["udp", "tcp"].contains(&t.transport.as_str()) {
+            if !["udp", "tcp", "tls"].contains(&t.transport.as_str()) {
                 errs.push(format!(
-                    "sip.trunks[{i}].transport: `{}` is not one of udp, tcp",
+                    "sip.trunks[{i}].transport: `{}` is not one of udp, tcp, tls",
                     t.transport
                 ));
             }

@@ -607,32 +607,7 @@ async fn inbound_over_tcp_through_a_webhook_and_unknown_numbers_get_404() {
 async fn sip_over_tls_with_a_configured_certificate() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let gen = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (Debian package openssl) makes the test certificate");
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
+    let (ca, cert, key) = test_pki(dir.path(), "voxgate");
     let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -656,7 +631,7 @@ async fn sip_over_tls_with_a_configured_certificate() {
             "-quiet",
             "-verify_return_error",
             "-CAfile",
-            &c,
+            &ca.display().to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -3372,4 +3347,166 @@ async fn an_invite_with_replaces_takes_over_the_call() {
         w * 100.0
     );
     assert!(w <= 0.25, "B did not hear the bot: {hyp:?}");
+}
+
+/// A test PKI for 127.0.0.1 in `dir`: a CA (`<name>-ca.pem`) and a P-256 server certificate it
+/// signed (`<name>.pem`, subjectAltName IP:127.0.0.1, not a CA) with its key (`<name>-key.pem`),
+/// made with openssl (Debian package `openssl`). Returns (CA, certificate, key).
+fn test_pki(
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let f = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    let (ca, ca_key, cert, key, csr, ext) = (
+        f("-ca.pem"),
+        f("-ca-key.pem"),
+        f(".pem"),
+        f("-key.pem"),
+        f(".csr"),
+        f(".ext"),
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<std::ffi::OsString>> = vec![
+        ["req", "-x509"]
+            .iter()
+            .chain(ec.iter())
+            .map(Into::into)
+            .chain(
+                ["-days", "1", "-subj", "/CN=voxgate test CA", "-keyout"]
+                    .iter()
+                    .map(Into::into),
+            )
+            .chain([
+                ca_key.clone().into_os_string(),
+                "-out".into(),
+                ca.clone().into_os_string(),
+            ])
+            .collect(),
+        ["req"]
+            .iter()
+            .chain(ec.iter())
+            .map(Into::into)
+            .chain(["-subj", "/CN=127.0.0.1", "-keyout"].iter().map(Into::into))
+            .chain([
+                key.clone().into_os_string(),
+                "-out".into(),
+                csr.clone().into_os_string(),
+            ])
+            .collect(),
+        ["x509", "-req", "-days", "1", "-in"]
+            .iter()
+            .map(Into::into)
+            .chain([
+                csr.into_os_string(),
+                "-CA".into(),
+                ca.clone().into_os_string(),
+                "-CAkey".into(),
+                ca_key.into_os_string(),
+            ])
+            .chain([
+                "-CAcreateserial".into(),
+                "-extfile".into(),
+                ext.into_os_string(),
+                "-out".into(),
+                cert.clone().into_os_string(),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian package openssl) makes the test certificates");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (ca, cert, key)
+}
+
+/// Issue 10 point 5, dialling out over TLS (RFC 3261 §26.2): voxgate A calls through a trunk
+/// with `transport = "tls"` whose certificate chains to `sip.tls_ca` — voxgate B listening on
+/// TLS answers, the trunk's OPTIONS keep-alive over TLS reports it up — and refuses a trunk whose
+/// certificate it does not trust (the call fails, B never hears of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voxgate_dials_a_trunk_over_tls_and_refuses_an_untrusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path(), "b");
+    let (other, _, _) = test_pki(dir.path(), "other");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tls = format!("127.0.0.1:{tls_port}");
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let b = Server::start_with(&[
+        ("VOXGATE_ASR__ENGINE", "none"),
+        ("VOXGATE_SIP__TLS_LISTEN", &tls),
+        ("VOXGATE_SIP__TLS_CERT", &c),
+        ("VOXGATE_SIP__TLS_KEY", &k),
+    ]);
+    let mut on_b = Client::connect(&b.sip_ws_url("?dump=false")).await;
+    call_sessions(&b, 1).await;
+    let config = |ca: &Path| {
+        format!(
+            "[sip]\ntls_ca = \"{}\"\n[[sip.trunks]]\nname = \"b\"\nhost = \"{tls}\"\ntransport = \"tls\"\nkeepalive_secs = 1\n",
+            ca.display()
+        )
+    };
+    let a = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &config(&ca));
+    let mut on_a = Client::connect(&a.sip_ws_url("?dump=false")).await;
+    on_a.send(json!({"command": "invite", "option": {"callee": "1000", "caller": "5550100"}}))
+        .await;
+    let inc = on_b.wait_event("incoming", Duration::from_secs(10)).await;
+    assert_eq!(inc["caller"], "5550100", "{inc}");
+    on_b.send(json!({"command": "accept", "option": {}})).await;
+    let ans = on_a.wait_event("answer", Duration::from_secs(10)).await;
+    assert!(ans["sdp"].as_str().unwrap().contains("m=audio"), "{ans}");
+    let mut health = serde_json::Value::Null;
+    for _ in 0..50 {
+        health = reqwest::get(a.http("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["sip"]["trunks"]["b"]["options"] == "up" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health["sip"]["trunks"]["b"]["options"], "up", "{health}");
+    on_a.send(json!({"command": "hangup"})).await;
+    let h = on_b.wait_event("hangup", Duration::from_secs(10)).await;
+    assert_eq!(h["reason"], "bye", "{h}");
+
+    // A trunk whose certificate does not chain to sip.tls_ca: the call fails on our side.
+    let mut on_b = Client::connect(&b.sip_ws_url("?dump=false")).await;
+    let untrusting = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &config(&other));
+    let mut on_u = Client::connect(&untrusting.sip_ws_url("?dump=false")).await;
+    on_u.send(json!({"command": "invite", "option": {"callee": "1000"}}))
+        .await;
+    let h = on_u.wait_event("hangup", Duration::from_secs(40)).await;
+    assert_ne!(h["reason"], "bye", "{h}");
+    assert!(
+        on_b.try_wait_event("incoming", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "B heard of a call over an untrusted TLS connection"
+    );
 }

@@ -302,10 +302,10 @@ async fn place(
         if let Some(p) = &t.add_prefix {
             number = format!("{p}{number}");
         }
-        let transport = if t.transport == "tcp" {
-            ";transport=tcp"
-        } else {
-            ""
+        let transport = match t.transport.as_str() {
+            "tcp" => ";transport=tcp",
+            "tls" => ";transport=tls",
+            _ => "",
         };
         (format!("sip:{number}@{}{transport}", t.host), Some(t))
     };

@@ -357,6 +357,14 @@ fn capabilities_with(registrar: bool) -> Vec<rsipstack::sip::Header> {
     ]
 }
 
+/// A trunk's `host[:port]` with its transport parameter (`;transport=tcp|tls`; nothing for UDP).
+fn trunk_target(t: &SipTrunk) -> String {
+    match t.transport.as_str() {
+        "tcp" | "tls" => format!("{};transport={}", t.host, t.transport),
+        _ => t.host.clone(),
+    }
+}
+
 /// The comma-separated values of every `name` header of `req`, trimmed, in order.
 fn header_values(req: &rsipstack::sip::Request, name: &str) -> Vec<String> {
     req.headers
@@ -529,6 +537,27 @@ impl SipService {
                 .map_err(|e| anyhow::anyhow!("SIP TLS on {addr}: {e}"))?;
             transport.add_transport(tls.into());
             tls_addr = Some(addr);
+        }
+        // Dialling out over TLS: the far end's certificate must chain to these CAs.
+        let ca_path = cfg
+            .tls_ca
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        match std::fs::read(&ca_path) {
+            Ok(ca) => transport.set_tls_config(rsipstack::transport::tls::TlsConfig {
+                ca_certs: Some(ca),
+                ..Default::default()
+            }),
+            Err(e) if cfg.tls_ca.is_some() => {
+                return Err(anyhow::anyhow!(
+                    "sip.tls_ca: reading {}: {e}",
+                    ca_path.display()
+                ))
+            }
+            Err(_) => tracing::info!(
+                "no CA store at {}: dialling out over TLS will fail until sip.tls_ca is set",
+                ca_path.display()
+            ),
         }
         let endpoint = rsipstack::EndpointBuilder::new()
             .with_cancel_token(cancel.clone())
@@ -805,9 +834,10 @@ impl SipService {
 
     async fn keepalive_loop(self: Arc<Self>, trunk: SipTrunk) {
         let every = Duration::from_secs(trunk.keepalive_secs);
+        let target = trunk_target(&trunk);
         loop {
             let r = tokio::select! {
-                r = self.options_ping(&trunk.host) => r,
+                r = self.options_ping(&target) => r,
                 _ = self.cancel.cancelled() => return,
             };
             let was = self
@@ -851,7 +881,10 @@ impl SipService {
             realm: trunk.realm.clone(),
             auth_username: None,
         };
-        let server: rsipstack::sip::Uri = match format!("sip:{}", trunk.host).as_str().try_into() {
+        let server: rsipstack::sip::Uri = match format!("sip:{}", trunk_target(&trunk))
+            .as_str()
+            .try_into()
+        {
             Ok(u) => u,
             Err(e) => {
                 return tracing::error!(trunk = trunk.name, "bad trunk host `{}`: {e}", trunk.host)
