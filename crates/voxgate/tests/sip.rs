@@ -3496,7 +3496,7 @@ async fn voxgate_dials_a_trunk_over_tls_and_refuses_an_untrusted_certificate() {
     assert_eq!(h["reason"], "bye", "{h}");
 
     // A trunk whose certificate does not chain to sip.tls_ca: the call fails on our side.
-    let mut on_b = Client::connect(&b.sip_ws_url("?dump=false")).await;
+    let on_b = Client::connect(&b.sip_ws_url("?dump=false")).await;
     let untrusting = Server::start_with_config(&[("VOXGATE_ASR__ENGINE", "none")], &config(&other));
     let mut on_u = Client::connect(&untrusting.sip_ws_url("?dump=false")).await;
     on_u.send(json!({"command": "invite", "option": {"callee": "1000"}}))
