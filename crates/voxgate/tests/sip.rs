@@ -3510,3 +3510,99 @@ async fn voxgate_dials_a_trunk_over_tls_and_refuses_an_untrusted_certificate() {
         "B heard of a call over an untrusted TLS connection"
     );
 }
+
+/// Issue 10's SIPp scenarios (tests/sipp/): refusals out of a dialog (405 + Allow, 501, 420 +
+/// Unsupported, 415 + Accept, 406, 416, 505, 400; OPTIONS capabilities), requests in a dialog
+/// (multi-stream offer, X- headers both ways, 405 in the dialog, UPDATE and a multipart
+/// re-INVITE with SDP, hang-up), PRACK as UAS and as UAC, and a callee's Contact-less 200. Each scenario
+/// checks the headers and bodies it receives (`check_it`), so SIPp's exit code is the verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_scenarios_of_issue_10() {
+    sipp_available();
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Refusals: no call state may come of them.
+    let scen = scenario(dir.path(), "uac_refusals.xml", &[]);
+    let (code, log) = sipp_uac(&server, &scen, "1000", dir.path(), &[]).await;
+    assert_eq!(code, 0, "uac_refusals.xml:\n{log}");
+    let calls: serde_json::Value = reqwest::get(server.http("/call/lists"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(calls["calls"].as_array().map(Vec::len), Some(0), "{calls}");
+
+    // A dialog: X- header in, multi-stream answer, in-dialog requests, X- header on our BYE.
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let scen = scenario(dir.path(), "uac_dialog.xml", &[]);
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
+    let inc = client.wait_event("incoming", Duration::from_secs(10)).await;
+    assert_eq!(inc["headers"]["X-Account-Id"], "42", "{inc}");
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    client.wait_event("answer", Duration::from_secs(5)).await;
+    // The scenario's SUBSCRIBE, UPDATE and re-INVITE take well under a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client
+        .send(json!({"command": "hangup", "headers": {"X-Reason": "done-by-test"}}))
+        .await;
+    client.wait_event("hangup", Duration::from_secs(5)).await;
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "uac_dialog.xml:\n{log}");
+
+    // PRACK as UAS: the application accepts at once; the 200 waits for the PRACK.
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let scen = scenario(dir.path(), "uac_prack.xml", &[]);
+    let sipp = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let h = client.wait_event("hangup", Duration::from_secs(15)).await;
+    assert_eq!(h["reason"], "bye", "{h}");
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "uac_prack.xml:\n{log}");
+
+    // PRACK as UAC: a reliable 180 is PRACKed with its RSeq.
+    let scen = scenario(dir.path(), "uas_prack.xml", &[]);
+    let (port, sipp) = spawn_sipp_uas(
+        vec!["-sf".into(), scen.display().to_string()],
+        dir.path().to_path_buf(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:prack@127.0.0.1:{port}")}}))
+        .await;
+    client.wait_event("answer", Duration::from_secs(10)).await;
+    client.send(json!({"command": "hangup"})).await;
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "uas_prack.xml:\n{log}");
+
+    // A callee's 200 without Contact: ACKed, then BYE; the application hears why.
+    let scen = scenario(dir.path(), "uas_no_contact.xml", &[]);
+    let (port, sipp) = spawn_sipp_uas(
+        vec!["-sf".into(), scen.display().to_string()],
+        dir.path().to_path_buf(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    client
+        .send(json!({"command": "invite", "option": {"callee": format!("sip:nocontact@127.0.0.1:{port}")}}))
+        .await;
+    let e = client
+        .wait_for("the Contact error", Duration::from_secs(10), |e| {
+            e["event"] == "error" && e["code"] == 502
+        })
+        .await;
+    assert!(e["error"].as_str().unwrap().contains("Contact"), "{e}");
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "uas_no_contact.xml:\n{log}");
+}
