@@ -369,3 +369,91 @@ pub async fn keys(cfg: &crate::config::Config, cmd: KeysCmd) -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// `voxgate sip-users ...` (issue 10 point 6): SIP devices that REGISTER and call in with digest
+/// credentials, kept in the store beside `[[sip.users]]`.
+#[derive(clap::Subcommand, Debug)]
+pub enum SipUsersCmd {
+    /// Create an account, or replace its password: only H(username:realm:password) in MD5 and
+    /// SHA-256 is stored, for the configured `sip.realm`.
+    Add {
+        /// The digest username, also the name it is called by (`invite` callee).
+        username: String,
+        /// The password (or set VOXGATE_SIP_PASSWORD, which keeps it out of shell history).
+        #[arg(long, env = "VOXGATE_SIP_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// The tenant its calls belong to.
+        #[arg(long, default_value = "local")]
+        user: String,
+    },
+    /// List accounts: username, tenant, realm, created.
+    List,
+    /// Remove an account; a running server refuses it from its next request on.
+    Remove { username: String },
+}
+
+/// Runs a `sip-users` subcommand against the configured store.
+///
+/// # Errors
+/// The store cannot be opened, a username or password is unusable, or the account does not
+/// exist (remove).
+pub async fn sip_users(cfg: &crate::config::Config, cmd: SipUsersCmd) -> anyhow::Result<()> {
+    use crate::store::{SipUserRecord, SipUserStore};
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let store = crate::store::sqlite::SqliteStore::open(&cfg.database_url())
+        .await
+        .with_context(|| format!("opening store {}", cfg.database_url()))?;
+    match cmd {
+        SipUsersCmd::Add {
+            username,
+            password,
+            user,
+        } => {
+            // RFC 3261 §25.1 `user` characters that need no escaping, and no ':' (HA1 input).
+            let ok = !username.is_empty()
+                && username.len() <= 64
+                && username
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c));
+            if !ok {
+                bail!("the username must be 1-64 of A-Z a-z 0-9 - _ . ! ~ * ' ( ) & = + $ , ; ? /");
+            }
+            if password.len() < 8 {
+                bail!("the password must be at least 8 characters");
+            }
+            let realm = &cfg.sip.realm;
+            let r = crate::sip::registrar::ha1;
+            store
+                .sip_user_put(&SipUserRecord {
+                    username: username.clone(),
+                    user_id: user,
+                    realm: realm.clone(),
+                    ha1_md5: r("MD5", &username, realm, &password),
+                    ha1_sha256: r("SHA-256", &username, realm, &password),
+                    created_at: voxgate_call::now_ms(),
+                })
+                .await?;
+            eprintln!("SIP user `{username}` stored for realm `{realm}`");
+        }
+        SipUsersCmd::List => {
+            println!("{:<24} {:<20} {:<16} created", "username", "user", "realm");
+            for u in store.sip_users().await? {
+                let created = chrono::DateTime::from_timestamp_millis(u.created_at)
+                    .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} {:<20} {:<16} {created}",
+                    u.username, u.user_id, u.realm
+                );
+            }
+        }
+        SipUsersCmd::Remove { username } => {
+            if !store.sip_user_delete(&username).await? {
+                bail!("no SIP user `{username}`");
+            }
+            eprintln!("removed SIP user `{username}`");
+        }
+    }
+    Ok(())
+}

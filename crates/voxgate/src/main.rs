@@ -44,6 +44,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: voxgate::cli::KeysCmd,
     },
+    /// Manage SIP device accounts (digest credentials; only HA1 values are stored).
+    SipUsers {
+        /// TOML configuration file (default: ./voxgate.toml when present).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Data directory (store).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: voxgate::cli::SipUsersCmd,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -120,6 +131,26 @@ fn main() -> std::process::ExitCode {
                 }
             };
             rt.block_on(voxgate::cli::keys(&cfg, cmd))
+        }
+        Cmd::SipUsers {
+            config,
+            data_dir,
+            cmd,
+        } => {
+            let cfg = match Config::load(
+                config.as_deref(),
+                &Overrides {
+                    data_dir,
+                    ..Default::default()
+                },
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("voxgate: invalid configuration:\n{e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            rt.block_on(voxgate::cli::sip_users(&cfg, cmd))
         }
     };
     match r {

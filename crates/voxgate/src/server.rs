@@ -64,7 +64,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         leg_close: Duration::from_secs(5),
     };
     let sip = if cfg.sip.enabled {
-        match crate::sip::SipService::start(cfg.sip.clone(), http.clone()).await {
+        let users: Arc<dyn crate::store::SipUserStore> = store.clone();
+        match crate::sip::SipService::start(cfg.sip.clone(), http.clone(), Some(users)).await {
             Ok(svc) => {
                 println!("voxgate sip listening on udp:{}", svc.local_addr);
                 if let Some(t) = svc.tls_addr {

@@ -2586,6 +2586,60 @@ async fn sip_devices_register_and_call_with_digest_credentials() {
     )
     .await;
     assert_ne!(code, 0, "a wrong password registered:\n{log}");
+
+    // An account kept in the store (`voxgate sip-users add`, HA1 values only), added while the
+    // server runs: MD5 and SHA-256 both verify against the stored HA1s; removed, it is unknown.
+    server.cli(&["sip-users", "add", "carol", "--password", "carol-pass-1"]);
+    let listed = server.cli(&["sip-users", "list"]);
+    assert!(
+        listed.contains("carol") && !listed.contains("carol-pass-1"),
+        "{listed}"
+    );
+    let db = std::fs::read(server.data_dir.path().join("voxgate.db")).unwrap_or_default();
+    assert!(
+        !db.windows(12).any(|w| w == b"carol-pass-1"),
+        "the password itself was stored"
+    );
+    send("REGISTER", "carol", 20, "Expires: 600\r\n", "");
+    let r = tokio::task::block_in_place(|| final_for(20));
+    assert!(r.starts_with("SIP/2.0 401 "), "{r}");
+    let nonce = challenges(&r)[0].1.clone();
+    for (cseq, alg) in [(21, "SHA-256"), (22, "MD5")] {
+        let good = authorization(alg, "carol", "carol-pass-1", "REGISTER", &uri, &nonce);
+        send(
+            "REGISTER",
+            "carol",
+            cseq,
+            &format!("Expires: 600\r\n{good}"),
+            "",
+        );
+        let r = tokio::task::block_in_place(|| final_for(cseq));
+        assert!(r.starts_with("SIP/2.0 200 "), "store user, {alg}: {r}");
+    }
+    let bad = authorization("SHA-256", "carol", "carol-pass-2", "REGISTER", &uri, &nonce);
+    send(
+        "REGISTER",
+        "carol",
+        23,
+        &format!("Expires: 600\r\n{bad}"),
+        "",
+    );
+    let r = tokio::task::block_in_place(|| final_for(23));
+    assert!(r.starts_with("SIP/2.0 403 "), "{r}");
+    server.cli(&["sip-users", "remove", "carol"]);
+    let good = authorization("MD5", "carol", "carol-pass-1", "REGISTER", &uri, &nonce);
+    send(
+        "REGISTER",
+        "carol",
+        24,
+        &format!("Expires: 600\r\n{good}"),
+        "",
+    );
+    let r = tokio::task::block_in_place(|| final_for(24));
+    assert!(
+        r.starts_with("SIP/2.0 403 "),
+        "a removed account registered: {r}"
+    );
 }
 
 /// Issue 10 point 5, RFC 3262 as UAC: voxgate's INVITE says `Supported: 100rel`, and a reliable
@@ -3605,4 +3659,39 @@ async fn sipp_scenarios_of_issue_10() {
     client.wait_event("hangup", Duration::from_secs(10)).await;
     let (code, log) = sipp.await.unwrap();
     assert_eq!(code, 0, "uas_no_contact.xml:\n{log}");
+}
+
+/// Store accounts alone turn the registrar on: without `[[sip.users]]` REGISTER gets 405 until
+/// `voxgate sip-users add` stores one, then 401 with a challenge (issue 10 point 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sip_user_added_to_the_store_turns_registration_on() {
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let sip = server.sip_addr.clone();
+    let register = |cseq: u32| {
+        format!(
+            "REGISTER sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5998;rport;branch=z9hG4bK-st-{cseq}\r\n\
+             From: <sip:dave@{sip}>;tag=d{cseq}\r\nTo: <sip:dave@{sip}>\r\nCall-ID: store-reg-{cseq}@127.0.0.1\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: <sip:dave@127.0.0.1:5998>\r\nMax-Forwards: 70\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let ask = |m: String| {
+        let sip = sip.clone();
+        tokio::task::spawn_blocking(move || udp_final(&sip, m.as_bytes(), Duration::from_secs(3)))
+    };
+    let r = ask(register(1)).await.unwrap().expect("an answer");
+    assert!(r.starts_with("SIP/2.0 405 "), "{r}");
+    server.cli(&[
+        "sip-users",
+        "add",
+        "dave",
+        "--password",
+        "dave-pass-1",
+        "--user",
+        "acme",
+    ]);
+    // "No accounts" is believed for up to 2 s (registrar::STORE_RECHECK).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = ask(register(2)).await.unwrap().expect("an answer");
+    assert!(r.starts_with("SIP/2.0 401 "), "{r}");
+    assert!(header(&r, "WWW-Authenticate").is_some(), "{r}");
 }

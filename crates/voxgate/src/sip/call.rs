@@ -1591,7 +1591,7 @@ fn reoffer(shared: &Arc<Mutex<Shared>>, offer: &str, track: &str) -> (StatusCode
 
 /// The `Replaces` header parameter of a Refer-To URI's headers (`Replaces=...&...`, escaped as
 /// RFC 3261 §19.1.1 says), unescaped.
-fn uri_header_replaces(headers: &str) -> Option<String> {
+pub fn uri_header_replaces(headers: &str) -> Option<String> {
     headers.split('&').find_map(|h| {
         let (k, v) = h.split_once('=')?;
         k.eq_ignore_ascii_case("Replaces").then(|| unescape(v))

@@ -357,6 +357,23 @@ fn capabilities_with(registrar: bool) -> Vec<rsipstack::sip::Header> {
     ]
 }
 
+/// A `Replaces` header value (RFC 3891 §6.1: `call-id;to-tag=..;from-tag=..`, other parameters
+/// such as `early-only` ignored) → (Call-ID, to-tag, from-tag); `None` without both tags.
+pub fn parse_replaces(value: &str) -> Option<(String, String, String)> {
+    let mut parts = value.split(';');
+    let call_id = parts.next()?.trim().to_string();
+    let (mut to_tag, mut from_tag) = (None, None);
+    for p in parts {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        match k.trim().to_ascii_lowercase().as_str() {
+            "to-tag" => to_tag = Some(v.trim().to_string()),
+            "from-tag" => from_tag = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    Some((call_id, to_tag?, from_tag?)).filter(|(c, _, _)| !c.is_empty())
+}
+
 /// A trunk's `host[:port]` with its transport parameter (`;transport=tcp|tls`; nothing for UDP).
 fn trunk_target(t: &SipTrunk) -> String {
     match t.transport.as_str() {
@@ -494,7 +511,13 @@ impl SipService {
     ///
     /// # Errors
     /// When the SIP address cannot be bound.
-    pub async fn start(cfg: SipConfig, http: reqwest::Client) -> anyhow::Result<Arc<SipService>> {
+    /// Starts SIP: `users` is the store of SIP device accounts (`voxgate sip-users`), besides
+    /// `[[sip.users]]`.
+    pub async fn start(
+        cfg: SipConfig,
+        http: reqwest::Client,
+        users: Option<Arc<dyn crate::store::SipUserStore>>,
+    ) -> anyhow::Result<Arc<SipService>> {
         let listen: SocketAddr = cfg.listen.parse()?;
         let cancel = CancellationToken::new();
         let transport = TransportLayer::new(cancel.clone());
@@ -636,13 +659,14 @@ impl SipService {
             tasks: TaskTracker::new(),
             pracks: Mutex::new(HashMap::new()),
             replaceable: Mutex::new(HashMap::new()),
-            registrar: (!cfg_users.is_empty()).then(|| {
+            registrar: (!cfg_users.is_empty() || users.is_some()).then(|| {
                 registrar::Registrar::new(
                     &cfg_realm,
                     &cfg_algorithms,
                     cfg_users
                         .iter()
                         .map(|u| (u.username.clone(), u.password.clone())),
+                    users,
                 )
             }),
         });
@@ -947,7 +971,10 @@ impl SipService {
             .ok()
             .and_then(|t| t.tag().ok().flatten())
             .is_some();
-        let registrar = self.registrar.is_some();
+        let registrar = match &self.registrar {
+            Some(r) => r.active().await,
+            None => false,
+        };
         if let Some((code, headers)) = precheck(&tx.original, in_dialog, registrar) {
             tracing::info!(
                 method = %tx.original.method,
@@ -1011,11 +1038,15 @@ impl SipService {
         // `[[sip.users]]`: REGISTER always, and INVITEs from outside `sip.allow`, need digest
         // credentials (RFC 3261 §22.2); nothing is kept for a request that has none.
         let mut user = None;
-        if let Some(reg) = &self.registrar {
+        let mut tenant = None;
+        if let Some(reg) = self.registrar.as_ref().filter(|_| registrar) {
             let method = tx.original.method;
             if method == Method::Register || (method == Method::Invite && !allowed) {
-                match reg.authenticate(&tx.original) {
-                    registrar::Auth::User(u) => user = Some(u),
+                match reg.authenticate(&tx.original).await {
+                    registrar::Auth::User(u, t) => {
+                        user = Some(u);
+                        tenant = t;
+                    }
                     registrar::Auth::Challenge(h) => {
                         tracing::debug!(%method, ?source, "SIP request without credentials: 401");
                         let _ = tx.reply_with(StatusCode::Unauthorized, h, None).await;
@@ -1050,7 +1081,7 @@ impl SipService {
             return;
         }
         match tx.original.method {
-            Method::Invite => self.on_invite(tx).await,
+            Method::Invite => self.on_invite(tx, tenant).await,
             Method::Options => {
                 let _ = tx
                     .reply_with(StatusCode::OK, capabilities_with(registrar), None)
@@ -1135,18 +1166,7 @@ impl SipService {
     /// The answered call a `Replaces` value (`call-id;to-tag=..;from-tag=..`, RFC 3891 §6.1)
     /// names: its Call-ID and both tags must match one of our dialogs.
     fn replaced_call(&self, value: &str) -> Option<Arc<call::SipCall>> {
-        let mut parts = value.split(';');
-        let call_id = parts.next()?.trim().to_string();
-        let (mut to_tag, mut from_tag) = (None, None);
-        for p in parts {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            match k.trim().to_ascii_lowercase().as_str() {
-                "to-tag" => to_tag = Some(v.trim().to_string()),
-                "from-tag" => from_tag = Some(v.trim().to_string()),
-                _ => {}
-            }
-        }
-        let (to_tag, from_tag) = (to_tag?, from_tag?);
+        let (call_id, to_tag, from_tag) = parse_replaces(value)?;
         let mut map = self.replaceable.lock().expect("lock");
         map.retain(|_, w| w.strong_count() > 0);
         let c = map.get(&call_id)?.upgrade()?;
@@ -1170,7 +1190,9 @@ impl SipService {
             .is_ok_and(|r| r.is_ok())
     }
 
-    async fn on_invite(self: Arc<Self>, mut tx: Transaction) {
+    /// An INVITE outside a dialog; `tenant`: the owner of the store account that authenticated
+    /// it (its calls belong to that tenant rather than the called number's).
+    async fn on_invite(self: Arc<Self>, mut tx: Transaction, tenant: Option<String>) {
         let InviteSummary {
             caller,
             callee,
@@ -1285,9 +1307,8 @@ impl SipService {
         };
         let id = uuid::Uuid::new_v4().to_string();
         tracing::info!(call = %id, caller, callee, late_offer = offer.is_none(), "incoming call");
-        let owner = route
-            .as_ref()
-            .and_then(|r| r.user.clone())
+        let owner = tenant
+            .or_else(|| route.as_ref().and_then(|r| r.user.clone()))
             .unwrap_or_else(|| LOCAL_USER.to_string());
         let x_headers = x_headers_of(&tx.original);
         let call = IncomingCall {

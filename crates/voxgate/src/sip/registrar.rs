@@ -7,15 +7,23 @@
 //! password or unknown user 403 — and no call state either way. Nonces are stateless (a timestamp and its HMAC under a
 //! per-process key) and live [`NONCE_SECS`]; a stale one is challenged again with `stale=true`.
 //! Trunks and `sip.allow` addresses keep calling in without credentials.
+//!
+//! Users come from `[[sip.users]]` (passwords in the configuration) and from the store
+//! (`voxgate sip-users add`, which keeps only the HA1 values of RFC 7616 §3.4.2 and is read at
+//! each authentication, so accounts added or removed while the server runs count at once).
 
+use crate::store::SipUserStore;
 use hmac::{KeyInit, Mac};
 use rsipstack::dialog::authenticate::verify_digest;
 use rsipstack::sip::typed::Authorization;
 use rsipstack::sip::{Header, Method, Request};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How long "the store has no SIP users" is believed before asking again.
+pub const STORE_RECHECK: Duration = Duration::from_secs(2);
 /// How long a nonce may be used, seconds.
 pub const NONCE_SECS: u64 = 300;
 /// Registration lifetime bounds, seconds (`Expires`, RFC 3261 §10.3 step 7; 423 below the
@@ -26,8 +34,9 @@ pub const MAX_EXPIRES: u32 = 3600;
 /// What [`Registrar::authenticate`] found.
 #[derive(Debug, PartialEq)]
 pub enum Auth {
-    /// Valid credentials of this user.
-    User(String),
+    /// Valid credentials of this user: (username, the tenant its calls belong to — the store
+    /// account's `--user`; `None` for `[[sip.users]]`).
+    User(String, Option<String>),
     /// No usable credentials: answer 401 with these `WWW-Authenticate` headers.
     Challenge(Vec<Header>),
     /// Unknown user or wrong password: answer 403 (the reason is for the log).
@@ -48,6 +57,12 @@ pub struct Registrar {
     /// `MD5` / `SHA-256`, most preferred first.
     algorithms: Vec<String>,
     users: HashMap<String, String>,
+    /// Accounts kept in the store (HA1 values only).
+    store: Option<Arc<dyn SipUserStore>>,
+    /// The store has had an account since we looked (cached once true).
+    store_has_users: AtomicBool,
+    /// When the store last had none (asked again after [`STORE_RECHECK`]).
+    store_empty_at: Mutex<Option<Instant>>,
     key: [u8; 32],
     bindings: Mutex<HashMap<String, Binding>>,
 }
@@ -66,11 +81,15 @@ impl Registrar {
         realm: &str,
         algorithms: &[String],
         users: impl IntoIterator<Item = (String, String)>,
+        store: Option<Arc<dyn SipUserStore>>,
     ) -> Registrar {
         Registrar {
             realm: realm.to_string(),
             algorithms: algorithms.to_vec(),
             users: users.into_iter().collect(),
+            store,
+            store_has_users: AtomicBool::new(false),
+            store_empty_at: Mutex::new(None),
             key: {
                 // 32 random octets (UUID v4s come from the OS's generator).
                 let mut k = [0u8; 32];
@@ -122,9 +141,40 @@ impl Registrar {
             .collect()
     }
 
+    /// Whether there are SIP devices at all: `[[sip.users]]`, or accounts in the store. Without
+    /// them REGISTER is not served (405) and INVITEs from outside `sip.allow` get 403.
+    pub async fn active(&self) -> bool {
+        if !self.users.is_empty() || self.store_has_users.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(store) = &self.store else {
+            return false;
+        };
+        // A request flood must not become a query flood: "none" is believed for a while.
+        let recent = self
+            .store_empty_at
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| t.elapsed() < STORE_RECHECK);
+        if recent {
+            return false;
+        }
+        let has = store.sip_users_exist().await.unwrap_or_else(|e| {
+            tracing::warn!("SIP users in the store: {e}");
+            false
+        });
+        if has {
+            self.store_has_users.store(true, Ordering::Relaxed);
+        } else if let Ok(mut t) = self.store_empty_at.lock() {
+            *t = Some(Instant::now());
+        }
+        has
+    }
+
     /// Checks a request's `Authorization` (RFC 3261 §22.4, RFC 7616 §3.4 with qop=auth or
-    /// none; MD5 or SHA-256).
-    pub fn authenticate(&self, req: &Request) -> Auth {
+    /// none; MD5 or SHA-256) against `[[sip.users]]`, then the store's accounts.
+    pub async fn authenticate(&self, req: &Request) -> Auth {
         let raw = req.headers.iter().find_map(|h| match h {
             Header::Authorization(v) => Some(v.value().to_string()),
             _ => None,
@@ -143,16 +193,42 @@ impl Registrar {
         if auth.realm != self.realm || !self.algorithms.iter().any(|a| a == offered) {
             return Auth::Challenge(self.challenge(false));
         }
-        let Some(password) = self.users.get(&auth.username) else {
-            return Auth::Forbidden("unknown user");
+        let password = self.users.get(&auth.username).cloned();
+        let mut tenant = None;
+        let ha1 = match (&password, &self.store) {
+            (None, Some(store)) => match store.sip_user(&auth.username).await {
+                Ok(Some(u)) if u.realm == self.realm => {
+                    tenant = Some(u.user_id);
+                    Some(if offered == "SHA-256" {
+                        u.ha1_sha256
+                    } else {
+                        u.ha1_md5
+                    })
+                }
+                Ok(Some(_)) => return Auth::Forbidden("account made for another realm"),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!("SIP user lookup: {e}");
+                    None
+                }
+            },
+            _ => None,
         };
+        if password.is_none() && ha1.is_none() {
+            return Auth::Forbidden("unknown user");
+        }
         match self.nonce_fresh(&auth.nonce) {
             None => return Auth::Challenge(self.challenge(false)),
             Some(false) => return Auth::Challenge(self.challenge(true)),
             Some(true) => {}
         }
-        if verify_digest(&auth, password, &req.method, &raw) {
-            Auth::User(auth.username)
+        let ok = match (password, ha1) {
+            (Some(p), _) => verify_digest(&auth, &p, &req.method, &raw),
+            (None, Some(h)) => verify_with_ha1(&raw, &h, offered, &req.method),
+            (None, None) => false,
+        };
+        if ok {
+            Auth::User(auth.username, tenant)
         } else {
             Auth::Forbidden("wrong password")
         }
@@ -273,6 +349,75 @@ fn rsip_algorithm(raw: &str) -> String {
 }
 
 /// Constant-time equality of two byte strings of equal length.
+/// `H(text)` in lower-case hex for a digest algorithm (`MD5` or `SHA-256`).
+fn digest_hex(algorithm: &str, text: &str) -> String {
+    use sha2::Digest;
+    if algorithm == "SHA-256" {
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    } else {
+        hex::encode(md5::Md5::digest(text.as_bytes()))
+    }
+}
+
+/// The HA1 of RFC 7616 §3.4.2, `H(username:realm:password)`, as stored for a SIP user.
+pub fn ha1(algorithm: &str, username: &str, realm: &str, password: &str) -> String {
+    digest_hex(algorithm, &format!("{username}:{realm}:{password}"))
+}
+
+/// A parameter of an `Authorization` value as the client wrote it (quoted or token).
+fn auth_param<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = raw.split_once(' ').map(|(_, r)| r).unwrap_or(raw);
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().trim_start_matches(',').trim();
+        let after = after.trim_start();
+        let (value, tail) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (&q[..end], &q[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim(), &after[end..])
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return Some(value);
+        }
+        rest = tail.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+    }
+    None
+}
+
+/// Checks the `response` of an `Authorization` value against a stored HA1 (RFC 7616 §3.4.1:
+/// with qop=auth `H(HA1:nonce:nc:cnonce:qop:HA2)`, without qop `H(HA1:nonce:HA2)`; HA2 =
+/// `H(method:digest-uri)`), with the values exactly as the client sent them.
+pub fn verify_with_ha1(raw: &str, ha1: &str, algorithm: &str, method: &Method) -> bool {
+    let (Some(nonce), Some(uri), Some(response)) = (
+        auth_param(raw, "nonce"),
+        auth_param(raw, "uri"),
+        auth_param(raw, "response"),
+    ) else {
+        return false;
+    };
+    let ha2 = digest_hex(algorithm, &format!("{method}:{uri}"));
+    let expected = match auth_param(raw, "qop") {
+        Some(qop) if qop.eq_ignore_ascii_case("auth") => {
+            let (Some(nc), Some(cnonce)) = (auth_param(raw, "nc"), auth_param(raw, "cnonce"))
+            else {
+                return false;
+            };
+            digest_hex(
+                algorithm,
+                &format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"),
+            )
+        }
+        Some(_) => return false,
+        None => digest_hex(algorithm, &format!("{ha1}:{nonce}:{ha2}")),
+    };
+    subtle_eq(
+        expected.as_bytes(),
+        response.to_ascii_lowercase().as_bytes(),
+    )
+}
+
 fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -308,7 +453,7 @@ mod tests {
 
     #[test]
     fn nonces_are_ours_and_age() {
-        let r = Registrar::new("voxgate", &[], [("a".to_string(), "b".to_string())]);
+        let r = Registrar::new("voxgate", &[], [("a".to_string(), "b".to_string())], None);
         let n = r.nonce();
         assert_eq!(r.nonce_fresh(&n), Some(true));
         let old = now_secs() - NONCE_SECS - 5;

@@ -168,6 +168,36 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// A SIP device account kept in the store (`voxgate sip-users add`): the digest HA1 values
+/// (RFC 7616 §3.4.2, lower-case hex), never the password. Issue 10 point 6.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SipUserRecord {
+    /// The digest username, also the user part it registers and is called by.
+    pub username: String,
+    /// The tenant its calls belong to.
+    pub user_id: String,
+    /// The realm the HA1 values were computed for (`sip.realm` then).
+    pub realm: String,
+    /// MD5(username:realm:password).
+    pub ha1_md5: String,
+    /// SHA-256(username:realm:password).
+    pub ha1_sha256: String,
+    pub created_at: i64,
+}
+
+/// SIP device accounts.
+#[async_trait]
+pub trait SipUserStore: Send + Sync {
+    /// Creates the account, or replaces its credentials and tenant.
+    async fn sip_user_put(&self, u: &SipUserRecord) -> Result<(), StoreError>;
+    async fn sip_user(&self, username: &str) -> Result<Option<SipUserRecord>, StoreError>;
+    /// All accounts, by username.
+    async fn sip_users(&self) -> Result<Vec<SipUserRecord>, StoreError>;
+    /// `false` when there was no such account.
+    async fn sip_user_delete(&self, username: &str) -> Result<bool, StoreError>;
+    async fn sip_users_exist(&self) -> Result<bool, StoreError>;
+}
+
 /// API keys.
 #[async_trait]
 pub trait KeyStore: Send + Sync {

@@ -3,7 +3,8 @@
 
 use super::{
     AgentCallRecord, AgentStore, AgentTurnRecord, BotCreateError, BotRecord, BotStore, CallRecord,
-    CallStore, KeyRecord, KeyStore, Store, StoreError, TranscriptRecord, TurnRecord,
+    CallStore, KeyRecord, KeyStore, SipUserRecord, SipUserStore, Store, StoreError,
+    TranscriptRecord, TurnRecord,
 };
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -74,6 +75,13 @@ impl SqliteStore {
                     Cow::Borrowed("agents"),
                     MigrationType::Simple,
                     include_str!("../../migrations/sqlite/0005_agents.sql").into_sql_str(),
+                    false,
+                ),
+                Migration::new(
+                    6,
+                    Cow::Borrowed("sip users"),
+                    MigrationType::Simple,
+                    include_str!("../../migrations/sqlite/0006_sip_users.sql").into_sql_str(),
                     false,
                 ),
             ]),
@@ -516,6 +524,76 @@ impl AgentStore for SqliteStore {
             .collect::<Result<_, _>>()
             .map_err(err)
     }
+}
+
+#[async_trait]
+#[async_trait]
+impl SipUserStore for SqliteStore {
+    async fn sip_user_put(&self, u: &SipUserRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sip_users (username, user_id, realm, ha1_md5, ha1_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(username) DO UPDATE SET user_id = excluded.user_id, realm = excluded.realm, \
+             ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256",
+        )
+        .bind(&u.username)
+        .bind(&u.user_id)
+        .bind(&u.realm)
+        .bind(&u.ha1_md5)
+        .bind(&u.ha1_sha256)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn sip_user(&self, username: &str) -> Result<Option<SipUserRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sip_users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        row.map(|r| sip_user_from_row(&r)).transpose().map_err(err)
+    }
+
+    async fn sip_users(&self) -> Result<Vec<SipUserRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM sip_users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(sip_user_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn sip_user_delete(&self, username: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM sip_users WHERE username = ?")
+            .bind(username)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn sip_users_exist(&self) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sip_users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(n > 0)
+    }
+}
+
+fn sip_user_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SipUserRecord, sqlx::Error> {
+    Ok(SipUserRecord {
+        username: r.try_get("username")?,
+        user_id: r.try_get("user_id")?,
+        realm: r.try_get("realm")?,
+        ha1_md5: r.try_get("ha1_md5")?,
+        ha1_sha256: r.try_get("ha1_sha256")?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 #[async_trait]
