@@ -3062,7 +3062,8 @@ async fn reliable_early_media_for_a_caller_that_requires_100rel() {
 
 /// Issue 10 point 5, REFER received (RFC 3515): the far end (a raw UA standing in for a PBX's
 /// transferor) asks voxgate to transfer; the application hears `transfer` `requested` and
-/// refuses (NOTIFY 603) the first time, accepts the second — an attended transfer whose
+/// refuses (NOTIFY 603) the first time; accepts the second, to a busy target (SIPp
+/// uas_busy.xml: NOTIFY 180 then 486, `transfer` `failed`, the call stays); accepts the third — an attended transfer whose
 /// Refer-To carries `?Replaces=` (RFC 3891 §5): voxgate calls the target (SIPp,
 /// tests/sipp/uas_replaces.xml, which checks the Replaces header and echoes RTP), NOTIFYs its
 /// progress, sends the transferor BYE once the target answered, and the call goes on with the
@@ -3178,11 +3179,57 @@ async fn a_refer_from_the_far_end_is_refused_or_followed() {
         })
         .await;
 
-    // 2. Accepted, attended: the target must get the Replaces of the Refer-To, unescaped.
+    // 2. Accepted, but the target is busy: the transferor hears 180 then 486 in NOTIFYs, the
+    //    application `ringing` then `failed` (486), and the call goes on with the transferor.
+    let busy = scenario(dir.path(), "uas_busy.xml", &[]);
+    let (busy_port, busy_sipp) = spawn_sipp_uas(
+        vec!["-sf".into(), busy.display().to_string()],
+        dir.path().to_path_buf(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy_target = format!("sip:busy@127.0.0.1:{busy_port}");
+    send(
+        "REFER",
+        3,
+        &tag,
+        &format!("Refer-To: <{busy_target}>\r\n"),
+        "",
+    );
+    tokio::task::block_in_place(|| pump(Duration::from_secs(5), &|g| sipfrag(g, "100")));
+    client
+        .wait_for("transfer requested (busy)", Duration::from_secs(5), |e| {
+            e["event"] == "transfer"
+                && e["state"] == "requested"
+                && e["target"] == busy_target.as_str()
+        })
+        .await;
+    client.send(json!({"command": "acceptTransfer"})).await;
+    let got = tokio::task::block_in_place(|| pump(Duration::from_secs(10), &|g| sipfrag(g, "486")));
+    assert!(sipfrag(&got, "180"), "no NOTIFY 180: {got:?}");
+    assert!(sipfrag(&got, "486"), "no NOTIFY 486: {got:?}");
+    assert!(
+        !got.iter().any(|m| m.starts_with("BYE ")),
+        "a failed transfer hung up on the transferor: {got:?}"
+    );
+    let f = client
+        .wait_for("transfer failed", Duration::from_secs(5), |e| {
+            e["event"] == "transfer" && e["state"] == "failed"
+        })
+        .await;
+    assert_eq!(f["code"], 486, "{f}");
+    assert!(
+        client.events_named("hangup").is_empty(),
+        "{:?}",
+        client.events()
+    );
+    let (code, log) = busy_sipp.await.unwrap();
+    assert_eq!(code, 0, "the busy target:\n{log}");
+
+    // 3. Accepted, attended: the target must get the Replaces of the Refer-To, unescaped.
     let refer = format!(
         "Refer-To: <{target}?Replaces=xfer-old%40127.0.0.1%3Bto-tag%3Dold2%3Bfrom-tag%3Dold1>\r\nReferred-By: <sip:agent@127.0.0.1>\r\n"
     );
-    send("REFER", 3, &tag, &refer, "");
+    send("REFER", 4, &tag, &refer, "");
     tokio::task::block_in_place(|| pump(Duration::from_secs(5), &|g| sipfrag(g, "100")));
     client
         .wait_for("transfer requested again", Duration::from_secs(5), |e| {
