@@ -3742,3 +3742,95 @@ async fn a_sip_user_added_to_the_store_turns_registration_on() {
     assert!(r.starts_with("SIP/2.0 401 "), "{r}");
     assert!(header(&r, "WWW-Authenticate").is_some(), "{r}");
 }
+
+/// Issue 10's REFER received with SIPp as the transferor (tests/sipp/uac_refer_received.xml):
+/// SIPp calls, REFERs voxgate to a second SIPp (echo callee); the application accepts; SIPp checks
+/// the NOTIFYs (100, 180, 200 with `Subscription-State: terminated`) and gets voxgate's BYE; the
+/// call goes on with the target until the application hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_transferor_refers_voxgate_to_a_target() {
+    sipp_available();
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let dir = tempfile::tempdir().unwrap();
+    let echo = scenario(dir.path(), "uas_echo.xml", &[]);
+    let (target_port, target) = spawn_sipp_uas(
+        vec!["-sf".into(), echo.display().to_string(), "-rtp_echo".into()],
+        dir.path().to_path_buf(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let target_uri = format!("sip:echo@127.0.0.1:{target_port}");
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let scen = scenario(
+        dir.path(),
+        "uac_refer_received.xml",
+        &[("TARGET", &target_uri)],
+    );
+    let transferor = tokio::spawn(sipp_uac(&server, &scen, "1000", dir.path(), &[]));
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let t = client
+        .wait_for("transfer requested", Duration::from_secs(10), |e| {
+            e["event"] == "transfer" && e["state"] == "requested"
+        })
+        .await;
+    assert_eq!(t["target"], target_uri.as_str(), "{t}");
+    client.send(json!({"command": "acceptTransfer"})).await;
+    client
+        .wait_for("transfer completed", Duration::from_secs(15), |e| {
+            e["event"] == "transfer" && e["state"] == "completed"
+        })
+        .await;
+    let (code, log) = transferor.await.unwrap();
+    assert_eq!(code, 0, "uac_refer_received.xml:\n{log}");
+    assert!(
+        client.events_named("hangup").is_empty(),
+        "{:?}",
+        client.events()
+    );
+    client.send(json!({"command": "hangup"})).await;
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+    let (code, log) = target.await.unwrap();
+    assert_eq!(
+        code, 0,
+        "the target (uas_echo.xml) did not get our BYE:\n{log}"
+    );
+}
+
+/// Issue 10's session timers with SIPp (tests/sipp/uac_session_timer.xml): 422 with Min-SE for a
+/// 60 s session, a 90 s session granted to a refreshing caller, an UPDATE refresh answered, and
+/// voxgate's BYE 60 s after refreshes stop (the client hears `error` 408 and `hangup`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_session_timer_refresh_and_expiry() {
+    sipp_available();
+    let server = Server::start_with(&[("VOXGATE_ASR__ENGINE", "none")]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::connect(&server.sip_ws_url("?dump=false")).await;
+    call_sessions(&server, 1).await;
+    let scen = scenario(dir.path(), "uac_session_timer.xml", &[]);
+    let sipp = tokio::spawn(sipp_uac(
+        &server,
+        &scen,
+        "1000",
+        dir.path(),
+        &["-timeout", "100s"],
+    ));
+    client.wait_event("incoming", Duration::from_secs(10)).await;
+    client
+        .send(json!({"command": "accept", "option": {}}))
+        .await;
+    let e = client
+        .wait_for("the session-expired error", Duration::from_secs(90), |e| {
+            e["event"] == "error" && e["code"] == 408
+        })
+        .await;
+    assert!(
+        e["error"].as_str().unwrap().contains("session expired"),
+        "{e}"
+    );
+    client.wait_event("hangup", Duration::from_secs(10)).await;
+    let (code, log) = sipp.await.unwrap();
+    assert_eq!(code, 0, "uac_session_timer.xml:\n{log}");
+}

@@ -55,6 +55,20 @@ pub async fn run_sipp_on_m(
     tokio::task::spawn_blocking(move || {
         let media_port = free_udp_port();
         let calls = calls.to_string();
+        // A whole-run bound of 60 s unless the caller gives its own `-timeout`.
+        let timeout = match args.iter().position(|a| a == "-timeout") {
+            Some(i) => args.get(i + 1).cloned().unwrap_or_else(|| "60s".into()),
+            None => "60s".into(),
+        };
+        let args: Vec<String> = match args.iter().position(|a| a == "-timeout") {
+            Some(i) => args
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && *j != i + 1)
+                .map(|(_, a)| a.clone())
+                .collect(),
+            None => args,
+        };
         let mut cmd = Command::new("sipp");
         cmd.args([
             "-i",
@@ -65,7 +79,7 @@ pub async fn run_sipp_on_m(
             "-m",
             &calls,
             "-timeout",
-            "60s",
+            &timeout,
             "-timeout_error",
         ])
         .args(["-p", &sip_port.to_string(), "-mp", &media_port.to_string()])
