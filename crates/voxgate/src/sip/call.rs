@@ -117,6 +117,8 @@ pub(crate) struct SipCall {
     swap: Arc<Swap>,
     /// A transfer target took this dialog's place: its end no longer ends the call.
     replaced: AtomicBool,
+    /// A REFER was just accepted (202): its first NOTIFY and `transfer` event are due.
+    refer_new: AtomicBool,
 }
 
 /// The leg's switch to a transfer target (a REFER received, RFC 3515): the transfer's task
@@ -226,6 +228,7 @@ impl PendingLeg for IncomingSip {
             transferee: Mutex::new(None),
             swap: Arc::new(Swap::default()),
             replaced: AtomicBool::new(false),
+            refer_new: AtomicBool::new(false),
         });
         // Not accepted in time: the caller gets 480 (`hangup` reason `no_answer`).
         c.start_ring_timer();
@@ -401,6 +404,7 @@ async fn place(
         transferee: Mutex::new(None),
         swap: swap.clone(),
         replaced: AtomicBool::new(false),
+        refer_new: AtomicBool::new(false),
     });
     let cc = c.clone();
     c.push_task(tokio::spawn(async move {
@@ -564,6 +568,20 @@ impl SipCall {
             *r = Some((target.clone(), referred_by.clone(), replaces));
         }
         tracing::info!(call = %self.call_id, %target, "REFER received");
+        self.refer_new.store(true, Ordering::SeqCst);
+        (StatusCode::Accepted, None)
+    }
+
+    /// After the 202 to a REFER: the first NOTIFY (100 Trying, RFC 3515 §2.4.4) and the
+    /// `transfer` event (`requested`) for the application.
+    pub(crate) fn refer_accepted(self: &Arc<Self>) {
+        if !self.refer_new.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let pending = self.refer.lock().ok().and_then(|r| r.clone());
+        let Some((target, referred_by, _)) = pending else {
+            return;
+        };
         let c = self.clone();
         self.push_task(tokio::spawn(async move {
             c.notify_sipfrag(100, "active;expires=60").await;
@@ -576,7 +594,6 @@ impl SipCall {
                 })
                 .await;
         }));
-        (StatusCode::Accepted, None)
     }
 
     /// The application's answer to a REFER: refused → NOTIFY 603; accepted → the target is
@@ -1182,6 +1199,8 @@ impl SipCall {
                                 format!("399 voxgate \"{r}\""),
                             )]
                         });
+                        // The first NOTIFY follows once the 202 is out
+                        // (`SipService::on_transaction` calls `refer_accepted`).
                         let _ = handle.respond(status, headers, None).await;
                     }
                     DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
@@ -1660,6 +1679,7 @@ pub(crate) fn replace(svc: Arc<SipService>, old: Arc<SipCall>, call: IncomingCal
         transferee: Mutex::new(None),
         swap: old.swap.clone(),
         replaced: AtomicBool::new(true),
+        refer_new: AtomicBool::new(false),
     });
     new.watch(states);
     svc.spawn(async move {

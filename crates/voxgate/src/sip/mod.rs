@@ -19,7 +19,7 @@ pub mod timer;
 use crate::auth::{Principal, LOCAL_USER};
 use crate::config::{SipConfig, SipTrunk};
 use async_trait::async_trait;
-use rsipstack::dialog::dialog::DialogStateReceiver;
+use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver};
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::prelude::HeadersExt;
@@ -320,6 +320,8 @@ pub fn payload_formats(names: &[String]) -> Vec<PayloadFormat> {
 /// dialog we dialled is keyed with the far end's tag only once its 2xx has been processed, and a
 /// far end may send its re-INVITE or UPDATE immediately after that 2xx.
 const DIALOG_SETTLE: Duration = Duration::from_millis(500);
+/// How long an in-dialog request that overtook the ACK of our 200 waits for it.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// The methods voxgate answers (RFC 3261 §20.5 `Allow`): INFO (DTMF), UPDATE, NOTIFY (our
 /// REFER's progress) and REFER (a transfer the far end asks for) only within a dialog; REGISTER as well when `[[sip.users]]` exist
@@ -1021,8 +1023,46 @@ impl SipService {
                         let _ = tx.reply(StatusCode::OK).await;
                         return;
                     }
+                    // A request that overtakes the ACK of our 200 (a REFER or UPDATE sent right
+                    // after the ACK) would be dropped unanswered by rsipstack in WaitAck: wait for
+                    // the ACK (bounded); without it, 500 + Retry-After (RFC 3261 §14.2).
+                    let waits_for_ack = !matches!(
+                        tx.original.method,
+                        Method::Ack | Method::Bye | Method::Cancel | Method::PRack
+                    ) && d.role()
+                        == rsipstack::transaction::key::TransactionRole::Server;
+                    if waits_for_ack {
+                        let deadline = tokio::time::Instant::now() + ACK_WAIT;
+                        while matches!(d.state(), DialogState::WaitAck(..))
+                            && tokio::time::Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if matches!(d.state(), DialogState::WaitAck(..)) {
+                            tracing::info!(method = %tx.original.method, "in-dialog request before our 200's ACK: 500");
+                            let retry = rsipstack::sip::Header::RetryAfter("1".into());
+                            let _ = tx
+                                .reply_with(StatusCode::ServerInternalError, vec![retry], None)
+                                .await;
+                            return;
+                        }
+                    }
                     if let Err(e) = d.handle(&mut tx).await {
                         tracing::debug!("in-dialog {}: {e}", tx.original.method);
+                    }
+                    if tx.original.method == Method::Refer {
+                        // Our answer is on the wire: now the REFER's first NOTIFY (a NOTIFY
+                        // ahead of the 202 confuses strict peers).
+                        let call = tx.original.call_id_header().ok().and_then(|id| {
+                            self.replaceable
+                                .lock()
+                                .expect("lock")
+                                .get(id.value())
+                                .and_then(|w| w.upgrade())
+                        });
+                        if let Some(c) = call {
+                            c.refer_accepted();
+                        }
                     }
                 }
                 _ => {
