@@ -57,6 +57,25 @@ enum Cmd {
     },
 }
 
+/// The configuration of a command that works on the store (`keys`, `sip-users`); exit code 2
+/// with the reason when it is invalid.
+fn store_config(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> Result<Config, std::process::ExitCode> {
+    Config::load(
+        config.as_deref(),
+        &Overrides {
+            data_dir,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| {
+        eprintln!("voxgate: invalid configuration:\n{e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `serve` logs as its configuration says (after loading it); the other commands as text.
@@ -116,42 +135,18 @@ fn main() -> std::process::ExitCode {
             config,
             data_dir,
             cmd,
-        } => {
-            let cfg = match Config::load(
-                config.as_deref(),
-                &Overrides {
-                    data_dir,
-                    ..Default::default()
-                },
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("voxgate: invalid configuration:\n{e}");
-                    return std::process::ExitCode::from(2);
-                }
-            };
-            rt.block_on(voxgate::cli::keys(&cfg, cmd))
-        }
+        } => match store_config(config, data_dir) {
+            Ok(cfg) => rt.block_on(voxgate::cli::keys(&cfg, cmd)),
+            Err(code) => return code,
+        },
         Cmd::SipUsers {
             config,
             data_dir,
             cmd,
-        } => {
-            let cfg = match Config::load(
-                config.as_deref(),
-                &Overrides {
-                    data_dir,
-                    ..Default::default()
-                },
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("voxgate: invalid configuration:\n{e}");
-                    return std::process::ExitCode::from(2);
-                }
-            };
-            rt.block_on(voxgate::cli::sip_users(&cfg, cmd))
-        }
+        } => match store_config(config, data_dir) {
+            Ok(cfg) => rt.block_on(voxgate::cli::sip_users(&cfg, cmd)),
+            Err(code) => return code,
+        },
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -859,6 +859,26 @@ impl SipCall {
         }
     }
 
+    /// An inbound call that cannot go on: refused with `code` unless a final answer already
+    /// went out (a no-op then), reported as `error` and `hangup` (reason from the status).
+    async fn refuse(&self, code: u16, message: String) {
+        let _ = self.dialog.reject(Some(StatusCode::from(code)), None);
+        self.ended.store(true, Ordering::SeqCst);
+        let _ = self
+            .report(LegEvent::Error {
+                sender: "sip".into(),
+                message,
+                code: Some(code),
+            })
+            .await;
+        let _ = self
+            .report(LegEvent::Ended {
+                reason: reason_for_status(code).into(),
+                initiator: "system".into(),
+            })
+            .await;
+    }
+
     async fn session_failed(&self, message: String) {
         tracing::warn!(call = %self.call_id, "{message}");
         let _ = self
@@ -1384,24 +1404,7 @@ impl Leg for SipLeg {
                                 })
                                 .await;
                         }
-                        Err((code, e)) => {
-                            // Refused now unless a final answer already went out (no-op then).
-                            let _ = c.dialog.reject(Some(StatusCode::from(code)), None);
-                            c.ended.store(true, Ordering::SeqCst);
-                            let _ = c
-                                .report(LegEvent::Error {
-                                    sender: "sip".into(),
-                                    message: format!("cannot answer: {e}"),
-                                    code: Some(code),
-                                })
-                                .await;
-                            let _ = c
-                                .report(LegEvent::Ended {
-                                    reason: reason_for_status(code).into(),
-                                    initiator: "system".into(),
-                                })
-                                .await;
-                        }
+                        Err((code, e)) => c.refuse(code, format!("cannot answer: {e}")).await,
                     }
                 }));
                 LegReply::Pending
@@ -1431,21 +1434,7 @@ impl Leg for SipLeg {
                 let c = self.call.clone();
                 self.call.push_task(tokio::spawn(async move {
                     if let Err((code, e)) = c.early_media(codec).await {
-                        // Refused now unless a final answer already went out (no-op then).
-                        let _ = c.dialog.reject(Some(StatusCode::from(code)), None);
-                        c.ended.store(true, Ordering::SeqCst);
-                        let _ = c
-                            .report(LegEvent::Error {
-                                sender: "sip".into(),
-                                message: format!("cannot start early media: {e}"),
-                                code: Some(code),
-                            })
-                            .await;
-                        let _ = c
-                            .report(LegEvent::Ended {
-                                reason: reason_for_status(code).into(),
-                                initiator: "system".into(),
-                            })
+                        c.refuse(code, format!("cannot start early media: {e}"))
                             .await;
                     }
                 }));

@@ -1232,6 +1232,29 @@ impl SipService {
 
     /// An INVITE outside a dialog; `tenant`: the owner of the store account that authenticated
     /// it (its calls belong to that tenant rather than the called number's).
+    /// The server dialog of an INVITE outside a dialog; `None` after answering 400 when
+    /// rsipstack cannot make one.
+    async fn server_dialog(
+        &self,
+        tx: &mut Transaction,
+        callee: &str,
+    ) -> Option<(InviteDialog, DialogStateReceiver)> {
+        let (state_tx, states) = self.dialogs.new_dialog_state_channel();
+        match self.dialogs.get_or_create_server_invite(
+            tx,
+            state_tx,
+            None,
+            Some(self.contact(callee)),
+        ) {
+            Ok(d) => Some((d, states)),
+            Err(e) => {
+                tracing::debug!("cannot create dialog: {e}");
+                let _ = tx.reply(StatusCode::BadRequest).await;
+                None
+            }
+        }
+    }
+
     async fn on_invite(self: Arc<Self>, mut tx: Transaction, tenant: Option<String>) {
         let InviteSummary {
             caller,
@@ -1268,19 +1291,8 @@ impl SipService {
                 let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
                 return;
             };
-            let (state_tx, states) = self.dialogs.new_dialog_state_channel();
-            let dialog = match self.dialogs.get_or_create_server_invite(
-                &tx,
-                state_tx,
-                None,
-                Some(self.contact(&callee)),
-            ) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!("cannot create dialog: {e}");
-                    let _ = tx.reply(StatusCode::BadRequest).await;
-                    return;
-                }
+            let Some((dialog, states)) = self.server_dialog(&mut tx, &callee).await else {
+                return;
             };
             let call = IncomingCall {
                 id: String::new(),
@@ -1331,19 +1343,8 @@ impl SipService {
             let _ = tx.reply(StatusCode::NotFound).await;
             return;
         }
-        let (state_tx, states) = self.dialogs.new_dialog_state_channel();
-        let dialog = match self.dialogs.get_or_create_server_invite(
-            &tx,
-            state_tx,
-            None,
-            Some(self.contact(&callee)),
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!("cannot create dialog: {e}");
-                let _ = tx.reply(StatusCode::BadRequest).await;
-                return;
-            }
+        let Some((dialog, states)) = self.server_dialog(&mut tx, &callee).await else {
+            return;
         };
         let id = uuid::Uuid::new_v4().to_string();
         tracing::info!(call = %id, caller, callee, late_offer = offer.is_none(), "incoming call");
